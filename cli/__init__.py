@@ -1,0 +1,1 @@
+"""The `mcomp` command line: the only package that imports click and rich."""

@@ -1,0 +1,51 @@
+"""The one error boundary: domain errors become one red line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+EXIT_OK, EXIT_LIMIT_BROKEN, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body; turn MCompError (and anything unexpected) into one line + exit 2.
+
+    `--debug` re-raises so the traceback shows.
+    """
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mcomp.errors import MCompError
+
+        debug = kwargs.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except MCompError as exc:
+            if debug:
+                raise
+            _fail(f"error: {exc}", exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", 130)
+        except Exception as exc:
+            if debug:
+                raise
+            _fail(f"unexpected error: {type(exc).__name__}: {exc} "
+                  "(run again with --debug for the traceback)", EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    text = message.replace("\n", " ")
+    if sys.stderr.isatty():
+        click.secho(f"mcomp: {text}", fg="red", err=True)
+    else:
+        click.echo(f"mcomp: {text}", err=True)
+    sys.exit(code)

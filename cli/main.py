@@ -1,0 +1,140 @@
+"""`mcomp`: the command group and its commands. Each command parses options, calls one core
+function and renders the result; torch is imported only when a command needs it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mcomp import __version__
+from mcomp.cli.errors import EXIT_LIMIT_BROKEN, error_boundary
+from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_argument, set_option
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 a recipe limit (constraints) was broken, 2 bad input or a failed run.
+Docs: README.md (recipe reference, report schema)."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.version_option(__version__, "--version", "-V", prog_name="mcomp")
+def cli() -> None:
+    """Compress a PyTorch or ONNX model from a YAML recipe: prune, finetune, quantize to int8,
+    export ONNX, and report the before/after figures.
+
+    \b
+    Examples:
+      mcomp run quickstart                      # the bundled example, no files needed
+      mcomp run recipe.yaml --report report.json
+      mcomp validate recipe.yaml
+    """
+
+
+@cli.command(epilog=EPILOG)
+@recipe_argument
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Output directory (default: output.dir of the recipe, else ./mcomp-out).")
+@click.option("--report", "report_file", type=click.Path(path_type=Path),
+              help="Also write the JSON report to this file.")
+@json_option
+@quiet_option
+@debug_option
+@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for torch and onnxruntime (default: runtime.threads, MCOMP_THREADS).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Allow loading a whole pickled module (runs code from the file).")
+@set_option
+@error_boundary
+def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bool, quiet: bool,
+        debug: bool, seed: int | None, threads: int | None, allow_pickle: bool,
+        overrides: tuple[str, ...]) -> None:
+    """Run the recipe's stages and write the compressed ONNX model and the report.
+
+    RECIPE is a YAML file or the name of a bundled recipe (quickstart).
+
+    \b
+    Examples:
+      mcomp run quickstart
+      mcomp run recipe.yaml --out build/ --report report.json
+      mcomp run recipe.yaml --set stages.0.prune.sparsity=0.8 --json > report.json
+    """
+    from mcomp.cli.progress_ui import make_progress
+    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.recipe_load import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
+    result = run_pipeline(loaded, options, make_progress(quiet or as_json))
+    _emit(result.report, report_file, as_json, quiet)
+    if not result.ok:
+        sys.exit(EXIT_LIMIT_BROKEN)
+
+
+def _emit(report: dict, report_file: Path | None, as_json: bool, quiet: bool) -> None:
+    from mcomp.atomic import write_text_atomic
+    from mcomp.cli.render import render_report, stderr_console
+    from mcomp.report_io import report_json
+
+    text = report_json(report)
+    if report_file is not None:
+        write_text_atomic(report_file, text)
+    if not quiet:
+        render_report(report, stderr_console())
+    if as_json:
+        click.echo(text, nl=False)
+    else:
+        broken = [c["name"] for c in report["constraints"] if not c["ok"]]
+        status = "ok" if not broken else "LIMITS BROKEN: " + ", ".join(broken)
+        click.echo(f"{status}: {report['artifacts']['model']}")
+
+
+@cli.command(epilog=EPILOG)
+@recipe_argument
+@set_option
+@json_option
+@debug_option
+@error_boundary
+def validate(recipe: str, overrides: tuple[str, ...], as_json: bool, debug: bool) -> None:
+    """Check a recipe (schema, stage options, stage order, input files) without running it.
+
+    \b
+    Examples:
+      mcomp validate recipe.yaml
+      mcomp validate recipe.yaml --set stages.0.prune.sparsity=0.9
+    """
+    import json
+
+    from mcomp.recipe_check import validate_recipe
+
+    summary = validate_recipe(recipe, overrides)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{summary['file']}: ok ({' → '.join(summary['stages'])})")
+
+
+@cli.command(epilog=EPILOG)
+@debug_option
+@error_boundary
+def schema(debug: bool) -> None:
+    """Print the recipe's JSON Schema (for editor completion of YAML recipes).
+
+    \b
+    Example:
+      mcomp schema > mcomp-recipe.schema.json
+    """
+    import json
+
+    from mcomp.schema import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))
+
+
+def main() -> None:
+    cli(prog_name="mcomp")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Compressor stages, one per module; `registry.STAGES` maps recipe names to classes."""

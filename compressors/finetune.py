@@ -1,0 +1,76 @@
+"""Fine-tuning that keeps sparsity: a real training loop on the train split.
+
+    - finetune:
+        epochs: 5
+        lr: 0.001
+        optimizer: adam        # adam | adamw | sgd
+        schedule: cosine       # constant | cosine | step
+        batch_size: 64
+
+Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
+every optimizer step; weights already zero in a loaded model are kept at zero too), so the
+sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
+metric are reported, and the best eval checkpoint is restored at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mcomp.model_state import ModelKind, ModelState
+from mcomp.stage import Stage, StageContext, StageOptions
+
+MASKS_KEY = "sparsity_masks"  # written by the prune stage: {parameter name: kept-weights mask}
+MASKED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
+
+
+class FinetuneOptions(StageOptions):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
+
+
+class FinetuneStage(Stage):
+    """Train the current torch model on the train split, keeping zeros at zero."""
+
+    name = "finetune"
+    Options = FinetuneOptions
+    consumes = ModelKind.TORCH
+    produces = ModelKind.TORCH
+
+    def run(self, model: ModelState, ctx: StageContext) -> ModelState:
+        from mcomp.train_loop import TrainConfig, train_module
+
+        masks = sparsity_masks(model, ctx)
+        result = train_module(model, ctx, TrainConfig(**self.options.model_dump()), masks=masks)
+        self.details = {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
+                        "best_epoch": result.best_epoch + 1, "masked_tensors": len(masks)}
+        return model.with_module(model.module)
+
+
+def sparsity_masks(model: ModelState, ctx: StageContext) -> dict:
+    """Masks from an earlier prune stage, else the zeros already in Conv/Linear weights."""
+    import torch
+
+    from mcomp.module_names import strip_wrapper_prefix
+
+    masks = dict(ctx.shared.get(MASKS_KEY, {}))
+    for name, module in model.module.named_modules():
+        key = f"{strip_wrapper_prefix(name)}.weight"
+        if type(module).__name__ in MASKED_TYPES and key not in masks:
+            weight = module.weight.detach()
+            if bool((weight == 0).any()):
+                masks[key] = weight != 0
+    by_param = {}
+    for name, _ in model.module.named_parameters():
+        stripped = strip_wrapper_prefix(name)
+        if stripped in masks:
+            by_param[name] = masks[stripped].to(torch.bool)
+    return by_param

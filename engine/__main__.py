@@ -1,0 +1,5 @@
+"""`python -m mcomp` runs the command line (also what torchrun launches)."""
+
+from mcomp.cli.main import main
+
+main()

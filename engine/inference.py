@@ -1,0 +1,55 @@
+"""Run a model (torch or onnxruntime) on numpy inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcomp.data_io import Split
+from mcomp.model_state import ModelKind, ModelState
+
+
+def predict_batch(state: ModelState, inputs: dict[str, np.ndarray], *,
+                  threads: int) -> list[np.ndarray]:
+    """All outputs of one forward pass, as numpy arrays."""
+    if state.kind == ModelKind.ONNX:
+        return _onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
+    import torch
+
+    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name])) for spec in state.inputs]
+    with torch.no_grad():
+        result = state.module(*tensors)
+    return [t.detach().numpy() for t in _flatten(result)]
+
+
+def predict_split(state: ModelState, split: Split, *, batch_size: int,
+                  threads: int) -> np.ndarray:
+    """The first output of the model over the whole split, concatenated."""
+    outputs = [predict_batch(state, inputs, threads=threads)[0]
+               for inputs, _ in split.batches(batch_size)]
+    return np.concatenate(outputs)
+
+
+def _flatten(result) -> list:
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, dict):
+        result = list(result.values())
+    return [t for item in result for t in _flatten(item)]
+
+
+def _onnx_feed(state: ModelState, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {spec.name: inputs[spec.name] for spec in state.inputs}
+
+
+def _onnx_session(state: ModelState, threads: int):
+    # One session per ONNX model object: creating a session re-optimises the graph.
+    from mcomp.ort_session import create_session
+
+    key = (id(state.onnx_model), threads)
+    cached = state.extra.get("_session")
+    if cached is None or cached[0] != key:
+        cached = (key, create_session(state.onnx_model.SerializeToString(), threads))
+        state.extra["_session"] = cached
+    return cached[1]

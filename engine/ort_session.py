@@ -1,0 +1,51 @@
+"""onnxruntime sessions with deliberate thread settings, and latency timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+def create_session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+    """A CPU session with `threads` intra-op threads and no inter-op parallelism."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
+                 runs: int) -> float:
+    """Median latency in milliseconds of `runs` timed calls after `warmup` untimed ones.
+
+    Each session is timed in its own block (warm-up, then timed runs): interleaving calls of
+    two sessions inflated latencies 2-4x on these machines because idle threads keep spinning.
+    """
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(timings)
+
+
+def batch_feed(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The first `batch` samples of each input, repeated when the split has fewer."""
+    feed = {}
+    for name, array in inputs.items():
+        reps = -(-batch // len(array))
+        feed[name] = np.concatenate([array] * reps)[:batch] if reps > 1 else array[:batch]
+    return feed

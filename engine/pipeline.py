@@ -1,0 +1,148 @@
+"""Run a validated recipe: load, measure the baseline, run and measure each stage, check the
+limits, write the outputs atomically, return the report."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcomp.errors import DataError, OutputError
+from mcomp.progress import Progress
+from mcomp.recipe_load import LoadedRecipe
+
+
+@dataclass
+class RunOptions:
+    """Command-line choices that override or complement the recipe."""
+
+    out_dir: Path | None = None
+    allow_pickle: bool = False
+    seed: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    ok: bool
+
+
+def output_dir(loaded: LoadedRecipe, options: RunOptions) -> Path:
+    """--out, else `output.dir` (relative to the recipe), else ./mcomp-out."""
+    if options.out_dir is not None:
+        out = options.out_dir
+    elif loaded.recipe.output.dir is not None and not loaded.packaged:
+        out = loaded.base_dir / loaded.recipe.output.dir
+    else:
+        out = Path("mcomp-out")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output.dir: {out} exists and is a file; choose a directory (--out)")
+    return out
+
+
+def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) -> RunResult:
+    """Run every stage of the recipe in order; see the module docstring."""
+    from mcomp.setup import prepare_run
+
+    out = output_dir(loaded, options)
+    for folder in loaded.recipe.model.python_path:
+        sys.path.insert(0, str(loaded.base_dir / folder))
+    with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
+        state, ctx, stages = prepare_run(loaded, options, Path(workdir), progress)
+        baseline, stage_entries, state = _run_stages(state, ctx, stages, loaded, progress)
+        return _finish(loaded, out, state, ctx, baseline, stage_entries, progress)
+
+
+def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
+    from mcomp.measure import measure_model
+    from mcomp.runtime import seed_everything
+
+    latency = loaded.recipe.runtime.latency
+    progress.start("measuring baseline")
+    start = time.perf_counter()
+    baseline = {"name": "baseline", "type": "baseline", "model_kind": str(state.kind),
+                "metrics": measure_model(state, ctx, latency)}
+    baseline["seconds"] = round(time.perf_counter() - start, 3)
+    progress.finish()
+    entries = []
+    names = Counter()
+    for index, stage in enumerate(stages):
+        names[stage.name] += 1
+        label = stage.name if names[stage.name] == 1 else f"{stage.name}#{names[stage.name]}"
+        progress.log(f"stage {index + 1}/{len(stages)}: {label}")
+        seed_everything(ctx.seed + index)
+        start = time.perf_counter()
+        state, notes = _convert_if_needed(state, stage, ctx)
+        stage.check(state, ctx)
+        state = stage.run(state, ctx)
+        seconds = time.perf_counter() - start
+        progress.start(f"measuring after {label}")
+        metrics = measure_model(state, ctx, latency)
+        progress.finish()
+        entries.append({"name": label, "type": stage.name, "index": index,
+                        "seconds": round(seconds, 3), "model_kind": str(state.kind),
+                        "notes": notes + stage.notes, "details": stage.details,
+                        "metrics": metrics})
+    return baseline, entries, state
+
+
+def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
+    from mcomp.convert import DEFAULT_OPSET, check_parity
+    from mcomp.measure import onnx_form
+    from mcomp.model_state import ModelKind
+
+    if stage.consumes != ModelKind.ONNX or state.kind != ModelKind.TORCH:
+        return state, []
+    model = onnx_form(state)
+    sample = {k: v[:8] for k, v in ctx.datasets.eval.inputs.items()}
+    diff = check_parity(state, model, sample, threads=ctx.threads, atol=1e-4, rtol=1e-3)
+    return state.with_onnx(model), [f"converted torch → ONNX (fp32, opset {DEFAULT_OPSET}) "
+                                    f"before this stage; parity max |diff| {diff:.2e}"]
+
+
+def _finish(loaded: LoadedRecipe, out: Path, state, ctx, baseline, entries,
+            progress: Progress) -> RunResult:
+    import yaml
+
+    from mcomp.atomic import write_bytes_atomic, write_text_atomic
+    from mcomp.constraints import check_constraints
+    from mcomp.measure import onnx_form
+    from mcomp.report import build_report, environment
+
+    final = entries[-1]["metrics"] if entries else baseline["metrics"]
+    constraints = check_constraints(loaded.recipe.constraints, baseline["metrics"], final,
+                                    ctx.metric)
+    model_path = out / loaded.recipe.output.model
+    artifacts = {"model": str(model_path), "report": str(out / "report.json"),
+                 "recipe": str(out / "recipe.resolved.yaml")}
+    report = build_report(recipe=loaded.resolved(), recipe_file=str(loaded.file),
+                          env=environment(ctx.threads), baseline=baseline, stages=entries,
+                          constraints=constraints, artifacts=artifacts)
+    try:
+        write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
+        write_text_atomic(out / "recipe.resolved.yaml",
+                          yaml.safe_dump(loaded.resolved(), sort_keys=False))
+        from mcomp.report_io import report_json
+
+        write_text_atomic(out / "report.json", report_json(report))
+    except OSError as exc:
+        raise OutputError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
+    progress.log(f"wrote {model_path}")
+    return RunResult(report=report, ok=report["ok"])
+
+
+def require_eval(datasets, progress: Progress):
+    """The eval split, or train with a warning when the recipe names none."""
+    if datasets.eval is not None:
+        return datasets
+    if datasets.train is None:
+        raise DataError("data.eval: the recipe names no eval split (nor train); add "
+                        "`data: {eval: ...}`")
+    progress.warn("data.eval is not set: evaluating on the train split")
+    datasets.eval = datasets.train
+    return datasets

@@ -1,0 +1,213 @@
+"""The typed recipe schema (pydantic v2, strict: unknown keys are errors).
+
+A recipe names the model, the data, the ordered stages, the limits the result must meet and
+where the output goes. Stage options are validated by each stage's own `Options` class (see
+`mcomp.compressors.registry`); here `stages` is a list of one-key mappings `{name: options}`.
+
+    version: 1
+    seed: 0
+    model: {builtin: digits_cnn}
+    data: {train: digits, eval: digits}
+    stages:
+      - prune: {sparsity: 0.7}
+      - finetune: {epochs: 3}
+      - quantize: {mode: static}
+      - export: {}
+    constraints: {max_accuracy_drop: 0.01, min_compression: 4}
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StrEnum(str, Enum):
+    """`enum.StrEnum` for Python 3.10: members compare equal to their strings."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+
+class ModelFormat(StrEnum):
+    AUTO = "auto"
+    STATE_DICT = "state_dict"
+    EXPORTED_PROGRAM = "exported_program"
+    TORCHSCRIPT = "torchscript"
+    PICKLE = "pickle"
+    ONNX = "onnx"
+
+
+class InputSpec(Strict):
+    """One model input: its name, per-sample shape (no batch axis) and dtype."""
+
+    name: str
+    shape: list[int] = Field(description="Shape of one sample, without the batch axis.")
+    dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool"] = "float32"
+
+
+class ModelSpec(Strict):
+    """Where the model comes from. Exactly one of `path` or `builtin`."""
+
+    path: str | None = Field(None, description="Model file, relative to the recipe file.")
+    builtin: Literal["digits_cnn"] | None = Field(
+        None, description="A model shipped with mcomp (the quickstart's digits CNN).")
+    format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
+    factory: str | None = Field(
+        None, description="'package.module:function' building the module for a state_dict.")
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    python_path: list[str] = Field(
+        default_factory=list, description="Folders (relative to the recipe) put on sys.path "
+        "so that `factory` imports.")
+    allow_pickle: bool = Field(
+        False, description="Load a whole pickled module (executes code from the file).")
+    inputs: list[InputSpec] | None = Field(
+        None, description="Model inputs; default: taken from the data arrays.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.builtin is None):
+            raise ValueError("give exactly one of 'path' or 'builtin'")
+        return self
+
+
+class SplitSpec(Strict):
+    """One data split: an `.npz` file, the built-in digits set, or a Python factory.
+
+    A plain string is shorthand: `digits` for the built-in set, anything else a path.
+    """
+
+    path: str | None = Field(None, description=".npz file, relative to the recipe file.")
+    builtin: Literal["digits"] | None = None
+    factory: str | None = Field(
+        None, description="'package.module:function' returning a Dataset or DataLoader.")
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[str] | None = Field(
+        None, description="Array names fed to the model inputs, in order (default: ['x']).")
+    labels: str | None = Field("y", description="Array name of the labels; null for none.")
+    samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"builtin": value} if value == "digits" else {"path": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SplitSpec:
+        given = [k for k in ("path", "builtin", "factory") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'path', 'builtin' or 'factory'")
+        return self
+
+
+class DataSpec(Strict):
+    """The data splits. `calibration` defaults to a fixed sample of `train`."""
+
+    train: SplitSpec | None = None
+    calibration: SplitSpec | None = None
+    eval: SplitSpec | None = None
+    calibration_samples: int = Field(256, gt=0, description="Samples drawn for calibration.")
+    batch_size: int = Field(64, gt=0, description="Batch size for evaluation and calibration.")
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+BUILTIN_METRICS = ("accuracy", "mse", "mae", "top1_agreement", "cosine", "mean_abs_diff",
+                   "max_abs_diff")
+
+
+class LatencySpec(Strict):
+    """How onnxruntime CPU latency is timed: median of `runs` after `warmup` runs."""
+
+    enabled: bool = True
+    batch: int = Field(32, gt=0, description="The larger batch timed beside batch 1.")
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(30, gt=0)
+
+
+class RuntimeSpec(Strict):
+    """Threads for torch and onnxruntime, and latency timing."""
+
+    threads: int | Literal["auto"] = Field(
+        "auto", description="Intra-op threads for torch and onnxruntime; auto = CPU count, at "
+        "most 8. The environment variable MCOMP_THREADS overrides it.")
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("threads must be at least 1")
+        return value
+
+
+class ConstraintsSpec(Strict):
+    """Limits the final model must meet; a broken one makes `mcomp run` exit 1."""
+
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, description="Largest allowed metric loss vs the baseline, in the metric's "
+        "units (0.01 = one point of accuracy; for lower-is-better metrics, the rise).")
+    max_size_bytes: int | None = Field(None, gt=0)
+    max_compressed_size_bytes: int | None = Field(None, gt=0)
+    min_compression: float | None = Field(
+        None, gt=0, description="Baseline compressed size / final compressed size.")
+    min_speedup: float | None = Field(
+        None, gt=0, description="Baseline latency / final latency at the larger batch.")
+    max_latency_ms: float | None = Field(None, gt=0, description="Final latency at batch 1.")
+
+
+class OutputSpec(Strict):
+    """Where results go: the directory (default ./mcomp-out) and the final model's name."""
+
+    dir: str | None = Field(None, description="Relative to the recipe file; default "
+                            "./mcomp-out in the current directory.")
+    model: str = Field("model.onnx", description="File name of the final ONNX model.")
+
+    @field_validator("model")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or not value.endswith(".onnx"):
+            raise ValueError("must be a plain file name ending in .onnx")
+        return value
+
+
+class Recipe(Strict):
+    """A whole recipe file."""
+
+    version: Literal[1] = 1
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    task: Task = Task.CLASSIFICATION
+    metric: str | None = Field(
+        None, description="One of " + ", ".join(BUILTIN_METRICS) + " or 'package.module:function'"
+        "; default: accuracy (classification) or mse (regression) with labels, fidelity to the "
+        "original model (top1_agreement / cosine) without.")
+    metric_higher_is_better: bool | None = Field(
+        None, description="Direction of a user metric (default true).")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    stages: list[dict[str, Any]] = Field(
+        min_length=1, description="Ordered stages, each a one-key mapping {stage: options}.")
+    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is None or value in BUILTIN_METRICS or ":" in value:
+            return value
+        raise ValueError(f"unknown metric {value!r}: use one of {', '.join(BUILTIN_METRICS)} "
+                         "or 'package.module:function'")

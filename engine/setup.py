@@ -1,0 +1,47 @@
+"""Everything a run needs before the first stage: model, data, signature, metric, context."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from mcomp.progress import Progress
+from mcomp.recipe_load import LoadedRecipe
+
+
+def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress):
+    """Load and check everything; returns (model state, stage context, stage instances)."""
+    from mcomp.compressors.registry import stage_class
+    from mcomp.data_io import load_datasets
+    from mcomp.evaluate import REFERENCE_KEY
+    from mcomp.inference import predict_split
+    from mcomp.metrics import resolve_metric
+    from mcomp.model_io import load_model
+    from mcomp.pipeline import require_eval
+    from mcomp.runtime import apply_threads, resolve_threads, seed_everything
+    from mcomp.signature import conform_datasets, probe, resolve_inputs
+    from mcomp.stage import StageContext
+
+    recipe = loaded.recipe
+    seed = recipe.seed if options.seed is None else options.seed
+    threads = resolve_threads(recipe.runtime, options.threads)
+    apply_threads(threads)
+    seed_everything(seed)
+    progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
+    state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
+    progress.log("loading data")
+    datasets = require_eval(load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed),
+                            progress)
+    state.inputs = resolve_inputs(recipe.model.inputs, state, datasets)
+    datasets = conform_datasets(datasets, state.inputs)
+    probe(state, datasets, threads)
+    metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
+    ctx = StageContext(datasets=datasets, seed=seed, threads=threads, metric=metric,
+                       task=recipe.task, batch_size=recipe.data.batch_size, original=state,
+                       workdir=workdir, progress=progress)
+    ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
+                                              batch_size=recipe.data.batch_size, threads=threads)
+    stages = [stage_class(name)(opts) for name, opts in loaded.stages]
+    # Stages change modules in place; the original stays intact for fidelity and teachers.
+    working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
+    return working, ctx, stages

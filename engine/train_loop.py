@@ -1,0 +1,151 @@
+"""The one training loop of mcomp: finetune (and later gradual pruning, distillation, QAT) call
+it with hooks instead of copying it.
+
+It trains on the train split with a seeded shuffle, keeps pruned weights at zero (masks are
+applied to gradients and weights at every step), evaluates after each epoch and restores the
+best checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mcomp.errors import StageError
+from mcomp.model_state import ModelState
+from mcomp.recipe import Task
+
+if TYPE_CHECKING:
+    import torch
+
+    from mcomp.stage import StageContext
+
+Hook = Callable[..., None]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    keep_best: bool = True
+
+
+@dataclass
+class TrainResult:
+    train_loss: list[float] = field(default_factory=list)
+    eval_metric: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
+                 masks: dict[str, torch.Tensor], label: str = "finetune",
+                 loss_fn: Callable[..., torch.Tensor] | None = None,
+                 on_step: Hook | None = None) -> TrainResult:
+    """Train `state.module` in place; returns per-epoch loss and eval metric."""
+    import torch
+
+    split = ctx.datasets.train
+    if split is None:
+        raise StageError(f"{label}: needs `data.train`; the recipe names no train split")
+    if split.labels is None and loss_fn is None:
+        raise StageError(f"{label}: the train split has no labels; add them (`labels: y`) or "
+                         "train against a teacher with distillation")
+    module = state.module
+    params = dict(module.named_parameters())
+    masked = [(params[name], mask) for name, mask in masks.items() if name in params]
+    optimizer = _optimizer(module, config)
+    steps_per_epoch = math.ceil(len(split) / config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    loss_fn = loss_fn or _task_loss(ctx.task)
+    inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
+    labels = torch.from_numpy(np.asarray(split.labels)) if split.labels is not None else None
+    generator = torch.Generator().manual_seed(ctx.seed)
+    result, best, best_value = TrainResult(), None, None
+    ctx.progress.start(label, total=config.epochs * steps_per_epoch)
+    for epoch in range(config.epochs):
+        module.train()
+        order = torch.randperm(len(split), generator=generator)
+        total, count = 0.0, 0
+        for start in range(0, len(split), config.batch_size):
+            index = order[start:start + config.batch_size]
+            batch = [t[index] for t in inputs]
+            optimizer.zero_grad(set_to_none=True)
+            outputs = module(*batch)
+            loss = loss_fn(outputs, None if labels is None else labels[index], batch)
+            loss.backward()
+            for param, mask in masked:
+                if param.grad is not None:
+                    param.grad.mul_(mask)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                for param, mask in masked:
+                    param.mul_(mask)
+            if on_step is not None:
+                on_step(epoch=epoch, step=start // config.batch_size)
+            total += loss.item() * len(index)
+            count += len(index)
+            ctx.progress.advance()
+        module.eval()
+        value = ctx.evaluate(state)
+        result.train_loss.append(round(total / count, 6))
+        result.eval_metric.append(value)
+        ctx.progress.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
+                         f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}")
+        if best_value is None or _better(value, best_value, ctx.metric.higher_is_better):
+            best_value, result.best_epoch = value, epoch
+            best = copy.deepcopy(module.state_dict()) if config.keep_best else None
+    ctx.progress.finish()
+    if config.keep_best and best is not None:
+        module.load_state_dict(best)
+    module.eval()
+    return result
+
+
+def _better(value: float, best: float, higher: bool) -> bool:
+    return value > best if higher else value < best
+
+
+def _task_loss(task: Task) -> Callable[..., Any]:
+    import torch.nn.functional as F
+
+    if task == Task.CLASSIFICATION:
+        return lambda outputs, labels, _: F.cross_entropy(_first(outputs), labels.long())
+    return lambda outputs, labels, _: F.mse_loss(_first(outputs),
+                                                 labels.to(_first(outputs).dtype).view_as(_first(outputs)))
+
+
+def _first(outputs):
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def _optimizer(module, config: TrainConfig):
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    import torch
+
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -1,0 +1,1 @@
+"""Example recipes shipped with mcomp; `mcomp run quickstart` finds them by name."""
