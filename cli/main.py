@@ -66,7 +66,7 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
-    result = run_pipeline(loaded, options, make_progress(quiet or as_json))
+    result = run_pipeline(loaded, options, make_progress(quiet))
     _emit(result.report, report_file, as_json, quiet)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)

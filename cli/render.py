@@ -45,7 +45,10 @@ def _row(name: str, m: dict[str, Any], base: dict[str, Any], seconds: float | No
     metric = f"{m['metric']:.4f}"
     if m is not base:
         metric += f" ({m['metric'] - base['metric']:+.4f})"
-    lat = (lambda k: "-" if m[k] is None else f"{m[k]:.3f}" + _ratio(base[k], m[k]))
+
+    def lat(key: str) -> str:
+        return "-" if m[key] is None else f"{m[key]:.3f}" + _ratio(base[key], m[key])
+
     return [name, human_count(m["params"]), f"{m['sparsity'] * 100:.1f}%",
             human_bytes(m["size_bytes"]) + _ratio(base["size_bytes"], m["size_bytes"]),
             human_bytes(m["size_compressed_bytes"])

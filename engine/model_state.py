@@ -36,11 +36,13 @@ class ModelState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_torch(cls, module: torch.nn.Module, inputs: list[InputSpec], source: str = "") -> ModelState:
+    def from_torch(cls, module: torch.nn.Module, inputs: list[InputSpec],
+                   source: str = "") -> ModelState:
         return cls(kind=ModelKind.TORCH, inputs=inputs, module=module, source=source)
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto, inputs: list[InputSpec], source: str = "") -> ModelState:
+    def from_onnx(cls, model: onnx.ModelProto, inputs: list[InputSpec],
+                  source: str = "") -> ModelState:
         return cls(kind=ModelKind.ONNX, inputs=inputs, onnx_model=model, source=source)
 
     def with_module(self, module: torch.nn.Module) -> ModelState:

@@ -41,7 +41,8 @@ def _walk(node: yaml.Node, path: KeyPath, positions: Positions) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            mark = key_node.start_mark
+            positions[path + (key,)] = (mark.line + 1, mark.column + 1)
             _walk(value_node, path + (key,), positions)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):

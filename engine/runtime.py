@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -27,10 +28,9 @@ def apply_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    try:
+    # It can only be set before the first parallel work; later calls keep the first value.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # can only be set before the first parallel work; later calls keep the first value
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,70 @@
+"""Small builders shared by tests: tiny models, data files and a direct pipeline runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FACTORY_MODULE = '''
+import torch
+from torch import nn
+
+
+def mlp(inputs=16, hidden=32, classes=4):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, classes))
+'''
+
+
+def write_mlp_project(folder: Path, samples: int = 256) -> None:
+    """A factory module, a trained-ish state_dict and train/eval .npz files for a 4-class MLP."""
+    import torch
+
+    (folder / "tinymodels.py").write_text(FACTORY_MODULE)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 2.0, size=(4, 16)).astype(np.float32)
+    for name, count in (("train", samples), ("eval", samples // 2)):
+        y = rng.integers(0, 4, size=count)
+        x = centers[y] + rng.normal(0, 1.0, size=(count, 16)).astype(np.float32)
+        np.savez(folder / f"{name}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    data = np.load(folder / "train.npz")
+    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    torch.save(model.state_dict(), folder / "mlp.pt")
+
+
+MLP_RECIPE = """\
+version: 1
+seed: 0
+model: {path: mlp.pt, factory: "tinymodels:mlp", python_path: ["."]}
+data: {train: train.npz, eval: eval.npz, batch_size: 64}
+runtime: {threads: 1, latency: {runs: 3, warmup: 1, batch: 8}}
+stages:
+%s
+"""
+
+
+def mlp_recipe(folder: Path, stages: str, extra: str = "") -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(MLP_RECIPE % stages + extra)
+    return path
+
+
+def run_recipe(path: Path, out: Path, overrides: tuple[str, ...] = ()):
+    """Run a recipe in-process; returns (RunResult, NullProgress)."""
+    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.progress import NullProgress
+    from mcomp.recipe_load import load_recipe
+
+    progress = NullProgress()
+    result = run_pipeline(load_recipe(str(path), overrides), RunOptions(out_dir=out), progress)
+    return result, progress

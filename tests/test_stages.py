@@ -1,0 +1,134 @@
+"""The four core stages on a tiny real MLP: real torch training, real onnxruntime sessions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from mcomp.errors import ParityError, StageError
+from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
+
+
+@pytest.fixture
+def project(tmp_path):
+    write_mlp_project(tmp_path)
+    return tmp_path
+
+
+def op_counts(path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_prune_reaches_the_target_sparsity_and_finetune_keeps_it(project, scope):
+    # setup
+    recipe = mlp_recipe(project, f"  - prune: {{sparsity: 0.8, scope: {scope}}}\n"
+                                 "  - finetune: {epochs: 2, lr: 0.01}\n")
+    # act
+    result, _ = run_recipe(recipe, project / "out")
+    # check
+    prune, finetune = result.report["stages"]
+    weights = sum(prune["details"]["layers"].values())
+    assert prune["details"]["pruned_weights"] == pytest.approx(0.8 * (16 * 32 + 32 * 32 + 32 * 4),
+                                                               abs=2)
+    if scope == "layer":
+        assert all(v == pytest.approx(0.8, abs=0.01) for v in prune["details"]["layers"].values())
+    assert weights > 0
+    assert finetune["metrics"]["nonzero_params"] == prune["metrics"]["nonzero_params"]
+    assert finetune["metrics"]["sparsity"] == prune["metrics"]["sparsity"]
+    assert len(finetune["details"]["train_loss"]) == 2
+    # the written model carries the zeros: the compressed file shrinks
+    base = result.report["baseline"]["metrics"]
+    assert prune["metrics"]["size_compressed_bytes"] < base["size_compressed_bytes"] * 0.6
+
+
+def test_prune_include_exclude_and_unmatched_pattern_warning(project):
+    recipe = mlp_recipe(project, "  - prune: {sparsity: 0.5, include: ['*'], "
+                                 "exclude: ['4', 'nope*']}\n")
+    result, progress = run_recipe(recipe, project / "out")
+    layers = result.report["stages"][0]["details"]["layers"]
+    assert set(layers) == {"0", "2"}
+    assert any("'nope*'" in w for w in progress.warnings)
+
+
+def test_prune_excluding_every_layer_fails_before_work(project):
+    recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - prune: {exclude: ['*']}\n")
+    with pytest.raises(StageError, match="no layer left to prune"):
+        run_recipe(recipe, project / "out")
+    assert not (project / "out").exists()
+
+
+def test_static_quantize_writes_int8_qdq_model_that_runs(project):
+    recipe = mlp_recipe(project, "  - quantize: {mode: static}\n  - export: {}\n")
+    result, _ = run_recipe(recipe, project / "out")
+    model_path = project / "out" / "model.onnx"
+    counts = op_counts(model_path)
+    assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0
+    int8 = [i for i in onnx.load(str(model_path)).graph.initializer
+            if i.data_type == onnx.TensorProto.INT8]
+    assert int8, "weights are stored as int8"
+    quant = result.report["stages"][0]
+    assert "converted torch → ONNX" in quant["notes"][0]
+    base = result.report["baseline"]["metrics"]
+    # on a 1.7k-parameter MLP per-channel scales weigh a lot; the 4x figure is checked on the
+    # quickstart CNN (test_quickstart.py)
+    assert quant["metrics"]["size_bytes"] < base["size_bytes"]
+    assert quant["metrics"]["metric"] >= base["metric"] - 0.05
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = np.load(project / "eval.npz")["x"][:5]
+    assert session.run(None, {"x": x})[0].shape == (5, 4)
+
+
+def test_dynamic_quantize_rewrites_linear_layers_to_int8_matmul(project):
+    recipe = mlp_recipe(project, "  - quantize: {mode: dynamic}\n")
+    result, _ = run_recipe(recipe, project / "out")
+    counts = op_counts(project / "out" / "model.onnx")
+    assert counts["MatMulInteger"] + counts["DynamicQuantizeMatMul"] >= 3
+    assert counts["Gemm"] == 0
+    assert result.report["stages"][0]["metrics"]["fidelity"]["top1_agreement"] > 0.9
+
+
+def test_export_parity_and_tolerance_error(project):
+    recipe = mlp_recipe(project, "  - export: {opset: 17}\n")
+    result, _ = run_recipe(recipe, project / "out")
+    details = result.report["stages"][0]["details"]
+    assert details["opset"] == 17 and details["parity_max_abs_diff"] < 1e-4
+    model = onnx.load(str(project / "out" / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+def test_parity_error_names_the_output_and_difference(project, monkeypatch):
+    import torch
+
+    from mcomp.convert import check_parity, torch_to_onnx
+    from mcomp.model_io import load_model
+    from mcomp.recipe import InputSpec, ModelSpec
+
+    monkeypatch.syspath_prepend(str(project))
+    state = load_model(ModelSpec(path="mlp.pt", factory="tinymodels:mlp"), base_dir=project)
+    state.inputs = [InputSpec(name="x", shape=[16])]
+    exported = torch_to_onnx(state)
+    with torch.no_grad():  # make torch and the exported graph disagree
+        next(state.module.parameters()).add_(0.5)
+    x = {"x": np.load(project / "eval.npz")["x"][:8]}
+    with pytest.raises(ParityError, match=r"output 0 differs from torch by up to"):
+        check_parity(state, exported, x, threads=1, atol=1e-4, rtol=1e-3)
+
+
+def test_onnx_macs_match_torch_flop_counter():
+    from mcomp.convert import torch_to_onnx
+    from mcomp.measure import _torch_macs
+    from mcomp.model_state import ModelState
+    from mcomp.models.digits_cnn import digits_cnn
+    from mcomp.onnx_macs import count_onnx_macs
+    from mcomp.recipe import InputSpec
+
+    state = ModelState.from_torch(digits_cnn().eval(), [InputSpec(name="x", shape=[1, 8, 8])])
+    torch_macs = _torch_macs(state)
+    assert torch_macs == 8 * 8 * 16 * 9 + 8 * 8 * 32 * 16 * 9 + 512 * 64 + 64 * 10
+    assert count_onnx_macs(torch_to_onnx(state)) == torch_macs
