@@ -63,6 +63,10 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     from mcomp.runtime import seed_everything
 
     latency = loaded.recipe.runtime.latency
+    # Every stage checks its options against the model before any work is done, so a bad
+    # pattern in stage 4 fails in a second, not after an hour of finetuning.
+    for stage in stages:
+        stage.check(state, ctx)
     progress.start("measuring baseline")
     start = time.perf_counter()
     baseline = {"name": "baseline", "type": "baseline", "model_kind": str(state.kind),
@@ -78,7 +82,6 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         seed_everything(ctx.seed + index)
         start = time.perf_counter()
         state, notes = _convert_if_needed(state, stage, ctx)
-        stage.check(state, ctx)
         state = stage.run(state, ctx)
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")

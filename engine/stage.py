@@ -86,7 +86,10 @@ class Stage:
         self.notes: list[str] = []  # short remarks shown in the report (and table footnotes)
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
-        """Optional: reject a model this stage cannot handle before any stage runs."""
+        """Optional: reject options that cannot work, before any stage runs.
+
+        Called once, with the model as loaded (a later stage may see another form of it).
+        """
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")

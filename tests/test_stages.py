@@ -55,10 +55,17 @@ def test_prune_include_exclude_and_unmatched_pattern_warning(project):
     assert any("'nope*'" in w for w in progress.warnings)
 
 
-def test_prune_excluding_every_layer_fails_before_work(project):
+def test_prune_excluding_every_layer_fails_before_any_work(project):
     recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - prune: {exclude: ['*']}\n")
+    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.progress import NullProgress
+    from mcomp.recipe_load import load_recipe
+
+    progress = NullProgress()
     with pytest.raises(StageError, match="no layer left to prune"):
-        run_recipe(recipe, project / "out")
+        run_pipeline(load_recipe(str(recipe)), RunOptions(out_dir=project / "out"), progress)
+    # the failure comes from the up-front check, before finetune trained anything
+    assert progress.messages and not any("finetune" in m for m in progress.messages)
     assert not (project / "out").exists()
 
 
