@@ -1,0 +1,44 @@
+"""Small models whose layers are coupled: residual additions, BatchNorm, concatenation and a
+depthwise convolution — the cases where hand-made structured pruning breaks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualConcatNet(nn.Module):
+    """
+    x ─ conv-bn-relu ─┬─ conv-bn-relu ─ conv-bn ─(+)─ relu ─┬─ conv1x1 ──────┐
+                      └─────────────── identity ─┘          └─ dwconv-bn ─ conv1x1 ─ concat ─ pool ─ fc
+    """
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
+                                   nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                                   nn.BatchNorm2d(width))
+        self.branch_a = nn.Conv2d(width, width, 1)
+        self.branch_b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width),
+                                      nn.BatchNorm2d(width), nn.Conv2d(width, width, 1))
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(self.block(x) + x)
+        x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def residual_concat_net(width: int = 16, classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    net = ResidualConcatNet(width, classes)
+    # Freshly built BatchNorm layers all have scale 1 (every channel ties under BN-scale
+    # importance); give them the spread a trained network has.
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.1, 1.0)
+            nn.init.uniform_(module.bias, -0.1, 0.1)
+    return net
