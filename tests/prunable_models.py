@@ -9,8 +9,8 @@ from torch import nn
 
 class ResidualConcatNet(nn.Module):
     """
-    x ─ conv-bn-relu ─┬─ conv-bn-relu ─ conv-bn ─(+)─ relu ─┬─ conv1x1 ──────┐
-                      └─────────────── identity ─┘          └─ dwconv-bn ─ conv1x1 ─ concat ─ pool ─ fc
+    x ─ stem ─┬─ conv-bn-relu ─ conv-bn ─(+)─ relu ─┬─ conv1x1 ────────────┐
+              └─────────── identity ────────┘          └─ dwconv-bn ─ conv1x1 ─ concat ─ pool ─ fc
     """
 
     def __init__(self, width: int = 16, classes: int = 10) -> None:
