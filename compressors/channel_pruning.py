@@ -41,7 +41,27 @@ def prune_channels(module: torch.nn.Module, example: tuple, *, ratio: float | No
             "params_after": int(params_after)}
 
 
-def _pruner(module, example, ratio, importance, global_scope, ignored, round_to):
+def iterative_pruner(module: torch.nn.Module, example: tuple, *, ratio: float, importance: str,
+                     global_scope: bool, ignored: list, round_to: int | None, steps: int,
+                     schedule, grad_batches=None, loss_fn=None):
+    """A function `step(k)` that prunes to the k-th of `steps` ratios of `schedule(ratio,
+    steps)` (cumulative), for gradual structured pruning; returns the ratio reached."""
+    pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to,
+                     steps=steps, schedule=schedule)
+    ratios = schedule(ratio, steps)
+
+    def step(k: int) -> float:
+        if importance == "taylor":
+            _accumulate_gradients(module, grad_batches, loss_fn)
+        pruner.step()
+        module.zero_grad(set_to_none=True)
+        return ratios[k]
+
+    return step
+
+
+def _pruner(module, example, ratio, importance, global_scope, ignored, round_to, *,
+            steps: int = 1, schedule=None):
     import torch_pruning as tp
 
     scorers = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -52,7 +72,8 @@ def _pruner(module, example, ratio, importance, global_scope, ignored, round_to)
         return tp.pruner.MetaPruner(
             module, example, importance=scorers[importance](), pruning_ratio=ratio,
             global_pruning=global_scope, max_pruning_ratio=MAX_LAYER_RATIO,
-            ignored_layers=ignored, round_to=round_to)
+            ignored_layers=ignored, round_to=round_to, iterative_steps=steps,
+            **({"iterative_pruning_ratio_scheduler": schedule} if schedule else {}))
     except Exception as exc:
         raise StageError(f"prune: the dependency graph cannot handle this model "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); exclude the "

@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from mcomp.compressors.gradual import GradualOptions
 from mcomp.errors import StageError
 from mcomp.model_state import ModelKind, ModelState
 from mcomp.module_names import strip_wrapper_prefix
@@ -49,10 +50,12 @@ class PruneOptions(StageOptions):
     target_macs_ratio: float | None = Field(None, gt=0, lt=1, description="channel: prune "
                                             "until MACs are at most this fraction of before.")
     round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
+    gradual: GradualOptions | None = Field(None, description="Raise sparsity step by step "
+                                           "during training (AGP) instead of at once.")
 
 
 class PruneStage(Stage):
-    """Unstructured L1 magnitude pruning of Conv/Linear weights, global or per layer."""
+    """Magnitude (unstructured) or channel (structured) pruning, one-shot or gradual."""
 
     name = "prune"
     Options = PruneOptions
@@ -81,22 +84,49 @@ class PruneStage(Stage):
         # Keep the output layer: removing its neurons would change the model's outputs.
         ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
         opts = self.options
-        self.details = prune_channels(
-            module, example_inputs(model, batch=1), ratio=opts.sparsity,
-            target_macs_ratio=opts.target_macs_ratio, importance=opts.importance,
-            global_scope=opts.scope == "global", ignored=ignored, round_to=opts.round_to,
-            grad_batches=_grad_batches(model, ctx) if opts.importance == "taylor" else None,
-            loss_fn=_loss_fn(ctx))
+        common = dict(importance=opts.importance, global_scope=opts.scope == "global",
+                      ignored=ignored, round_to=opts.round_to, loss_fn=_loss_fn(ctx),
+                      grad_batches=_grad_batches(model, ctx) if opts.importance == "taylor"
+                      else None)
+        example = example_inputs(model, batch=1)
+        if opts.gradual is not None:
+            self.details = self._prune_channels_gradually(model, ctx, example, common)
+        else:
+            self.details = prune_channels(module, example, ratio=opts.sparsity,
+                                          target_macs_ratio=opts.target_macs_ratio, **common)
         # Earlier unstructured masks no longer fit the new shapes.
         ctx.shared.pop(MASKS_KEY, None)
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
         return model.with_module(module)
+
+    def _prune_channels_gradually(self, model: ModelState, ctx: StageContext, example,
+                                  common: dict) -> dict:
+        import torch_pruning as tp
+
+        from mcomp.compressors.channel_pruning import iterative_pruner
+        from mcomp.compressors.gradual import agp_sparsity, prune_channels_gradually
+
+        gradual = self.options.gradual
+        macs_before, params_before = tp.utils.count_ops_and_params(model.module, example)
+
+        def schedule(ratio: float, steps: int) -> list[float]:
+            return [agp_sparsity(ratio, gradual.initial_sparsity, k, steps)
+                    for k in range(steps + 1)]
+
+        step = iterative_pruner(model.module, example, ratio=self.options.sparsity,
+                                steps=gradual.steps, schedule=schedule, **common)
+        details = prune_channels_gradually(model, ctx, prune_step=step, options=gradual)
+        macs_after, params_after = tp.utils.count_ops_and_params(model.module, example)
+        return {**details, "macs_before": int(macs_before), "macs_after": int(macs_after),
+                "params_before": int(params_before), "params_after": int(params_after)}
 
     def _prune_magnitude(self, model: ModelState, ctx: StageContext) -> ModelState:
         import torch
         from torch.nn.utils import prune
 
         targets = select_modules(model.module, self.options, ctx, warn=False)
+        if self.options.gradual is not None:
+            return self._prune_magnitude_gradually(model, ctx, targets)
         params = [(module, "weight") for _, module in targets]
         amount = self.options.sparsity
         if self.options.scope == "global":
@@ -104,19 +134,39 @@ class PruneStage(Stage):
         else:
             for module, attr in params:
                 prune.l1_unstructured(module, attr, amount=amount)
-        masks = ctx.shared.setdefault(MASKS_KEY, {})
-        per_layer = {}
+        masks = {}
         for name, module in targets:
-            mask = module.weight_mask.detach().clone().bool()
+            masks[f"{name}.weight"] = module.weight_mask.detach().clone().bool()
             prune.remove(module, "weight")
-            masks[f"{name}.weight"] = mask
-            per_layer[name] = round(1.0 - float(mask.float().mean()), 4)
         with torch.no_grad():
             pruned = sum(int((~m).sum()) for m in masks.values())
-        self.details = {"layers": per_layer, "pruned_weights": pruned}
+        self.details = {"layers": _record_masks(ctx, masks), "pruned_weights": pruned}
+        self._label_storage_only()
+        return model.with_module(model.module)
+
+    def _prune_magnitude_gradually(self, model: ModelState, ctx: StageContext,
+                                   targets: list) -> ModelState:
+        from mcomp.compressors.gradual import prune_magnitude_gradually
+
+        details = prune_magnitude_gradually(model, ctx, targets, final=self.options.sparsity,
+                                            scope=self.options.scope,
+                                            options=self.options.gradual)
+        masks = details.pop("masks")
+        pruned = sum(int((~m).sum()) for m in masks.values())
+        self.details = {**details, "layers": _record_masks(ctx, masks), "pruned_weights": pruned}
+        self._label_storage_only()
+        return model.with_module(model.module)
+
+    def _label_storage_only(self) -> None:
         self.notes.append("unstructured sparsity: storage only (smaller compressed file, "
                           "no latency change on dense runtimes)")
-        return model.with_module(model.module)
+
+
+def _record_masks(ctx: StageContext, masks: dict) -> dict[str, float]:
+    """Keep the masks for later training stages; return per-layer sparsity."""
+    ctx.shared.setdefault(MASKS_KEY, {}).update(masks)
+    return {name.removesuffix(".weight"): round(1.0 - float(mask.float().mean()), 4)
+            for name, mask in masks.items()}
 
 
 def _candidates(root, options: PruneOptions) -> list[tuple[str, object]]:

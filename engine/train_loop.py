@@ -38,6 +38,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"
     keep_best: bool = True
+    # Epochs before this one are not candidates for the best checkpoint (gradual pruning: the
+    # model is not at its final sparsity yet).
+    best_from_epoch: int = 0
 
 
 @dataclass
@@ -102,7 +105,9 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
         result.eval_metric.append(value)
         ctx.progress.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
                          f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}")
-        if best_value is None or _better(value, best_value, ctx.metric.higher_is_better):
+        eligible = epoch >= config.best_from_epoch
+        if eligible and (best_value is None
+                         or _better(value, best_value, ctx.metric.higher_is_better)):
             best_value, result.best_epoch = value, epoch
             best = copy.deepcopy(module.state_dict()) if config.keep_best else None
     ctx.progress.finish()
