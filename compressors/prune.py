@@ -52,6 +52,9 @@ class PruneOptions(StageOptions):
     round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
     gradual: GradualOptions | None = Field(None, description="Raise sparsity step by step "
                                            "during training (AGP) instead of at once.")
+    sensitivity: str | None = Field(None, description="magnitude: a sensitivity.json from "
+                                    "`mcomp sensitivity` (relative to the recipe); sensitive "
+                                    "layers get less sparsity for the same overall target.")
 
 
 class PruneStage(Stage):
@@ -68,6 +71,10 @@ class PruneStage(Stage):
                                                    or self.options.round_to):
             raise StageError("prune: target_macs_ratio and round_to apply to `method: channel`; "
                              "magnitude pruning zeroes weights without changing MACs")
+        if self.options.sensitivity is not None:
+            if self.options.method != "magnitude" or self.options.gradual is not None:
+                raise StageError("prune.sensitivity: supported for one-shot `method: magnitude`")
+            self._sensitivity_table(ctx)
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         if self.options.method == "channel":
@@ -129,7 +136,14 @@ class PruneStage(Stage):
             return self._prune_magnitude_gradually(model, ctx, targets)
         params = [(module, "weight") for _, module in targets]
         amount = self.options.sparsity
-        if self.options.scope == "global":
+        if self.options.sensitivity is not None:
+            from mcomp.sensitivity import allocate_sparsity
+
+            amounts = allocate_sparsity(self._sensitivity_table(ctx), amount,
+                                        [name for name, _ in targets])
+            for name, module in targets:
+                prune.l1_unstructured(module, "weight", amount=amounts.get(name, amount))
+        elif self.options.scope == "global":
             prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
         else:
             for module, attr in params:
@@ -156,6 +170,18 @@ class PruneStage(Stage):
         self.details = {**details, "layers": _record_masks(ctx, masks), "pruned_weights": pruned}
         self._label_storage_only()
         return model.with_module(model.module)
+
+    def _sensitivity_table(self, ctx: StageContext) -> dict:
+        import json
+
+        path = ctx.recipe_dir / self.options.sensitivity
+        try:
+            table = json.loads(path.read_text())
+            table["layers"]  # noqa: B018  (the one key this stage needs)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StageError(f"prune.sensitivity: {path} is not a sensitivity.json written by "
+                             "`mcomp sensitivity RECIPE`; run it first") from None
+        return table
 
     def _label_storage_only(self) -> None:
         self.notes.append("unstructured sparsity: storage only (smaller compressed file, "

@@ -3,7 +3,6 @@ limits, write the outputs atomically, return the report."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -50,8 +49,6 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
     from mcomp.setup import prepare_run
 
     out = output_dir(loaded, options)
-    for folder in loaded.recipe.model.python_path:
-        sys.path.insert(0, str(loaded.base_dir / folder))
     with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
         state, ctx, stages = prepare_run(loaded, options, Path(workdir), progress)
         baseline, stage_entries, state = _run_stages(state, ctx, stages, loaded, progress)

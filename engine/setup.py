@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 from mcomp.progress import Progress
@@ -23,6 +24,9 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     from mcomp.stage import StageContext
 
     recipe = loaded.recipe
+    for folder in recipe.model.python_path:  # so that factories import
+        if str(loaded.base_dir / folder) not in sys.path:
+            sys.path.insert(0, str(loaded.base_dir / folder))
     seed = recipe.seed if options.seed is None else options.seed
     threads = resolve_threads(recipe.runtime, options.threads)
     apply_threads(threads)
@@ -38,7 +42,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
     ctx = StageContext(datasets=datasets, seed=seed, threads=threads, metric=metric,
                        task=recipe.task, batch_size=recipe.data.batch_size, original=state,
-                       workdir=workdir, progress=progress)
+                       workdir=workdir, progress=progress, recipe_dir=loaded.base_dir)
     ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
                                               batch_size=recipe.data.batch_size, threads=threads)
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]

@@ -64,6 +64,7 @@ class StageContext:
     workdir: Path
     progress: Progress
     shared: dict[str, Any] = field(default_factory=dict)
+    recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
 
     def evaluate(self, model: ModelState) -> float:
         """The task metric of `model` on the eval split (torch or onnxruntime)."""
