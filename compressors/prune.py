@@ -37,7 +37,7 @@ MASKS_KEY = "sparsity_masks"  # ctx.shared: {parameter name: bool mask of kept w
 
 
 class PruneOptions(StageOptions):
-    method: Literal["magnitude", "channel"] = "magnitude"
+    method: Literal["magnitude", "channel", "layer"] = "magnitude"
     sparsity: float = Field(0.5, gt=0, lt=1, description="Fraction of weights set to zero "
                             "(magnitude) or of channels removed (channel).")
     scope: Literal["global", "layer"] = "global"
@@ -52,6 +52,10 @@ class PruneOptions(StageOptions):
     round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
     gradual: GradualOptions | None = Field(None, description="Raise sparsity step by step "
                                            "during training (AGP) instead of at once.")
+    blocks: list[str] = Field(default_factory=list, description="layer: names of "
+                              "shape-preserving blocks to replace with identity.")
+    num_blocks: int | None = Field(None, ge=1, description="layer: drop this many blocks, "
+                                   "those whose removal costs the least eval metric.")
     sensitivity: str | None = Field(None, description="magnitude: a sensitivity.json from "
                                     "`mcomp sensitivity` (relative to the recipe); sensitive "
                                     "layers get less sparsity for the same overall target.")
@@ -66,6 +70,8 @@ class PruneStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
+        if self.options.method == "layer":
+            return self._check_layer_options(model)
         select_modules(model.module, self.options, ctx, warn=True)
         if self.options.method == "magnitude" and (self.options.target_macs_ratio
                                                    or self.options.round_to):
@@ -79,6 +85,8 @@ class PruneStage(Stage):
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         if self.options.method == "channel":
             return self._prune_channels(model, ctx)
+        if self.options.method == "layer":
+            return self._prune_layers(model, ctx)
         return self._prune_magnitude(model, ctx)
 
     def _prune_channels(self, model: ModelState, ctx: StageContext) -> ModelState:
@@ -169,6 +177,34 @@ class PruneStage(Stage):
         pruned = sum(int((~m).sum()) for m in masks.values())
         self.details = {**details, "layers": _record_masks(ctx, masks), "pruned_weights": pruned}
         self._label_storage_only()
+        return model.with_module(model.module)
+
+    def _check_layer_options(self, model: ModelState) -> None:
+        from mcomp.compressors.layer_pruning import check_block_names, droppable_blocks
+        from mcomp.convert import example_inputs
+
+        if not self.options.blocks and not self.options.num_blocks:
+            raise StageError("prune: `method: layer` needs `blocks: [names]` or `num_blocks: N`")
+        candidates = droppable_blocks(model.module, example_inputs(model, batch=1))
+        check_block_names(self.options.blocks, candidates)
+        if (self.options.num_blocks or 0) > len(candidates):
+            raise StageError(f"prune.num_blocks: the model has only {len(candidates)} "
+                             f"droppable block(s): {', '.join(candidates) or 'none'}")
+
+    def _prune_layers(self, model: ModelState, ctx: StageContext) -> ModelState:
+        from mcomp.compressors.layer_pruning import choose_blocks, drop_blocks, droppable_blocks
+        from mcomp.convert import example_inputs
+
+        names = list(self.options.blocks)
+        chosen = [{"block": name} for name in names]
+        if self.options.num_blocks:
+            candidates = [c for c in droppable_blocks(model.module, example_inputs(model, 1))
+                          if c not in names]
+            chosen += choose_blocks(model, ctx, candidates, self.options.num_blocks)
+        drop_blocks(model.module, [c["block"] for c in chosen])
+        ctx.shared.pop(MASKS_KEY, None)  # parameter names changed
+        self.details = {"dropped_blocks": chosen}
+        self.notes.append("layer: blocks replaced by identity; fewer MACs and parameters")
         return model.with_module(model.module)
 
     def _sensitivity_table(self, ctx: StageContext) -> dict:
