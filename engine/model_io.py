@@ -12,7 +12,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from mcomp.errors import ModelLoadError
+from mcomp.errors import MCompError, ModelLoadError
 from mcomp.factory import import_factory
 from mcomp.model_state import ModelState
 from mcomp.recipe import InputSpec, ModelFormat, ModelSpec
@@ -27,8 +27,8 @@ PICKLE_REFUSED = (
 
 def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -> ModelState:
     """Load the model the recipe names; `inputs` may be empty until `resolve_inputs` runs."""
-    if spec.builtin == "digits_cnn":
-        return _builtin_digits_cnn()
+    if spec.builtin is not None:
+        return _builtin(spec.builtin)
     path = (base_dir / (spec.path or "")).resolve()
     if not path.is_file():
         raise ModelLoadError(f"model.path: file not found: {path}")
@@ -42,14 +42,19 @@ def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -
     }
     try:
         state = loaders[fmt]()
-    except ModelLoadError:
+    except MCompError:  # already says what to fix (e.g. a factory that does not import)
         raise
     except Exception as exc:
-        raise ModelLoadError(f"model.path: cannot load {path} as {fmt} "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+        raise ModelLoadError(f"model.path: cannot load {path} as {fmt} ({_describe(exc)}); "
                              "the file may be corrupt or truncated") from None
     state.source = str(path)
     return state
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: first line of the message`, or just the type when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def detect_format(path: Path) -> ModelFormat:
@@ -87,16 +92,17 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(model.graph.node) > 0
 
 
-def _builtin_digits_cnn() -> ModelState:
+def _builtin(name: str) -> ModelState:
+    """A model shipped in `mcomp.models`: its factory and its trained weights `NAME.pt`."""
+    import importlib
+
     import torch
 
-    from mcomp.models.digits_cnn import digits_cnn
-
-    module = digits_cnn()
-    weights = importlib.resources.files("mcomp.models").joinpath("digits_cnn.pt")
+    module = getattr(importlib.import_module(f"mcomp.models.{name}"), name)()
+    weights = importlib.resources.files("mcomp.models").joinpath(f"{name}.pt")
     with importlib.resources.as_file(weights) as path:
         module.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-    return ModelState.from_torch(module.eval(), [], source="builtin:digits_cnn")
+    return ModelState.from_torch(module.eval(), [], source=f"builtin:{name}")
 
 
 def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelState:
@@ -106,7 +112,12 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
 
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        # The safe unpickler names a class it refused ("Unsupported global"); any other
+        # failure is a damaged file, which --allow-pickle would not mend.
+        if "Unsupported global" not in str(exc):
+            raise ModelLoadError(f"model.path: {path} is a corrupt or truncated torch file "
+                                 "(torch.load failed to unpickle it); save it again") from None
         if not (allow_pickle or spec.allow_pickle):
             raise ModelLoadError("model.path: " + PICKLE_REFUSED.format(path=path)) from None
         obj = torch.load(path, weights_only=False, map_location="cpu")
@@ -118,7 +129,13 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
     if not spec.factory:
         raise ModelLoadError(f"model.path: {path} is a state_dict; name the function that builds "
                              "the module with `model.factory: package.module:function`")
-    module = import_factory(spec.factory, key="model.factory")(**spec.factory_args)
+    build = import_factory(spec.factory, key="model.factory")
+    try:
+        module = build(**spec.factory_args)
+    except Exception as exc:
+        raise ModelLoadError(f"model.factory: calling {spec.factory} with model.factory_args "
+                             f"{spec.factory_args} failed ({_describe(exc)}); check "
+                             "`model.factory_args`") from None
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"model.factory: {spec.factory} returned a {type(module).__name__}, "
                              "not a torch.nn.Module")
@@ -126,9 +143,9 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        detail = " ".join(str(exc).split())[:300]  # the first line alone names no parameter
         raise ModelLoadError(f"model.path: {path} does not fit the module from {spec.factory}: "
-                             f"{first} (check `model.factory_args`)") from None
+                             f"{detail} (check `model.factory_args`)") from None
     return ModelState.from_torch(module.eval(), [])
 
 
@@ -144,6 +161,17 @@ def _load_exported_program(path: Path) -> ModelState:
         if isinstance(tensor, torch.Tensor):
             inputs.append(InputSpec(name=name, shape=list(tensor.shape[1:]),
                                     dtype=str(tensor.dtype).removeprefix("torch.")))
+    # torch.export specialises every dimension not declared dynamic; a fixed batch axis makes
+    # the module reject any other batch size with a bare "Guard failed" assertion mid-run.
+    fixed = {node.name: node.meta["val"].shape[0] for node in program.graph.nodes
+             if node.op == "placeholder" and node.name in names
+             and isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].dim() > 0
+             and isinstance(node.meta["val"].shape[0], int)}
+    if fixed:
+        raise ModelLoadError(f"model.path: {path} was exported with a fixed batch size "
+                             f"({', '.join(f'{k}: {v}' for k, v in fixed.items())}); mcomp runs "
+                             "batches of any size: export it again with a dynamic batch axis, "
+                             "e.g. dynamic_shapes=({0: torch.export.Dim('batch')},) for one input")
     return ModelState.from_torch(program.module(), inputs)
 
 

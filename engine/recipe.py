@@ -58,8 +58,9 @@ class ModelSpec(Strict):
     """Where the model comes from. Exactly one of `path` or `builtin`."""
 
     path: str | None = Field(None, description="Model file, relative to the recipe file.")
-    builtin: Literal["digits_cnn"] | None = Field(
-        None, description="A model shipped with mcomp (the quickstart's digits CNN).")
+    builtin: Literal["digits_cnn", "digits_resnet"] | None = Field(
+        None, description="A model shipped with mcomp: the quickstart's digits CNN, or a tiny "
+        "ResNet (BatchNorm, residual blocks) for structured and layer pruning.")
     format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
     factory: str | None = Field(
         None, description="'package.module:function' building the module for a state_dict.")

@@ -12,6 +12,8 @@ from mcomp.recipe_load import LoadedRecipe
 
 def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress):
     """Load and check everything; returns (model state, stage context, stage instances)."""
+    import onnxruntime
+
     from mcomp.compressors.registry import stage_class
     from mcomp.data_io import load_datasets
     from mcomp.evaluate import REFERENCE_KEY
@@ -30,6 +32,9 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     seed = recipe.seed if options.seed is None else options.seed
     threads = resolve_threads(recipe.runtime, options.threads)
     apply_threads(threads)
+    # Sessions onnxruntime opens itself (quantization's pre-processing and calibration) log
+    # warnings to stderr, which carries only mcomp's own lines; ours already pass level 3.
+    onnxruntime.set_default_logger_severity(3)
     seed_everything(seed)
     progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
     state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
@@ -42,7 +47,9 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
     ctx = StageContext(datasets=datasets, seed=seed, threads=threads, metric=metric,
                        task=recipe.task, batch_size=recipe.data.batch_size, original=state,
-                       workdir=workdir, progress=progress, recipe_dir=loaded.base_dir)
+                       workdir=workdir, progress=progress,
+                       # a bundled recipe lives in site-packages: its relative paths mean cwd
+                       recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir)
     ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
                                               batch_size=recipe.data.batch_size, threads=threads)
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]

@@ -1,9 +1,9 @@
-"""Train the bundled digits CNN and save its state_dict.
+"""Train the bundled digits models (the CNN and the tiny ResNet) and save their state_dicts.
 
 Usage::
 
-    python -m mcomp.models.train_digits_cnn [--out PATH] [--epochs N]
-    python engine/models/train_digits_cnn.py [--out PATH]
+    python -m mcomp.models.train_digits_cnn [--model digits_cnn|digits_resnet] [--out PATH]
+    python engine/models/train_digits_cnn.py [--model ...] [--out PATH] [--epochs N]
 
 Training is deterministic on CPU: fixed seed, one thread, deterministic algorithms and a
 seeded shuffle, so two runs write bit-identical files.
@@ -21,13 +21,16 @@ from torch import nn
 
 try:
     from .digits_cnn import digits_cnn
+    from .digits_resnet import digits_resnet
 except ImportError:  # run as a plain script; its own folder is on sys.path
     from digits_cnn import digits_cnn
+    from digits_resnet import digits_resnet
+
+MODELS = {"digits_cnn": digits_cnn, "digits_resnet": digits_resnet}
 
 HERE = Path(__file__).resolve().parent
 # mcomp.data and mcomp.models are sibling folders both in the repo and once installed.
 DATA = HERE.parent / "data" / "digits.npz"
-DEFAULT_OUT = HERE / "digits_cnn.pt"
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -37,10 +40,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def train(epochs: int = 25, batch_size: int = 64, lr: float = 1e-3) -> tuple[nn.Module, float]:
-    """Train a fresh `digits_cnn` on the bundled train split.
+def train(name: str = "digits_cnn", epochs: int = 25, batch_size: int = 64,
+          lr: float = 1e-3) -> tuple[nn.Module, float]:
+    """Train a fresh bundled model on the bundled train split.
 
     Args:
+        name: Which model (a key of MODELS).
         epochs: Passes over the training set.
         batch_size: Mini-batch size.
         lr: Adam learning rate.
@@ -53,7 +58,7 @@ def train(epochs: int = 25, batch_size: int = 64, lr: float = 1e-3) -> tuple[nn.
     data = np.load(DATA)
     x_tr, y_tr = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
     x_ev, y_ev = torch.from_numpy(data["x_eval"]), torch.from_numpy(data["y_eval"])
-    model = digits_cnn()
+    model = MODELS[name]()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     # A dedicated generator keeps the shuffle order independent of any other RNG use.
@@ -78,14 +83,17 @@ def train(epochs: int = 25, batch_size: int = 64, lr: float = 1e-3) -> tuple[nn.
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, train and save the state_dict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to save weights")
+    parser.add_argument("--model", choices=sorted(MODELS), default="digits_cnn")
+    parser.add_argument("--out", type=Path, help="where to save weights (default: "
+                        "MODEL.pt beside this file)")
     parser.add_argument("--epochs", type=int, default=25)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model, acc = train(epochs=args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
-    print(f"saved {args.out} (eval acc {acc:.4f})", file=sys.stderr)
+    model, acc = train(args.model, epochs=args.epochs)
+    out = args.out or HERE / f"{args.model}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    print(f"saved {out} (eval acc {acc:.4f})", file=sys.stderr)
 
 
 if __name__ == "__main__":
