@@ -45,11 +45,13 @@ def cli() -> None:
               help="Threads for torch and onnxruntime (default: runtime.threads, MCOMP_THREADS).")
 @click.option("--allow-pickle", is_flag=True,
               help="Allow loading a whole pickled module (runs code from the file).")
+@click.option("--summary-md", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set).")
 @set_option
 @error_boundary
 def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bool, quiet: bool,
         debug: bool, seed: int | None, threads: int | None, allow_pickle: bool,
-        overrides: tuple[str, ...]) -> None:
+        summary_md: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the recipe's stages and write the compressed ONNX model and the report.
 
     RECIPE is a YAML file or the name of a bundled recipe (quickstart).
@@ -59,14 +61,17 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
       mcomp run quickstart
       mcomp run recipe.yaml --out build/ --report report.json
       mcomp run recipe.yaml --set stages.0.prune.sparsity=0.8 --json > report.json
+      mcomp run recipe.yaml --summary-md summary.md
     """
     from mcomp.cli.progress_ui import make_progress
+    from mcomp.cli.run_extras import write_run_extras
     from mcomp.pipeline import RunOptions, run_pipeline
     from mcomp.recipe_load import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
     result = run_pipeline(loaded, options, make_progress(quiet))
+    write_run_extras(result.report, summary_md)
     _emit(result.report, report_file, as_json, quiet)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)
@@ -135,6 +140,20 @@ def schema(debug: bool) -> None:
 def main() -> None:
     cli(prog_name="mcomp")
 
+
+from mcomp.cli.cmd_bench import bench  # noqa: E402  (the companion commands, one module each)
+from mcomp.cli.cmd_compare import compare  # noqa: E402
+from mcomp.cli.cmd_eval import eval_command  # noqa: E402
+from mcomp.cli.cmd_init import init  # noqa: E402
+from mcomp.cli.cmd_inspect import inspect  # noqa: E402
+from mcomp.cli.cmd_sensitivity import sensitivity  # noqa: E402
+
+cli.add_command(inspect)
+cli.add_command(eval_command)
+cli.add_command(bench)
+cli.add_command(compare)
+cli.add_command(init)
+cli.add_command(sensitivity)
 
 if __name__ == "__main__":
     main()

@@ -6,11 +6,14 @@
         optimizer: adam        # adam | adamw | sgd
         schedule: cosine       # constant | cosine | step
         batch_size: 64
+        distill: {temperature: 4, alpha: 0.9}   # optional: train against the original model
 
 Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
 every optimizer step; weights already zero in a loaded model are kept at zero too), so the
 sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
-metric are reported, and the best eval checkpoint is restored at the end.
+metric are reported, and the best eval checkpoint is restored at the end. With `distill:` the
+loss is the distillation loss of `mcomp.distillation` (teacher, temperature, alpha, hints), the
+same code as the `distill` stage.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from mcomp.distillation import DistillSettings
 from mcomp.model_state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
@@ -35,6 +39,8 @@ class FinetuneOptions(StageOptions):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
     keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
+    distill: DistillSettings | None = Field(None, description="Train against a teacher "
+                                            "(knowledge distillation) instead of labels only.")
 
 
 class FinetuneStage(Stage):
@@ -45,11 +51,27 @@ class FinetuneStage(Stage):
     consumes = ModelKind.TORCH
     produces = ModelKind.TORCH
 
+    def check(self, model: ModelState, ctx: StageContext) -> None:
+        if self.options.distill is not None:
+            from mcomp.distillation import check_hints, check_outputs, check_task, load_teacher
+
+            check_task(ctx, self.name)
+            teacher = load_teacher(self.options.distill, ctx, self.name)
+            check_hints(model.module, teacher, self.options.distill.hints, self.name)
+            check_outputs(model.module, teacher, model, self.name)
+
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.train_loop import TrainConfig, train_module
 
         masks = sparsity_masks(model, ctx)
-        result = train_module(model, ctx, TrainConfig(**self.options.model_dump()), masks=masks)
+        config = TrainConfig(**self.options.model_dump(exclude={"distill"}))
+        if self.options.distill is not None:
+            from mcomp.distillation import distill_train
+
+            self.details = distill_train(model, ctx, config, self.options.distill, masks=masks,
+                                         label=self.name)
+            return model.with_module(model.module)
+        result = train_module(model, ctx, config, masks=masks)
         self.details = {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
                         "best_epoch": result.best_epoch + 1, "masked_tensors": len(masks)}
         return model.with_module(model.module)

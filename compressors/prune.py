@@ -266,6 +266,10 @@ def select_modules(root, options: PruneOptions, ctx: StageContext, *,
                    warn: bool) -> list[tuple[str, object]]:
     """Modules of the chosen types whose names match `include` and none of `exclude`."""
     candidates = _candidates(root, options)
+    if not candidates:
+        raise StageError(f"prune: the model has no {'/'.join(options.layer_types)} modules to "
+                         "prune (a .pt2 or TorchScript file keeps none); load a state_dict with "
+                         "its `model.factory` instead")
     for pattern in options.include + options.exclude:
         if warn and not any(fnmatch.fnmatchcase(name, pattern) for name, _ in candidates):
             ctx.progress.warn(f"prune: pattern {pattern!r} matches no "

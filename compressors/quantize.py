@@ -1,48 +1,88 @@
-"""int8 quantization with `onnxruntime.quantization`: static (QDQ, calibrated) or dynamic.
+"""int8 quantization with `onnxruntime.quantization`: static (calibrated) or dynamic.
 
     - quantize:
-        mode: static              # static | dynamic
+        mode: static              # static | dynamic | auto (static for conv nets, dynamic
+                                  #   when MatMul/Gemm carry most MACs)
+        format: qdq               # qdq | qoperator (QLinearConv, QLinearMatMul, ...)
         per_channel: true
-        calibration_method: minmax   # minmax | entropy | percentile
         activation_type: uint8    # uint8 | int8
         weight_type: int8         # int8 | uint8
-        exclude_nodes: []         # ONNX node names left in float
+        symmetric_activations: false
+        symmetric_weights: false
+        calibration: {method: minmax, percentile: 99.999, samples: null}
+        exclude_nodes: []         # glob patterns over ONNX node names left in float
+        exclude_op_types: []      # op types left in float, e.g. [Gemm]
 
 Defaults were chosen by measurement, not by the docs: on AVX-512 VNNI / AMX CPUs with
 onnxruntime 1.32, unsigned activations with signed weights (U8S8) in QDQ ran a ResNet-18 3.2x
 faster than fp32, while signed activations (S8S8) left most convolutions in float (0.95x).
 ORT's pre-processing (shape inference and graph optimisation) runs first. Calibration reads
-the calibration split (default: a fixed sample of the train split) batch by batch.
+the calibration split (default: a fixed sample of the train split) batch by batch. After
+quantizing, `mcomp.compressors.int8_check` proves which nodes run in int8, times int8 against
+the fp32 input and compares their outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import fnmatch
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from mcomp.compressors.calibration_reader import CalibrationReader
+from mcomp.compressors.quantize_prep import gemm_to_matmul, preprocess, working_directory
 from mcomp.errors import StageError
 from mcomp.model_state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
             "DynamicQuantizeMatMul", "QuantizeLinear", "DequantizeLinear",
-            "DynamicQuantizeLinear"}
+            "DynamicQuantizeLinear", "QGemm"}
+# dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
+DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
+SPEED_CHECK_MAX_BATCH = 64
+Method = Literal["minmax", "entropy", "percentile"]
+
+
+class CalibrationOptions(StageOptions):
+    """How static quantization finds activation ranges."""
+
+    method: Method = "minmax"
+    percentile: float = Field(99.999, gt=50, le=100, description="Percentile of |activation| "
+                              "kept by `method: percentile` (ORT's CalibPercentile).")
+    samples: int | None = Field(None, ge=1, description="Use at most this many calibration "
+                                "samples (default: all of data.calibration_samples).")
 
 
 class QuantizeOptions(StageOptions):
-    mode: Literal["static", "dynamic"] = "static"
+    mode: Literal["static", "dynamic", "auto"] = "static"
+    format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
+    symmetric_activations: bool = False
+    symmetric_weights: bool = False
+    calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
+    calibration_method: Method | None = Field(None, description="Shorthand for "
+                                              "`calibration.method` (kept for old recipes).")
     op_types: list[str] | None = Field(None, description="Op types to quantize (default: all "
                                        "that onnxruntime can).")
-    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_op_types: list[str] = Field(default_factory=list)
+    exclude_nodes: list[str] = Field(default_factory=list, description="Glob patterns over "
+                                     "ONNX node names left in float.")
+
+    @model_validator(mode="after")
+    def _one_calibration_method(self) -> QuantizeOptions:
+        if self.calibration_method is None:
+            return self
+        if "method" in self.calibration.model_fields_set \
+                and self.calibration.method != self.calibration_method:
+            raise ValueError("give the calibration method once: `calibration.method` or "
+                             "`calibration_method`, not both")
+        self.calibration.method = self.calibration_method
+        return self
 
 
 class QuantizeStage(Stage):
@@ -53,16 +93,20 @@ class QuantizeStage(Stage):
     consumes = ModelKind.ONNX
     produces = ModelKind.ONNX
 
+    def __init__(self, options: QuantizeOptions) -> None:
+        super().__init__(options)
+        self._warned: set[str] = set()
+        self._calibration_facts: dict | None = None
+        self._auto_reason = ""
+
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.mode == "static" and not ctx.datasets.calibration:
             raise StageError("quantize: static mode needs calibration samples; give "
                              "`data.calibration` or `data.train`, or use `mode: dynamic`")
         if self.options.op_types:
             _check_op_types(self.options.op_types, self.options.mode)
-        names = {node.name for node in model.onnx_model.graph.node} if model.onnx_model else set()
-        for node in self.options.exclude_nodes:
-            if names and node not in names:
-                ctx.progress.warn(f"quantize: exclude_nodes entry {node!r} matches no node")
+        if model.onnx_model is not None:  # a torch model's node names exist only after export
+            self._excluded_nodes(model.onnx_model, ctx)
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         import onnx
@@ -71,14 +115,17 @@ class QuantizeStage(Stage):
         folder.mkdir(exist_ok=True)
         source = folder / "fp32.onnx"
         onnx.save(model.onnx_model, source)
-        prepared = _preprocess(source, folder / "prepared.onnx", ctx)
+        prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
+        prepared = onnx.load(str(prepared_path))
+        mode = self._resolve_mode(prepared)
+        excluded = self._excluded_nodes(prepared, ctx)
         target = folder / "int8.onnx"
         # onnxruntime's quantizer writes helper files into the current directory.
-        with _working_directory(folder):
-            if self.options.mode == "static":
-                self._quantize_static(prepared, target, ctx)
+        with working_directory(folder):
+            if mode == "static":
+                self._quantize_static(prepared_path, target, model, excluded, ctx)
             else:
-                self._quantize_dynamic(prepared, target)
+                self._quantize_dynamic(prepared_path, target, excluded)
         quantized = onnx.load(str(target))
         counts: dict[str, int] = {}
         for node in quantized.graph.node:
@@ -86,72 +133,155 @@ class QuantizeStage(Stage):
                 counts[node.op_type] = counts.get(node.op_type, 0) + 1
         if not counts:
             raise StageError("quantize: onnxruntime quantized no node of this model; check "
-                             "`op_types`/`exclude_nodes`")
-        self.details = {"mode": self.options.mode, "int8_nodes": counts,
+                             "`op_types`/`exclude_nodes`/`exclude_op_types`")
+        self.details = {"mode": mode, "format": self.options.format if mode == "static"
+                        else "dynamic", "int8_nodes": counts,
                         "activation_type": self.options.activation_type,
                         "weight_type": self.options.weight_type,
-                        "per_channel": self.options.per_channel}
+                        "per_channel": self.options.per_channel,
+                        "excluded_nodes": sorted(excluded)}
+        if self.options.mode == "auto":
+            self.details["mode_requested"] = "auto"
+            self.notes.append(f"mode auto: {mode} ({self._auto_reason})")
+        self._prove_int8(model.onnx_model, quantized, [quantized, prepared], ctx, folder)
         return model.with_onnx(quantized)
 
-    def _quantize_static(self, source: Path, target: Path, ctx: StageContext) -> None:
+    def _resolve_mode(self, model) -> str:
+        """`auto`: dynamic when MatMul/Gemm carry most MACs (transformers, MLPs), else static.
+
+        Dynamic never quantizes Conv, so a conv net always gets static quantization."""
+        if self.options.mode != "auto":
+            return self.options.mode
+        from mcomp.onnx_macs import CONV_OPS
+        from mcomp.onnx_node_macs import node_macs_by_name
+
+        conv_ops = {node.name for node in model.graph.node if node.op_type in CONV_OPS}
+        macs = node_macs_by_name(model)
+        conv = sum(m for name, m in macs.items() if name in conv_ops)
+        total = sum(macs.values())
+        share = conv / total if total else 0.0
+        mode = "dynamic" if total and share < 0.5 else "static"
+        self._auto_reason = f"Conv carries {share:.0%} of {total:,} MACs"
+        return mode
+
+    def _excluded_nodes(self, model, ctx: StageContext) -> set[str]:
+        """Node names matched by `exclude_nodes` globs or `exclude_op_types`; warns once per
+        pattern that matches nothing."""
+        excluded = set()
+        nodes = [(node.name, node.op_type) for node in model.graph.node]
+        for pattern in self.options.exclude_nodes:
+            matched = {name for name, _ in nodes if fnmatch.fnmatchcase(name, pattern)}
+            excluded |= matched
+            if not matched and pattern not in self._warned:
+                self._warned.add(pattern)
+                ctx.progress.warn(f"quantize: exclude_nodes pattern {pattern!r} matches no node "
+                                  f"(e.g. {', '.join(n for n, _ in nodes[:3])})")
+        for op_type in self.options.exclude_op_types:
+            matched = {name for name, op in nodes if op == op_type}
+            excluded |= matched
+            if not matched and op_type not in self._warned:
+                self._warned.add(op_type)
+                ctx.progress.warn(f"quantize: exclude_op_types entry {op_type!r} matches no "
+                                  f"node; the model has {sorted({op for _, op in nodes})}")
+        return excluded
+
+    def _quantize_static(self, source: Path, target: Path, model: ModelState,
+                         excluded: set[str], ctx: StageContext) -> None:
         from onnxruntime import quantization as q
 
-        reader = _CalibrationReader(ctx)
+        calib = self.options.calibration
+        reader = CalibrationReader(ctx, model, calib.samples)
         methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                    "percentile": q.CalibrationMethod.Percentile}
+        extra = {"ActivationSymmetric": self.options.symmetric_activations,
+                 "WeightSymmetric": self.options.symmetric_weights}
+        if calib.method == "percentile":
+            extra["CalibPercentile"] = calib.percentile
+        formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
         try:
             q.quantize_static(
-                str(source), str(target), reader, quant_format=q.QuantFormat.QDQ,
+                str(source), str(target), reader, quant_format=formats[self.options.format],
                 per_channel=self.options.per_channel, reduce_range=self.options.reduce_range,
                 activation_type=_qtype(self.options.activation_type),
                 weight_type=_qtype(self.options.weight_type),
-                calibrate_method=methods[self.options.calibration_method],
+                calibrate_method=methods[calib.method],
                 op_types_to_quantize=self.options.op_types or None,
-                nodes_to_exclude=self.options.exclude_nodes or None)
+                nodes_to_exclude=sorted(excluded) or None, extra_options=extra)
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime static quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
         ctx.progress.finish()
+        self._calibration_facts = {"method": calib.method, "samples": reader.samples}
 
-    def _quantize_dynamic(self, source: Path, target: Path) -> None:
+    def _quantize_dynamic(self, source: Path, target: Path, excluded: set[str]) -> None:
         import onnx
         from onnxruntime import quantization as q
 
         # ORT's dynamic quantizer handles MatMul but not Gemm (what Linear exports to).
         model = gemm_to_matmul(onnx.load(str(source)))
         onnx.save(model, source)
+        # a Gemm excluded by name or type lives on as its MatMul (see gemm_to_matmul)
+        excluded = excluded | {name + "_matmul" for name in excluded}
         try:
             q.quantize_dynamic(
                 str(source), str(target), per_channel=self.options.per_channel,
                 reduce_range=self.options.reduce_range,
                 weight_type=_qtype(self.options.weight_type),
-                # never Conv: ConvInteger ran slower than fp32 on these machines
-                op_types_to_quantize=self.options.op_types or ["MatMul", "Attention", "LSTM",
-                                                               "GRU", "Gather"],
-                nodes_to_exclude=self.options.exclude_nodes or None)
+                op_types_to_quantize=self.options.op_types or DYNAMIC_OP_TYPES,
+                nodes_to_exclude=sorted(excluded) or None,
+                extra_options={"WeightSymmetric": self.options.symmetric_weights})
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime dynamic quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
 
+    def _prove_int8(self, fp32, quantized, sources, ctx: StageContext, folder: Path) -> None:
+        """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, and output parity."""
+        from mcomp.compressors.int8_check import (
+            compare_outputs,
+            count_compute_nodes,
+            save_optimized_graph,
+            time_both,
+        )
+        from mcomp.cpu_features import cpu_features
+        from mcomp.ort_session import batch_feed
 
-class _CalibrationReader:
-    """Feeds the calibration split to onnxruntime batch by batch (never all at once)."""
+        fp32_bytes, int8_bytes = fp32.SerializeToString(), quantized.SerializeToString()
+        optimized = save_optimized_graph(int8_bytes, folder / "int8.optimized.onnx", ctx.threads)
+        self.details.update(count_compute_nodes(optimized, sources))
+        self.details["cpu_isa"] = cpu_features()
+        if self._calibration_facts:
+            self.details["calibration"] = self._calibration_facts
+        split = ctx.datasets.eval or ctx.datasets.first_available()
+        names = [value.name for value in fp32.graph.input]
+        inputs = {name: split.inputs[name] for name in names if name in split.inputs}
+        if len(inputs) != len(names):
+            return  # inputs the data does not name: evaluation reports that, not this check
+        self.details["parity"] = compare_outputs(
+            fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads)
+        batch = min(ctx.batch_size, SPEED_CHECK_MAX_BATCH)
+        speed = time_both(fp32_bytes, int8_bytes, batch_feed(inputs, batch), threads=ctx.threads)
+        self.details["speed_check"] = {"batch": batch, **speed}
+        if speed["fp32_over_int8"] <= 1.0:
+            message = (f"int8 is not faster than the fp32 input at batch {batch} "
+                       f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
+                       f"{_speed_advice(self.options, self.details)}")
+            self.notes.append(message)
+            ctx.progress.warn(f"quantize: {message}")
 
-    def __init__(self, ctx: StageContext) -> None:
-        self._ctx = ctx
-        split = ctx.datasets.calibration
-        self._batches = split.batches(ctx.batch_size)
-        ctx.progress.start("calibrating", total=-(-len(split) // ctx.batch_size))
 
-    def get_next(self):
-        batch = next(self._batches, None)
-        if batch is None:
-            return None
-        self._ctx.progress.advance()
-        return batch[0]
-
-    def rewind(self) -> None:  # ORT >= 1.17 may call it
-        self._batches = self._ctx.datasets.calibration.batches(self._ctx.batch_size)
+def _speed_advice(options: QuantizeOptions, details: dict) -> str:
+    """What to try when int8 is not faster, most likely cause first."""
+    tips = []
+    if details.get("float_compute_nodes"):
+        tips.append(f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
+                    "in float (see details.float_compute_nodes)")
+    if options.activation_type == "int8":
+        tips.append("unsigned activations (`activation_type: uint8`, U8S8)")
+    if not options.per_channel:
+        tips.append("`per_channel: true`")
+    tips += ["a larger batch (small layers are dominated by quantize/dequantize overhead)",
+             "`exclude_nodes` for the smallest layers"]
+    return "try: " + "; ".join(tips)
 
 
 def _qtype(name: str):
@@ -170,58 +300,3 @@ def _check_op_types(op_types: list[str], mode: str) -> None:
         raise StageError(f"quantize.op_types: onnxruntime cannot {mode}-quantize {unknown}; "
                          f"quantizable: {', '.join(sorted(known))}")
 
-
-def _preprocess(source: Path, target: Path, ctx: StageContext) -> Path:
-    """ORT's recommended pre-processing; symbolic shape inference fails on some graphs, so
-    retry without it, and fall back to the unprocessed model with a warning."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    for skip_symbolic in (False, True):
-        try:
-            with _working_directory(target.parent):
-                quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
-            return target
-        except Exception:
-            continue
-    ctx.progress.warn("quantize: onnxruntime pre-processing failed; quantizing the model as is")
-    return source
-
-
-@contextlib.contextmanager
-def _working_directory(folder: Path):
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def gemm_to_matmul(model):
-    """Rewrite Gemm(A, B, C) with constant B as MatMul(A, B') + C so it can be quantized."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 \
-            and not attrs.get("transA", 0)
-        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = np.ascontiguousarray(weight.T)
-        name = node.input[1] + "_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(weight, name))
-        product = node.output[0] + "_matmul" if len(node.input) > 2 else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product],
-                                      name=(node.name or product) + "_matmul"))
-        if len(node.input) > 2 and node.input[2]:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
-                                          name=(node.name or product) + "_bias"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model

@@ -17,6 +17,9 @@ STAGES: dict[str, str] = {
     "finetune": "mcomp.compressors.finetune:FinetuneStage",
     "quantize": "mcomp.compressors.quantize:QuantizeStage",
     "export": "mcomp.compressors.export:ExportStage",
+    "distill": "mcomp.compressors.distill:DistillStage",
+    "lowrank": "mcomp.compressors.lowrank:LowRankStage",
+    "cluster": "mcomp.compressors.cluster:ClusterStage",
 }
 
 

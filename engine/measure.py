@@ -73,20 +73,32 @@ def _torch_params(state: ModelState) -> tuple[int, int]:
 
 def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
     """Weights of an ONNX graph: float and int8 initializers and quantized (int32) biases;
-    scales, zero points and shape constants are not parameters."""
+    scales, zero points, shape constants and scalar constants (a clamp bound, an epsilon: torch
+    counts no parameter for them) are not parameters."""
     from onnx import numpy_helper
 
-    not_params, dq_inputs = set(), set()
+    not_params, dq_inputs, dynamic_scales = set(), set(), set()
     for node in model.graph.node:
         if node.op_type in QDQ_OPS:
             not_params.update(node.input[1:])
             if node.op_type == "DequantizeLinear":
                 dq_inputs.add(node.input[0])
+        elif node.op_type in ("MatMulInteger", "ConvInteger"):
+            not_params.update(node.input[2:])  # zero points
+        elif node.op_type == "DynamicQuantizeMatMul":
+            not_params.update(node.input[2:4])  # weight scale and zero point
+        elif node.op_type == "DynamicQuantizeLinear":
+            dynamic_scales.add(node.output[1])
+    for node in model.graph.node:  # dynamic quantization: activation scale x weight scale
+        if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
+            not_params.update(node.input)
     params = nonzero = 0
     for init in model.graph.initializer:
         if init.name in not_params:
             continue
         array = numpy_helper.to_array(init)
+        if array.ndim == 0 and array.dtype.kind == "f":
+            continue
         is_weight = array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8)
         if is_weight or (array.dtype == np.int32 and init.name in dq_inputs):
             params += array.size

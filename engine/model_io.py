@@ -94,8 +94,6 @@ def _looks_like_onnx(path: Path) -> bool:
 
 def _builtin(name: str) -> ModelState:
     """A model shipped in `mcomp.models`: its factory and its trained weights `NAME.pt`."""
-    import importlib
-
     import torch
 
     module = getattr(importlib.import_module(f"mcomp.models.{name}"), name)()

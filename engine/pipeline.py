@@ -41,6 +41,11 @@ def output_dir(loaded: LoadedRecipe, options: RunOptions) -> Path:
         out = Path("mcomp-out")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output.dir: {out} exists and is a file; choose a directory (--out)")
+    # a file above it would only fail the final write, after all the work
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise OutputError(f"output.dir: cannot create {out}: {blocked} is a file; choose a "
+                          "directory (--out)")
     return out
 
 

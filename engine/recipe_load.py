@@ -49,8 +49,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     path, packaged = find_recipe(name_or_path)
     data, positions = read_yaml(path)
     if not isinstance(data, dict):
-        raise RecipeError(f"a recipe must be a mapping of keys (got {type(data).__name__})",
-                          file=str(path), line=1, column=1)
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        line, col = positions.get((), (1, 1))  # where the document starts (after comments)
+        raise RecipeError(f"a recipe must be a mapping of keys like `version: 1` (got {got})",
+                          file=str(path), line=line, column=col)
     for override in overrides:
         apply_override(data, override, file=str(path))
     try:
@@ -117,8 +119,7 @@ def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
     from mcomp.compressors.registry import stage_class
     from mcomp.model_state import ModelKind
 
-    spec = loaded.recipe.model
-    is_onnx = spec.format == "onnx" or (spec.path or "").lower().endswith(".onnx")
+    is_onnx = _model_is_onnx(loaded)
     kind = ModelKind.ONNX if is_onnx else ModelKind.TORCH
     for index, (name, _) in enumerate(loaded.stages):
         cls = stage_class(name)
@@ -134,6 +135,27 @@ def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
             kind = cls.produces
 
 
+def _model_is_onnx(loaded: LoadedRecipe) -> bool:
+    """The recipe's `model.format`, else the file's content as `load_model` will detect it (a
+    state_dict named .onnx is torch, an ONNX file named .bin is not); the name if unreadable."""
+    from mcomp.errors import MCompError
+    from mcomp.model_io import detect_format
+
+    spec = loaded.recipe.model
+    if spec.format != "auto":
+        return spec.format == "onnx"
+    named_onnx = (spec.path or "").lower().endswith(".onnx")
+    path = loaded.base_dir / (spec.path or "")
+    if spec.path is None or not path.is_file():
+        return named_onnx
+    try:
+        return detect_format(path) == "onnx"
+    except (MCompError, OSError):
+        # Unreadable: not known to be ONNX, so no stage-order error claims it is one;
+        # load_model reports the damaged file before any stage runs.
+        return False
+
+
 def _did_you_mean(word: str, candidates: Any) -> str:
     close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -142,7 +164,9 @@ def _did_you_mean(word: str, candidates: Any) -> str:
 def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, file: str,
                   positions: Positions) -> RecipeError:
     errors = exc.errors()
-    first = errors[0]
+    # A misspelt key also makes the real one "missing": report the unknown key (with its
+    # did-you-mean) rather than the "Field required" it causes.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc: KeyPath = prefix + tuple(p for p in first["loc"] if not _is_union_tag(p))
     line, col = position_of(positions, loc)
     if first["type"] == "extra_forbidden":

@@ -53,8 +53,13 @@ class TrainResult:
 def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
                  masks: dict[str, torch.Tensor], label: str = "finetune",
                  loss_fn: Callable[..., torch.Tensor] | None = None,
-                 on_step: Hook | None = None) -> TrainResult:
-    """Train `state.module` in place; returns per-epoch loss and eval metric."""
+                 on_step: Hook | None = None,
+                 extra_parameters: list[torch.Tensor] | None = None) -> TrainResult:
+    """Train `state.module` in place; returns per-epoch loss and eval metric.
+
+    `extra_parameters` are trained beside the module's own but are not part of it (e.g. the
+    projections of distillation hints); they are not saved in the best checkpoint.
+    """
     import torch
 
     split = ctx.datasets.train
@@ -66,7 +71,7 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
     module = state.module
     params = dict(module.named_parameters())
     masked = [(params[name], mask) for name, mask in masks.items() if name in params]
-    optimizer = _optimizer(module, config)
+    optimizer = _optimizer(module, config, extra_parameters or [])
     steps_per_epoch = math.ceil(len(split) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     loss_fn = loss_fn or _task_loss(ctx.task)
@@ -134,10 +139,10 @@ def _first(outputs):
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
-def _optimizer(module, config: TrainConfig):
+def _optimizer(module, config: TrainConfig, extra_parameters: list):
     import torch
 
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in module.parameters() if p.requires_grad] + list(extra_parameters)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)

@@ -34,7 +34,9 @@ def test_no_bare_top_level_imports():
     assert offenders == []
 
 
-@pytest.mark.parametrize("args", [["--help"], ["validate", "quickstart"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["validate", "quickstart"], ["--version"],
+                                  ["inspect", "--help"], ["eval", "--help"], ["bench", "--help"],
+                                  ["compare", "--help"], ["init", "--help"]])
 def test_fast_commands_do_not_import_torch_or_onnxruntime(args):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "mcomp", *args],
                             capture_output=True, text=True, timeout=60)

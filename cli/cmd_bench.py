@@ -1,0 +1,48 @@
+"""`mcomp bench MODEL.onnx`: onnxruntime CPU latency, throughput and memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mcomp.cli.errors import error_boundary
+from mcomp.cli.model_options import echo_json, model_argument, threads_from, threads_option
+from mcomp.cli.options import debug_option, json_option
+
+EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing, unreadable or non-ONNX model)."
+
+
+@click.command(epilog=EPILOG)
+@model_argument
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
+              help="Batch size to time (repeatable; default: 1 and 32).")
+@threads_option
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs before each batch size.")
+@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed runs per batch size.")
+@json_option
+@debug_option
+@error_boundary
+def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: int, runs: int,
+          as_json: bool, debug: bool) -> None:
+    """Time MODEL (ONNX) with onnxruntime on the CPU: latency p50/p90/mean per batch size,
+    samples/s, the session's peak memory and the CPU's instruction sets. Inputs are random
+    data of the model's input signature (integer inputs: zeros).
+
+    \b
+    Examples:
+      mcomp bench mcomp-out/model.onnx
+      mcomp bench model.onnx --batch 1 --batch 64 --threads 4 --runs 100
+      mcomp bench model.onnx --json | jq '.batches[0].p50_ms'
+    """
+    from mcomp.bench import bench_model
+    from mcomp.cli.companion_render import render_bench
+
+    result = bench_model(model, batches=list(batches) or [1, 32], threads=threads_from(threads),
+                         warmup=warmup, runs=runs)
+    if as_json:
+        echo_json(result)
+    else:
+        render_bench(result)

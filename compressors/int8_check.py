@@ -1,0 +1,129 @@
+"""Proof that a quantized model really computes in int8, how fast, and how close to fp32.
+
+Used by the quantize stage after onnxruntime wrote the model. Three checks:
+
+- **Which kernels run.** onnxruntime fuses QuantizeLinear/DequantizeLinear pairs around a
+  Conv/MatMul/Gemm into an int8 kernel (QLinearConv, QGemm, ...) only when it has one for the
+  types and the CPU; otherwise the node runs in float between Q/DQ pairs, slower than plain
+  fp32. So the graph onnxruntime actually runs is saved (`optimized_model_filepath`, level
+  EXTENDED: the fusions that decide int8 vs float, without the CPU-specific NCHWc layout
+  rewrite that would hide float convolutions under blocked shapes) and its compute nodes are
+  counted.
+- **Share of MACs in int8.** onnxruntime keeps the source node's name on a fused node, so each
+  optimised compute node takes the MACs of the same-named node of the un-optimised model
+  (`mcomp.onnx_node_macs`); a node with no namesake is counted from the shapes onnxruntime
+  saved with the optimised graph (batch 1), the same formulas as `mcomp.onnx_macs`.
+- **Speed and parity** against the fp32 input model: both sessions with the same thread
+  settings, each timed in its own block; outputs compared on eval samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mcomp.onnx_macs import _conv_macs, _matmul_macs, _shapes
+from mcomp.onnx_node_macs import node_macs_by_name
+
+if TYPE_CHECKING:
+    import onnx
+
+INT8_CONV_OPS = {"QLinearConv", "ConvInteger"}
+INT8_MATMUL_OPS = {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm",
+                   "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLSTM"}
+FLOAT_CONV_OPS = {"Conv", "FusedConv", "ConvTranspose"}
+FLOAT_MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Attention"}
+# QLinearAdd, QLinearConcat, QLinearSigmoid, ...: int8 too, but they carry no MACs
+INT8_ELEMENTWISE_PREFIX = "QLinear"
+
+
+def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx.ModelProto:
+    """The graph onnxruntime runs for `model_bytes`, saved to `target` and loaded back."""
+    import onnx
+    import onnxruntime as ort
+
+    # the thread settings of mcomp.ort_session.create_session; only the level differs (above)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3
+    ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(target))
+
+
+def count_compute_nodes(optimized: onnx.ModelProto,
+                        source_models: list[onnx.ModelProto]) -> dict[str, Any]:
+    """int8 vs float compute nodes of the optimised graph and the share of MACs in int8."""
+    known: dict[str, int] = {}
+    for model in source_models:
+        for name, macs in node_macs_by_name(model).items():
+            known.setdefault(name, macs)
+    shapes = _shapes(optimized)
+    int8_nodes: dict[str, int] = {}
+    float_nodes: dict[str, int] = {}
+    int8_macs = float_macs = 0
+    for node in optimized.graph.node:
+        op = node.op_type
+        is_int8 = op in INT8_CONV_OPS or op in INT8_MATMUL_OPS
+        if is_int8 or op.startswith(INT8_ELEMENTWISE_PREFIX):
+            int8_nodes[op] = int8_nodes.get(op, 0) + 1
+        elif op in FLOAT_CONV_OPS or op in FLOAT_MATMUL_OPS:
+            float_nodes[op] = float_nodes.get(op, 0) + 1
+        else:
+            continue
+        macs = known.get(node.name) or _node_macs(node, shapes)
+        if is_int8 or op.startswith(INT8_ELEMENTWISE_PREFIX):
+            int8_macs += macs
+        else:
+            float_macs += macs
+    total = int8_macs + float_macs
+    return {"int8_compute_nodes": int8_nodes, "float_compute_nodes": float_nodes,
+            "int8_macs": int8_macs, "float_macs": float_macs,
+            "int8_macs_share": round(int8_macs / total, 4) if total else 0.0}
+
+
+def _node_macs(node, shapes: dict[str, list[int]]) -> int:
+    if node.op_type in INT8_CONV_OPS or node.op_type in FLOAT_CONV_OPS:
+        return _conv_macs(node, shapes)
+    if node.op_type in INT8_MATMUL_OPS or node.op_type in FLOAT_MATMUL_OPS:
+        return _matmul_macs(node, shapes)
+    return 0
+
+
+def compare_outputs(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray],
+                    threads: int) -> dict[str, float]:
+    """Largest and mean absolute difference of all float outputs, int8 vs fp32."""
+    from mcomp.ort_session import create_session
+
+    reference = create_session(fp32_bytes, threads).run(None, feed)
+    quantized = create_session(int8_bytes, threads).run(None, feed)
+    diffs = [np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
+             for a, b in zip(reference, quantized, strict=True)
+             if np.asarray(a).dtype.kind == "f"]
+    if not diffs:
+        return {}
+    flat = np.concatenate(diffs)
+    return {"samples": len(next(iter(feed.values()))), "max_abs_diff": float(flat.max()),
+            "mean_abs_diff": float(flat.mean())}
+
+
+def time_both(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray], *,
+              threads: int, warmup: int = 2, runs: int = 7) -> dict[str, float]:
+    """Median latency (ms) of the fp32 and the int8 model on `feed`, each in its own block."""
+    import time
+
+    from mcomp.ort_session import create_session, time_session
+
+    result = {}
+    for label, model_bytes in (("fp32_ms", fp32_bytes), ("int8_ms", int8_bytes)):
+        session = create_session(model_bytes, threads)
+        result[label] = round(time_session(session, feed, warmup=warmup, runs=runs), 4)
+        del session
+        time.sleep(0.05)  # let the previous session's spinning threads go idle
+    result["fp32_over_int8"] = round(result["fp32_ms"] / result["int8_ms"], 3)
+    return result

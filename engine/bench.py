@@ -1,0 +1,69 @@
+"""`mcomp bench`: onnxruntime CPU latency of an ONNX model per batch size, with throughput,
+the session's peak memory and the CPU's instruction sets."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcomp.errors import ModelLoadError
+from mcomp.recipe import ModelFormat
+
+
+def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
+                runs: int) -> dict[str, Any]:
+    """Time each batch size in its own block (warm-up, then `runs` timed calls).
+
+    Memory is the growth of the resident set from before the session is created to its peak
+    during the runs: what deploying this model costs on top of the Python process.
+    """
+    from mcomp.cpu_features import cpu_features
+    from mcomp.eval_data import random_inputs
+    from mcomp.model_file import ModelRef, detect_model_format, open_model
+    from mcomp.ort_session import create_session
+    from mcomp.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    if detect_model_format(path) != ModelFormat.ONNX:
+        raise ModelLoadError(f"{path}: bench times ONNX models and this is a torch file; "
+                             "export it first (a recipe with an `export` stage), or use "
+                             "`mcomp compare`, which converts torch models")
+    state = open_model(ModelRef(path))
+    import onnxruntime  # noqa: F401  (its import is the process's cost, not the session's)
+
+    raw = state.onnx_model.SerializeToString()
+    feeds = {batch: random_inputs(state, batch) for batch in batches}
+    before = rss_bytes()
+    exact_peak = reset_peak_rss()
+    session = create_session(raw, threads)
+    results = [_time_batch(session, feeds[batch], batch, warmup, runs) for batch in batches]
+    peak = peak_rss_bytes()
+    growth = peak - before if peak is not None and before is not None else None
+    return {
+        "model": str(path), "size_bytes": len(raw), "threads": threads,
+        "warmup": warmup, "runs": runs, "cpu_isa": cpu_features(),
+        "inputs": [i.model_dump() for i in state.inputs],
+        "batches": results,
+        "memory": {"rss_before_bytes": before, "peak_rss_bytes": peak,
+                   "session_peak_bytes": max(0, growth) if growth is not None else None,
+                   "exact": exact_peak},
+    }
+
+
+def _time_batch(session, feed: dict[str, np.ndarray], batch: int, warmup: int,
+                runs: int) -> dict[str, Any]:
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    p50 = statistics.median(timings)
+    return {"batch": batch, "p50_ms": round(p50, 4),
+            "p90_ms": round(float(np.percentile(timings, 90)), 4),
+            "mean_ms": round(statistics.fmean(timings), 4),
+            "throughput_per_s": round(batch * 1000.0 / p50, 2) if p50 > 0 else None}

@@ -1,0 +1,210 @@
+"""The quantize stage on tiny real models: formats, calibration, auto mode, int8 proof.
+
+Models are exported to ONNX once per module (a small CNN with Conv+BatchNorm+ReLU, and the
+helpers' MLP), then every test runs the real pipeline on the ONNX file with real onnxruntime
+sessions. Speed is never asserted (the machine is shared); only that it was measured.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from mcomp.errors import StageError
+from tests.helpers import run_recipe, write_mlp_project
+
+RECIPE = """\
+version: 1
+seed: 0
+model: {path: %s}
+data: {train: train.npz, eval: eval.npz, batch_size: 32, calibration_samples: 64}
+runtime: {threads: 1, latency: {runs: 3, warmup: 1, batch: 8}}
+stages:
+  - quantize: %s
+"""
+
+
+def build_cnn():
+    """x(3x8x8) → Conv+BN+ReLU (stem) → Conv+BN+ReLU (block) → mean → Linear(16, 4)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, folded by the exporter
+        for layer in (model[1], model[4]):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def export(module, shape: list[int], path: Path) -> None:
+    from mcomp.convert import torch_to_onnx
+    from mcomp.model_state import ModelState
+    from mcomp.recipe import InputSpec
+
+    model = torch_to_onnx(ModelState.from_torch(module, [InputSpec(name="x", shape=shape)]))
+    # stable names for exclusion patterns: the exporter's names depend on its version
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    for node, name in zip(convs, ("stem.conv", "block.conv"), strict=False):
+        node.name = name
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cnn")
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 96), ("eval", 32)):
+        np.savez(folder / f"{name}.npz", x=rng.normal(size=(count, 3, 8, 8)).astype(np.float32),
+                 y=rng.integers(0, 4, size=count))
+    export(build_cnn(), [3, 8, 8], folder / "cnn.onnx")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mlp_dir(tmp_path_factory) -> Path:
+    import torch
+
+    folder = tmp_path_factory.mktemp("mlp")
+    write_mlp_project(folder, samples=128)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                 torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    module.load_state_dict(torch.load(folder / "mlp.pt", weights_only=True))
+    export(module.eval(), [16], folder / "mlp.onnx")
+    return folder
+
+
+def quantize(folder: Path, model: str, options: str):
+    """Run `quantize: options` on `model`; returns (stage report entry, model, warnings)."""
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(RECIPE % (model, options))
+    out = folder / "out"
+    result, progress = run_recipe(recipe, out)
+    quantized = onnx.load(str(out / "model.onnx"))
+    return result.report["stages"][0], quantized, progress.warnings
+
+
+def check_runs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": x})
+    assert np.isfinite(out).all()
+    return out
+
+
+def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
+    stage, model, _ = quantize(cnn_dir, "cnn.onnx", "{}")
+    details = stage["details"]
+    # ORT fuses DequantizeLinear → Conv → QuantizeLinear into QLinearConv only with U8S8 here
+    assert details["int8_compute_nodes"].get("QLinearConv") == 2
+    assert 0.5 < details["int8_macs_share"] <= 1.0
+    assert details["float_compute_nodes"].get("Conv", 0) + \
+        details["float_compute_nodes"].get("FusedConv", 0) == 0
+    assert isinstance(details["cpu_isa"], list)
+    assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 32
+    assert details["speed_check"]["fp32_ms"] > 0 and details["speed_check"]["int8_ms"] > 0
+    assert details["calibration"] == {"method": "minmax", "samples": 64}
+    check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
+
+
+def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir):
+    stage, model, _ = quantize(cnn_dir, "cnn.onnx", "{format: qoperator}")
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0 and ops["DequantizeLinear"] >= 1
+    assert stage["details"]["format"] == "qoperator"
+    check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
+    # the MLP's Linear layers export to Gemm; keep MatMul quantizable by listing it alone
+    _, mlp, _ = quantize(mlp_dir, "mlp.onnx", "{format: qoperator}")
+    mlp_ops = Counter(node.op_type for node in mlp.graph.node)
+    assert mlp_ops["QGemm"] + mlp_ops["QLinearMatMul"] == 3 and mlp_ops["Gemm"] == 0
+    check_runs(mlp, np.load(mlp_dir / "eval.npz")["x"][:4])
+
+
+@pytest.mark.parametrize("calibration", ["{calibration: {method: percentile, percentile: 99.9}}",
+                                         "{calibration_method: entropy}"])
+def test_percentile_and_entropy_calibration_give_valid_models(cnn_dir, calibration):
+    stage, model, _ = quantize(cnn_dir, "cnn.onnx", calibration)
+    method = "percentile" if "percentile" in calibration else "entropy"
+    assert stage["details"]["calibration"]["method"] == method
+    out = check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
+    assert out.shape == (4, 4)
+
+
+def test_calibration_samples_caps_the_split_and_symmetric_flags_apply(cnn_dir):
+    stage, model, _ = quantize(cnn_dir, "cnn.onnx", "{calibration: {samples: 10}, "
+                               "symmetric_activations: true, activation_type: int8}")
+    assert stage["details"]["calibration"]["samples"] == 10
+    zero_points = [init for init in model.graph.initializer if init.name.endswith("_zero_point")]
+    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)
+
+
+def test_auto_mode_picks_static_for_cnn_and_dynamic_for_mlp(cnn_dir, mlp_dir):
+    cnn, _, _ = quantize(cnn_dir, "cnn.onnx", "{mode: auto}")
+    mlp, model, _ = quantize(mlp_dir, "mlp.onnx", "{mode: auto}")
+    assert cnn["details"]["mode"] == "static" and cnn["details"]["mode_requested"] == "auto"
+    assert mlp["details"]["mode"] == "dynamic"
+    assert any("mode auto: dynamic" in note for note in mlp["notes"])
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == 3
+    assert 0.0 <= mlp["details"]["int8_macs_share"] <= 1.0
+
+
+def test_exclude_nodes_glob_leaves_the_matched_conv_in_float(cnn_dir):
+    stage, model, warnings = quantize(cnn_dir, "cnn.onnx", "{exclude_nodes: ['stem.*']}")
+    stem = next(node for node in model.graph.node if node.name == "stem.conv")
+    weights = {init.name: init for init in model.graph.initializer}
+    assert stem.op_type == "Conv" and weights[stem.input[1]].data_type == onnx.TensorProto.FLOAT
+    details = stage["details"]
+    assert details["excluded_nodes"] == ["stem.conv"]
+    assert details["int8_compute_nodes"].get("QLinearConv") == 1
+    assert sum(details["float_compute_nodes"].values()) == 1
+    assert 0.0 < details["int8_macs_share"] < 1.0
+    assert not warnings or not any("exclude" in w for w in warnings)
+
+
+def test_patterns_matching_nothing_are_warnings(cnn_dir):
+    _, _, warnings = quantize(cnn_dir, "cnn.onnx",
+                              "{exclude_nodes: ['decoder.*'], exclude_op_types: [LSTM]}")
+    assert sum("'decoder.*' matches no node" in w for w in warnings) == 1
+    assert any("'LSTM' matches no node" in w for w in warnings)
+
+
+def test_calibration_method_given_twice_is_a_recipe_error():
+    from pydantic import ValidationError
+
+    from mcomp.compressors.quantize import QuantizeOptions
+
+    assert QuantizeOptions(calibration_method="entropy").calibration.method == "entropy"
+    with pytest.raises(ValidationError, match="give the calibration method once"):
+        QuantizeOptions(calibration_method="entropy", calibration={"method": "minmax"})
+
+
+def test_calibration_data_that_does_not_fit_is_a_stage_error(cnn_dir):
+    from mcomp.compressors.calibration_reader import CalibrationReader
+    from mcomp.data_io import Datasets, Split
+    from mcomp.progress import NullProgress
+
+    model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
+
+    def reader(split):
+        ctx = SimpleNamespace(datasets=Datasets(None, split, None), batch_size=8,
+                              progress=NullProgress())
+        return CalibrationReader(ctx, model, None)
+
+    wrong = Split("calibration", {"x": np.zeros((4, 3, 16, 16), np.float32)}, None)
+    with pytest.raises(StageError, match=r"per-sample shape \(3, 16, 16\).*expects \(3, 8, 8\)"):
+        reader(wrong)
+    with pytest.raises(StageError, match="has no samples"):
+        reader(Split("calibration", {"x": np.zeros((0, 3, 8, 8), np.float32)}, None))
+    with pytest.raises(StageError, match="has no input 'x'"):
+        reader(Split("calibration", {"image": np.zeros((4, 3, 8, 8), np.float32)}, None))
