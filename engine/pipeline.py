@@ -56,8 +56,9 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
     out = output_dir(loaded, options)
     with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
         state, ctx, stages = prepare_run(loaded, options, Path(workdir), progress)
-        baseline, stage_entries, state = _run_stages(state, ctx, stages, loaded, progress)
-        return _finish(loaded, out, state, ctx, baseline, stage_entries, progress)
+        baseline, stage_entries, state, last_torch = _run_stages(state, ctx, stages, loaded,
+                                                                 progress)
+        return _finish(loaded, out, (state, last_torch), ctx, baseline, stage_entries, progress)
 
 
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
@@ -77,6 +78,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     progress.finish()
     entries = []
     names = Counter()
+    last_torch = state if state.kind == "torch" else None
     for index, stage in enumerate(stages):
         names[stage.name] += 1
         label = stage.name if names[stage.name] == 1 else f"{stage.name}#{names[stage.name]}"
@@ -85,6 +87,8 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         start = time.perf_counter()
         state, notes = _convert_if_needed(state, stage, ctx)
         state = stage.run(state, ctx)
+        if state.kind == "torch":
+            last_torch = state
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
         metrics = measure_model(state, ctx, latency)
@@ -93,7 +97,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
                         "seconds": round(seconds, 3), "model_kind": str(state.kind),
                         "notes": notes + stage.notes, "details": stage.details,
                         "metrics": metrics})
-    return baseline, entries, state
+    return baseline, entries, state, last_torch
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
@@ -110,7 +114,7 @@ def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
                                     f"before this stage; parity max |diff| {diff:.2e}"]
 
 
-def _finish(loaded: LoadedRecipe, out: Path, state, ctx, baseline, entries,
+def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
             progress: Progress) -> RunResult:
     import yaml
 
@@ -119,17 +123,25 @@ def _finish(loaded: LoadedRecipe, out: Path, state, ctx, baseline, entries,
     from mcomp.measure import onnx_form
     from mcomp.report import build_report, environment
 
+    state, last_torch = states
     final = entries[-1]["metrics"] if entries else baseline["metrics"]
     constraints = check_constraints(loaded.recipe.constraints, baseline["metrics"], final,
                                     ctx.metric)
     model_path = out / loaded.recipe.output.model
     artifacts = {"model": str(model_path), "report": str(out / "report.json"),
                  "recipe": str(out / "recipe.resolved.yaml")}
+    torch_name = loaded.recipe.output.torch_model
+    program = None
+    if torch_name is not None:
+        program = _torch_program(last_torch, torch_name)
+        artifacts["torch_model"] = str(out / torch_name)
     report = build_report(recipe=loaded.resolved(), recipe_file=str(loaded.file),
                           env=environment(ctx.threads), baseline=baseline, stages=entries,
                           constraints=constraints, artifacts=artifacts)
     try:
         write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
+        if program is not None:
+            write_bytes_atomic(out / torch_name, program)
         write_text_atomic(out / "recipe.resolved.yaml",
                           yaml.safe_dump(loaded.resolved(), sort_keys=False))
         from mcomp.report_io import report_json
@@ -139,6 +151,29 @@ def _finish(loaded: LoadedRecipe, out: Path, state, ctx, baseline, entries,
         raise OutputError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
     progress.log(f"wrote {model_path}")
     return RunResult(report=report, ok=report["ok"])
+
+
+def _torch_program(state, name: str) -> bytes:
+    """The last torch form as a saved torch.export program (dynamic batch axis)."""
+    import io
+
+    import torch
+
+    from mcomp.convert import example_inputs
+
+    if state is None:
+        raise OutputError(f"output.torch_model: {name}: the model never was a torch module "
+                          "(an ONNX input); remove the key")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(state.module.eval(), example_inputs(state),
+                                      dynamic_shapes=tuple({0: batch} for _ in state.inputs))
+    except Exception as exc:
+        raise OutputError(f"output.torch_model: torch.export cannot trace the model "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
 
 
 def require_eval(datasets, progress: Progress):

@@ -176,6 +176,17 @@ class OutputSpec(Strict):
     dir: str | None = Field(None, description="Relative to the recipe file; default "
                             "./mcomp-out in the current directory.")
     model: str = Field("model.onnx", description="File name of the final ONNX model.")
+    torch_model: str | None = Field(
+        None, description="Also save the last torch form of the model (before its ONNX "
+        "conversion) as a torch.export program under this name (e.g. model.pt2): it reloads "
+        "without the original class, also after structured pruning.")
+
+    @field_validator("torch_model")
+    @classmethod
+    def _pt2_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or not value.endswith(".pt2")):
+            raise ValueError("must be a plain file name ending in .pt2")
+        return value
 
     @field_validator("model")
     @classmethod

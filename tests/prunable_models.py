@@ -88,3 +88,19 @@ class TinyResNet(nn.Module):
 def tiny_resnet(in_channels: int = 1, width: int = 8, blocks: int = 2) -> nn.Module:
     torch.manual_seed(0)
     return TinyResNet(in_channels, width, blocks)
+
+
+class Wrapped(nn.Module):
+    """Stands for a DistributedDataParallel / torch.compile wrapper: names start `module.`."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.module = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def wrapped_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return Wrapped(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)))

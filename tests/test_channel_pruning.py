@@ -109,3 +109,30 @@ def _conv_widths(path: Path) -> list[int]:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     return [inits[n.input[1]].shape[0] for n in model.graph.node
             if n.op_type == "Conv" and n.input[1] in inits]
+
+
+def test_structurally_pruned_model_is_saved_as_a_reloadable_torch_program(project):
+    # setup: channel pruning, saving the torch form beside the ONNX model
+    (project / "recipe.yaml").write_text(
+        RECIPE % "  - prune: {method: channel, sparsity: 0.5}\n"
+        + "output: {torch_model: pruned.pt2}\n")
+    result, _ = run_recipe(project / "recipe.yaml", project / "out")
+    saved = project / "out" / "pruned.pt2"
+    assert result.report["artifacts"]["torch_model"] == str(saved)
+    # act: a second recipe loads it without the original class (no factory, no python_path)
+    (project / "reload.yaml").write_text(
+        "model: {path: out/pruned.pt2}\n"
+        "data: {eval: {builtin: digits, samples: 16}}\n"
+        "runtime: {threads: 1, latency: {enabled: false}}\n"
+        "stages: [{export: {}}]\n")
+    reloaded, _ = run_recipe(project / "reload.yaml", project / "out2")
+    # check: same parameter count, and it exports and runs
+    assert reloaded.report["baseline"]["metrics"]["params"] == \
+        result.report["stages"][0]["metrics"]["params"]
+    session = ort.InferenceSession(str(project / "out2" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    first = ort.InferenceSession(str(project / "out" / "model.onnx"),
+                                 providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], first.run(None, {"x": x})[0],
+                               atol=1e-5)

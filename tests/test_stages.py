@@ -139,3 +139,25 @@ def test_onnx_macs_match_torch_flop_counter():
     torch_macs = _torch_macs(state)
     assert torch_macs == 8 * 8 * 16 * 9 + 8 * 8 * 32 * 16 * 9 + 512 * 64 + 64 * 10
     assert count_onnx_macs(torch_to_onnx(state)) == torch_macs
+
+
+def test_wrapper_prefixes_are_stripped_before_matching(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import torch
+
+    tests = Path(__file__).resolve().parent
+    monkeypatch.syspath_prepend(str(tests))
+    from prunable_models import wrapped_mlp
+
+    write_mlp_project(tmp_path)
+    torch.save(wrapped_mlp().state_dict(), tmp_path / "wrapped.pt")
+    (tmp_path / "recipe.yaml").write_text(
+        f"model: {{path: wrapped.pt, factory: 'prunable_models:wrapped_mlp', "
+        f"python_path: ['{tests}']}}\n"
+        "data: {train: train.npz, eval: eval.npz}\n"
+        "runtime: {threads: 1, latency: {enabled: false}}\n"
+        "stages: [{prune: {sparsity: 0.5, exclude: ['2']}}]\n")
+    result, progress = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
+    assert set(result.report["stages"][0]["details"]["layers"]) == {"0"}
+    assert not progress.warnings  # 'module.2' matched the pattern '2'
