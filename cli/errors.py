@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -44,6 +45,8 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _fail(message: str, code: int) -> None:
     text = message.replace("\n", " ")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
+        text = f"rank {os.environ.get('RANK', '?')}: {text}"
     if sys.stderr.isatty():
         click.secho(f"mcomp: {text}", fg="red", err=True)
     else:

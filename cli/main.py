@@ -3,6 +3,7 @@ function and renders the result; torch is imported only when a command needs it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -70,9 +71,12 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
-    result = run_pipeline(loaded, options, make_progress(quiet))
-    write_run_extras(result.report, summary_md)
-    _emit(result.report, report_file, as_json, quiet)
+    # under torchrun only rank 0 talks and writes; the others stay quiet
+    follower = int(os.environ.get("RANK", "0")) > 0
+    result = run_pipeline(loaded, options, make_progress(quiet or follower))
+    if result.report is not None:
+        write_run_extras(result.report, summary_md)
+        _emit(result.report, report_file, as_json, quiet)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)
 

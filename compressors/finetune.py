@@ -60,6 +60,9 @@ class FinetuneStage(Stage):
             check_hints(model.module, teacher, self.options.distill.hints, self.name)
             check_outputs(model.module, teacher, model, self.name)
 
+    def runs_on_all_ranks(self) -> bool:
+        return True
+
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.train_loop import TrainConfig, train_module
 

@@ -69,6 +69,9 @@ class PruneStage(Stage):
     consumes = ModelKind.TORCH
     produces = ModelKind.TORCH
 
+    def runs_on_all_ranks(self) -> bool:
+        return self.options.gradual is not None  # gradual pruning trains
+
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.method == "layer":
             return self._check_layer_options(model)

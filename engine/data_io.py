@@ -114,7 +114,12 @@ def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
 
 
 def _from_factory(name: str, spec: SplitSpec) -> Split:
-    obj = import_factory(spec.factory or "", key=f"data.{name}.factory")(**spec.factory_args)
+    factory = import_factory(spec.factory or "", key=f"data.{name}.factory")
+    try:
+        obj = factory(**spec.factory_args)
+    except Exception as exc:  # the user's code failed: say where, not "unexpected error"
+        raise DataError(f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "
+                        f"{exc} (check the factory and `factory_args`)") from None
     import torch.utils.data as tud
 
     loader = obj if isinstance(obj, tud.DataLoader) else tud.DataLoader(obj, batch_size=256)

@@ -15,10 +15,12 @@ def predict_batch(state: ModelState, inputs: dict[str, np.ndarray], *,
         return _onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
     import torch
 
-    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name])) for spec in state.inputs]
+    device = next(state.module.parameters(), torch.zeros(0)).device
+    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(device)
+               for spec in state.inputs]
     with torch.no_grad():
         result = state.module(*tensors)
-    return [t.detach().numpy() for t in _flatten(result)]
+    return [t.detach().cpu().numpy() for t in _flatten(result)]
 
 
 def predict_split(state: ModelState, split: Split, *, batch_size: int,

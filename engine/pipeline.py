@@ -70,10 +70,11 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for stage in stages:
         stage.check(state, ctx)
+    main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
     progress.start("measuring baseline")
     start = time.perf_counter()
     baseline = {"name": "baseline", "type": "baseline", "model_kind": str(state.kind),
-                "metrics": measure_model(state, ctx, latency)}
+                "metrics": measure_model(state, ctx, latency) if main else None}
     baseline["seconds"] = round(time.perf_counter() - start, 3)
     progress.finish()
     entries = []
@@ -85,19 +86,69 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         progress.log(f"stage {index + 1}/{len(stages)}: {label}")
         seed_everything(ctx.seed + index)
         start = time.perf_counter()
-        state, notes = _convert_if_needed(state, stage, ctx)
-        state = stage.run(state, ctx)
+        state, notes = _run_stage(stage, state, ctx)
         if state.kind == "torch":
             last_torch = state
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
-        metrics = measure_model(state, ctx, latency)
+        metrics = measure_model(state, ctx, latency) if main else None
         progress.finish()
+        if ctx.dist is not None:
+            ctx.dist.barrier()  # the other ranks wait while rank 0 measures
         entries.append({"name": label, "type": stage.name, "index": index,
                         "seconds": round(seconds, 3), "model_kind": str(state.kind),
                         "notes": notes + stage.notes, "details": stage.details,
                         "metrics": metrics})
     return baseline, entries, state, last_torch
+
+
+def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:
+    """Run one stage; under torchrun either on every rank (training) or on rank 0 only, the
+    result then broadcast so every rank goes on with the same model."""
+    from mcomp.distributed import fingerprint
+
+    dist = ctx.dist
+    if dist is None or stage.runs_on_all_ranks():
+        state, notes = _convert_if_needed(state, stage, ctx)
+        state = stage.run(state, ctx)
+        if dist is not None:
+            prints = dist.all_gather(fingerprint(state))
+            stage.details["distributed"] = {"world_size": dist.world_size,
+                                            "ranks_agree": len(set(prints)) == 1}
+            if len(set(prints)) != 1:
+                ctx.progress.warn(f"{stage.name}: the ranks' models differ after training")
+        return state, notes
+    notes: list[str] = []
+    if dist.is_main:
+        state, notes = _convert_if_needed(state, stage, ctx)
+        state = stage.run(state, ctx)
+    return _broadcast_state(state, ctx), notes
+
+
+def _broadcast_state(state, ctx):
+    """Rank 0's model (and pruning masks) on every rank; caches such as onnxruntime sessions
+    stay behind (they cannot be pickled)."""
+    from mcomp.model_state import ModelState
+
+    payload = None
+    if ctx.dist.is_main:
+        payload = {"kind": str(state.kind), "inputs": state.inputs, "module": state.module,
+                   "onnx": None if state.onnx_model is None
+                   else state.onnx_model.SerializeToString(),
+                   "masks": ctx.shared.get("sparsity_masks")}
+    payload = ctx.dist.broadcast(payload)
+    if ctx.dist.is_main:
+        return state
+    if payload["masks"] is not None:
+        ctx.shared["sparsity_masks"] = payload["masks"]
+    else:
+        ctx.shared.pop("sparsity_masks", None)
+    if payload["kind"] == "torch":
+        return ModelState.from_torch(payload["module"], payload["inputs"], state.source)
+    import onnx
+
+    return ModelState.from_onnx(onnx.load_from_string(payload["onnx"]), payload["inputs"],
+                                state.source)
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
@@ -124,6 +175,9 @@ def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
     from mcomp.report import build_report, environment
 
     state, last_torch = states
+    if ctx.dist is not None and not ctx.dist.is_main:
+        # rank 0 writes every file; the others leave with its verdict
+        return RunResult(report=None, ok=ctx.dist.broadcast(None))
     final = entries[-1]["metrics"] if entries else baseline["metrics"]
     constraints = check_constraints(loaded.recipe.constraints, baseline["metrics"], final,
                                     ctx.metric)
@@ -136,7 +190,9 @@ def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
         program = _torch_program(last_torch, torch_name)
         artifacts["torch_model"] = str(out / torch_name)
     report = build_report(recipe=loaded.resolved(), recipe_file=str(loaded.file),
-                          env=environment(ctx.threads), baseline=baseline, stages=entries,
+                          env=environment(ctx.threads, device=ctx.device,
+                                          world_size=ctx.dist.world_size if ctx.dist else 1),
+                          baseline=baseline, stages=entries,
                           constraints=constraints, artifacts=artifacts)
     try:
         write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
@@ -150,6 +206,8 @@ def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
     except OSError as exc:
         raise OutputError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
     progress.log(f"wrote {model_path}")
+    if ctx.dist is not None:
+        ctx.dist.broadcast(report["ok"])
     return RunResult(report=report, ok=report["ok"])
 
 

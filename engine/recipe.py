@@ -146,6 +146,12 @@ class RuntimeSpec(Strict):
         "auto", description="Intra-op threads for torch and onnxruntime; auto = CPU count, at "
         "most 8. The environment variable MCOMP_THREADS overrides it.")
     latency: LatencySpec = Field(default_factory=LatencySpec)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where training stages run: auto = CUDA when torch sees a GPU. "
+        "Measurement, quantization and export always run on the CPU.")
+    distributed_timeout_s: int = Field(
+        1800, gt=0, description="Under torchrun: timeout of every collective, so a dead rank "
+        "ends the run instead of hanging it.")
 
     @field_validator("threads")
     @classmethod

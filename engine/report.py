@@ -8,7 +8,7 @@ from typing import Any
 from mcomp import __version__
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> dict[str, Any]:
     """Versions and CPU facts that explain the figures (no timestamps: reports must repeat)."""
     import onnxruntime
     import torch
@@ -17,7 +17,8 @@ def environment(threads: int) -> dict[str, Any]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-            "threads": threads, "cpu_isa": cpu_features()}
+            "threads": threads, "cpu_isa": cpu_features(), "training_device": device,
+            "world_size": world_size}
 
 
 def build_report(*, recipe: dict[str, Any], recipe_file: str, env: dict[str, Any],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcomp.atomic import write_bytes_atomic, write_text_atomic
-from mcomp.errors import OutputError
+from mcomp.errors import MCompError, OutputError
 from mcomp.progress import Progress
 from mcomp.recipe_load import load_recipe
 
@@ -19,10 +19,13 @@ def run_sensitivity(recipe: str, overrides: tuple[str, ...], ratios: tuple[float
                     out_dir: Path, progress: Progress) -> dict[str, Any]:
     """Analyse, then write sensitivity.json / .csv / .png into `out_dir`."""
     from mcomp.compressors.prune import PruneOptions
+    from mcomp.distributed import launched_by_torchrun
     from mcomp.pipeline import RunOptions
     from mcomp.sensitivity import analyze_sensitivity
     from mcomp.setup import prepare_run
 
+    if launched_by_torchrun():
+        raise MCompError("mcomp sensitivity runs in one process; start it without torchrun")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out: {out_dir} exists and is a file; choose a directory")
     loaded = load_recipe(recipe, overrides)

@@ -6,6 +6,7 @@ import copy
 import sys
 from pathlib import Path
 
+from mcomp.errors import DataError
 from mcomp.progress import Progress
 from mcomp.recipe_load import LoadedRecipe
 
@@ -45,14 +46,33 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     datasets = conform_datasets(datasets, state.inputs)
     probe(state, datasets, threads)
     metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
+    device, dist = _devices(recipe, datasets, progress)
     ctx = StageContext(datasets=datasets, seed=seed, threads=threads, metric=metric,
                        task=recipe.task, batch_size=recipe.data.batch_size, original=state,
                        workdir=workdir, progress=progress,
                        # a bundled recipe lives in site-packages: its relative paths mean cwd
-                       recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir)
+                       recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir,
+                       device=device, dist=dist)
     ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
                                               batch_size=recipe.data.batch_size, threads=threads)
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
     # Stages change modules in place; the original stays intact for fidelity and teachers.
     working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
     return working, ctx, stages
+
+
+def _devices(recipe, datasets, progress: Progress):
+    """The training device and, under torchrun, this process's place in the group."""
+    from mcomp.distributed import init_distributed, resolve_device
+
+    device = resolve_device(recipe.runtime.device)
+    if recipe.runtime.device == "auto" and device == "cpu":
+        progress.log("runtime.device auto: no GPU, training on the CPU")
+    dist = init_distributed(device, recipe.runtime.distributed_timeout_s)
+    if dist is not None:
+        train = datasets.train
+        if train is not None and len(train) < dist.world_size:
+            raise DataError(f"data.train: {len(train)} samples cannot be shared among "
+                            f"{dist.world_size} processes; use fewer (--nproc_per_node)")
+        progress.log(f"distributed: rank {dist.rank} of {dist.world_size} ({dist.backend})")
+    return device, dist

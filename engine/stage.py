@@ -37,6 +37,7 @@ from mcomp.recipe import Task
 
 if TYPE_CHECKING:
     from mcomp.data_io import Datasets
+    from mcomp.distributed import DistContext
     from mcomp.metrics import MetricSpec
 
 
@@ -65,6 +66,8 @@ class StageContext:
     progress: Progress
     shared: dict[str, Any] = field(default_factory=dict)
     recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
+    device: str = "cpu"  # where training stages run ("cpu" | "cuda")
+    dist: DistContext | None = None  # set under torchrun with several processes
 
     def evaluate(self, model: ModelState) -> float:
         """The task metric of `model` on the eval split (torch or onnxruntime)."""
@@ -85,6 +88,11 @@ class Stage:
         self.options = options
         self.details: dict[str, Any] = {}  # stage-specific facts for the report
         self.notes: list[str] = []  # short remarks shown in the report (and table footnotes)
+
+    def runs_on_all_ranks(self) -> bool:
+        """Under torchrun: True for training stages (every rank trains its shard under DDP);
+        False runs the stage once on rank 0 and broadcasts the result."""
+        return False
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
         """Optional: reject options that cannot work, before any stage runs.

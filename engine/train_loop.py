@@ -68,11 +68,16 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
     if split.labels is None and loss_fn is None:
         raise StageError(f"{label}: the train split has no labels; add them (`labels: y`) or "
                          "train against a teacher with distillation")
-    module = state.module
+    module = state.module.to(ctx.device)
     params = dict(module.named_parameters())
+    for mask in masks.values():
+        # moved in place (not copied): callers such as gradual pruning update the same tensors
+        mask.data = mask.data.to(ctx.device)
     masked = [(params[name], mask) for name, mask in masks.items() if name in params]
+    runner = _distributed(module, ctx)
     optimizer = _optimizer(module, config, extra_parameters or [])
-    steps_per_epoch = math.ceil(len(split) / config.batch_size)
+    samples = len(split) if ctx.dist is None else -(-len(split) // ctx.dist.world_size)
+    steps_per_epoch = math.ceil(samples / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     loss_fn = loss_fn or _task_loss(ctx.task)
     inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
@@ -82,14 +87,18 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
         module.train()
+        # the same permutation on every rank (same generator), then this rank's shard of it
         order = torch.randperm(len(split), generator=generator)
+        if ctx.dist is not None:
+            order = ctx.dist.shard(order, len(split))
         total, count = 0.0, 0
-        for start in range(0, len(split), config.batch_size):
+        for start in range(0, len(order), config.batch_size):
             index = order[start:start + config.batch_size]
-            batch = [t[index] for t in inputs]
+            batch = [t[index].to(ctx.device) for t in inputs]
             optimizer.zero_grad(set_to_none=True)
-            outputs = module(*batch)
-            loss = loss_fn(outputs, None if labels is None else labels[index], batch)
+            outputs = runner(*batch)
+            target = None if labels is None else labels[index].to(ctx.device)
+            loss = loss_fn(outputs, target, batch)
             loss.backward()
             for param, mask in masked:
                 if param.grad is not None:
@@ -105,7 +114,8 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
             count += len(index)
             ctx.progress.advance()
         module.eval()
-        value = ctx.evaluate(state)
+        total, count = _reduce_loss(total, count, ctx)
+        value = _evaluate(state, ctx)
         result.train_loss.append(round(total / count, 6))
         result.eval_metric.append(value)
         ctx.progress.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
@@ -118,8 +128,34 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
     ctx.progress.finish()
     if config.keep_best and best is not None:
         module.load_state_dict(best)
-    module.eval()
+    module.to("cpu").eval()  # measurement, quantization and export run on the CPU
     return result
+
+
+def _distributed(module, ctx):
+    """The module wrapped in DistributedDataParallel under torchrun, else the module itself.
+    Stages keep working on `module`: the wrapper only syncs gradients."""
+    if ctx.dist is None:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.dist.local_rank] if ctx.device == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def _reduce_loss(total: float, count: int, ctx) -> tuple[float, int]:
+    if ctx.dist is None:
+        return total, count
+    parts = ctx.dist.all_gather((total, count))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _evaluate(state: ModelState, ctx) -> float:
+    if ctx.dist is None:
+        return ctx.evaluate(state)
+    from mcomp.distributed import evaluate_sharded
+
+    return evaluate_sharded(state, ctx)
 
 
 def _better(value: float, best: float, higher: bool) -> bool:

@@ -85,6 +85,8 @@ def test_schema_command_prints_json_schema_with_stage_options():
 
 
 def test_help_of_every_command_shows_an_example():
-    for command in ("run", "validate", "schema"):
+    assert {"run", "validate", "schema", "inspect", "eval", "bench", "compare", "init",
+            "sensitivity"} <= set(cli.commands)
+    for command in cli.commands:
         result = CliRunner().invoke(cli, [command, "--help"])
-        assert result.exit_code == 0 and "Example" in result.output
+        assert result.exit_code == 0 and "Example" in result.output, command
