@@ -6,22 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+from mcomp.models.digits_resnet import BasicBlock
 
 
 def resnet32(width: int = 32, classes: int = 10) -> nn.Module:
@@ -29,7 +14,7 @@ def resnet32(width: int = 32, classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
     layers, cin = [], width
     for stage, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
-        layers.append(Block(cin, cout, 1 if stage == 0 else 2))
+        layers.append(BasicBlock(cin, cout, 1 if stage == 0 else 2))
         cin = cout
     return nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                          nn.ReLU(), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -4,7 +4,6 @@ the session's peak memory and the CPU's instruction sets."""
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +54,9 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
 
 def _time_batch(session, feed: dict[str, np.ndarray], batch: int, warmup: int,
                 runs: int) -> dict[str, Any]:
-    for _ in range(warmup):
-        session.run(None, feed)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        timings.append((time.perf_counter() - start) * 1000.0)
+    from mcomp.ort_session import run_timings
+
+    timings = run_timings(session, feed, warmup=warmup, runs=runs)
     p50 = statistics.median(timings)
     return {"batch": batch, "p50_ms": round(p50, 4),
             "p90_ms": round(float(np.percentile(timings, 90)), 4),

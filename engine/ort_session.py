@@ -32,6 +32,12 @@ def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, 
     Each session is timed in its own block (warm-up, then timed runs): interleaving calls of
     two sessions inflated latencies 2-4x on these machines because idle threads keep spinning.
     """
+    return statistics.median(run_timings(session, feed, warmup=warmup, runs=runs))
+
+
+def run_timings(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
+                runs: int) -> list[float]:
+    """Milliseconds of each of `runs` timed calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         session.run(None, feed)
     timings = []
@@ -39,7 +45,7 @@ def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, 
         start = time.perf_counter()
         session.run(None, feed)
         timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
+    return timings
 
 
 def batch_feed(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:

@@ -44,52 +44,6 @@ def residual_concat_net(width: int = 16, classes: int = 10) -> nn.Module:
     return net
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class TinyResNet(nn.Module):
-    """A small ResNet: stem, three stages of basic blocks, global pooling, classifier."""
-
-    def __init__(self, in_channels: int = 1, width: int = 16, blocks: int = 2,
-                 classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
-        layers, cin = [], width
-        for stage, cout in enumerate((width, 2 * width, 4 * width)):
-            for index in range(blocks):
-                stride = 2 if stage > 0 and index == 0 else 1
-                layers.append(BasicBlock(cin, cout, stride))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def tiny_resnet(in_channels: int = 1, width: int = 8, blocks: int = 2) -> nn.Module:
-    torch.manual_seed(0)
-    return TinyResNet(in_channels, width, blocks)
-
-
 class Wrapped(nn.Module):
     """Stands for a DistributedDataParallel / torch.compile wrapper: names start `module.`."""
 
