@@ -18,10 +18,19 @@ where the output goes. Stage options are validated by each stage's own `Options`
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
+
+
+def _factory_ref(value: str | None) -> str | None:
+    if value is not None and not FACTORY_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not of the form 'package.module:function'")
+    return value
 
 
 class StrEnum(str, Enum):
@@ -63,7 +72,8 @@ class ModelSpec(Strict):
         "ResNet (BatchNorm, residual blocks) for structured and layer pruning.")
     format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
     factory: str | None = Field(
-        None, description="'package.module:function' building the module for a state_dict.")
+        None,
+        description="'package.module:function' building the module for a state_dict.")
     factory_args: dict[str, Any] = Field(default_factory=dict)
     python_path: list[str] = Field(
         default_factory=list, description="Folders (relative to the recipe) put on sys.path "
@@ -72,6 +82,11 @@ class ModelSpec(Strict):
         False, description="Load a whole pickled module (executes code from the file).")
     inputs: list[InputSpec] | None = Field(
         None, description="Model inputs; default: taken from the data arrays.")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        return _factory_ref(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -89,7 +104,8 @@ class SplitSpec(Strict):
     path: str | None = Field(None, description=".npz file, relative to the recipe file.")
     builtin: Literal["digits"] | None = None
     factory: str | None = Field(
-        None, description="'package.module:function' returning a Dataset or DataLoader.")
+        None,
+        description="'package.module:function' returning a Dataset or DataLoader.")
     factory_args: dict[str, Any] = Field(default_factory=dict)
     inputs: list[str] | None = Field(
         None, description="Array names fed to the model inputs, in order (default: ['x']).")
@@ -102,6 +118,11 @@ class SplitSpec(Strict):
         if isinstance(value, str):
             return {"builtin": value} if value == "digits" else {"path": value}
         return value
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        return _factory_ref(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> SplitSpec:

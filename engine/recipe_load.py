@@ -175,7 +175,7 @@ def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath,
         if known:
             message += "; allowed: " + ", ".join(sorted(known))
     else:
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
         if first["type"] not in ("missing",) and "input" in first:
             message += f" (got {first['input']!r})"
     if len(errors) > 1:
