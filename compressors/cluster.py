@@ -8,6 +8,7 @@
         exclude: []
         finetune_epochs: 0     # > 0: train the centroids (shared gradients) on the train split
         lr: 0.0001
+        storage: indices       # indices (uint8 index + codebook in the ONNX file) | float
 
 Each chosen layer's weight takes at most `clusters` distinct values. Weights that are exactly
 zero (from pruning) are a cluster of their own and stay exactly 0, so a pruned model keeps its
@@ -16,9 +17,15 @@ sparsity; the other weights share the remaining `clusters - 1` centroids. With
 of a centroid is the sum of its members' gradients (Deep Compression) and the model trains
 through the one loop (`mcomp.train_loop.train_module`); the best checkpoint is kept.
 
-The model stays fp32 (ONNX runs it as is, and `quantize` still applies); the file's deflate
-size shows the sharing. The details give `index_coded_bytes`: the size with log2(k)-bit
-indices plus an fp32 codebook per clustered layer and fp32 for every other parameter.
+The model stays a torch module with fp32 weights (later torch stages still apply). Its ONNX
+form, which the pipeline measures, converts for `quantize` and writes when cluster is the last
+stage, depends on `storage`: `indices` (default) stores each clustered weight as a uint8
+index tensor plus an fp32 codebook rebuilt by Cast+Gather (`mcomp.compressors.cluster_storage`;
+lossless, checked against the float export), `float` as plain fp32 tensors (the deflate size
+alone shows the sharing). `quantize` folds the indices back to float weights before quantizing.
+A later stage that changes the module (finetune, prune) drops the index-coded form.
+The details give `index_coded_bytes`: the ideal size with log2(k)-bit indices plus an fp32
+codebook per clustered layer and fp32 for every other parameter.
 Method: Han, Mao & Dally, "Deep Compression", ICLR 2016.
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from mcomp.model_state import ModelKind, ModelState
@@ -43,6 +51,9 @@ class ClusterOptions(StageOptions):
         default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"])
     finetune_epochs: int = Field(0, ge=0, description="Centroid training epochs (0: none).")
     lr: float = Field(1e-4, gt=0, description="Learning rate of centroid training.")
+    storage: Literal["indices", "float"] = Field(
+        "indices", description="ONNX form of clustered weights: uint8 indices + codebook "
+        "(Gather), or plain float tensors.")
 
 
 class ClusterStage(Stage):
@@ -75,9 +86,41 @@ class ClusterStage(Stage):
         for name, (layer, *_rest) in codes.items():
             layers[name] = _layer_facts(layer.weight.detach())
         self.details.update({"layers": layers, **coded_sizes(model.module, layers)})
-        self.notes.append(f"weight sharing: at most {opts.clusters} values per layer "
-                          "(fp32 file; see index_coded_bytes)")
-        return model.with_module(model.module)
+        state = model.with_module(model.module)
+        if opts.storage == "indices":
+            state.onnx_cache = self._index_coded(state, ctx, [f"{n}.weight" for n in codes])
+            self.notes.append(f"weight sharing: at most {opts.clusters} values per layer, "
+                              "stored as uint8 indices + codebook in the ONNX file")
+        else:
+            self.notes.append(f"weight sharing: at most {opts.clusters} values per layer "
+                              "(fp32 file; see index_coded_bytes)")
+        return state
+
+    def _index_coded(self, state: ModelState, ctx: StageContext, weights: list[str]):
+        """The float export with the clustered weights index-coded; its outputs must equal the
+        float export's (same weights, so the same numbers up to onnxruntime's own rounding)."""
+        from mcomp.compressors.cluster_storage import index_code
+        from mcomp.convert import torch_to_onnx
+        from mcomp.errors import StageError
+        from mcomp.inference import predict_batch
+
+        exported = torch_to_onnx(state)
+        coded, facts = index_code(exported, names=set(weights) or None)
+        if not facts:  # the exporter renamed the weights: fall back to every few-valued tensor
+            coded, facts = index_code(exported)
+        sample = {k: v[:32] for k, v in ctx.datasets.eval.inputs.items()}
+        float_out = predict_batch(state.with_onnx(exported), sample, threads=ctx.threads)
+        coded_out = predict_batch(state.with_onnx(coded), sample, threads=ctx.threads)
+        diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0
+                   for a, b in zip(float_out, coded_out, strict=True))
+        if diff > 1e-6:
+            raise StageError(f"cluster: the index-coded ONNX model differs from the float one by "
+                             f"{diff:.3g}; use `storage: float` and report the model")
+        self.details["storage"] = {"format": "uint8 index + fp32 codebook (Cast, Gather)",
+                                   "tensors": facts, "max_abs_diff_vs_float": diff,
+                                   "float_bytes": exported.ByteSize(),
+                                   "index_coded_bytes": coded.ByteSize()}
+        return coded
 
     def _targets(self, root, ctx: StageContext, *, warn: bool) -> list[tuple[str, Any]]:
         from mcomp.compressors.layer_select import select_layers

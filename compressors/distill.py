@@ -73,6 +73,9 @@ class DistillStage(Stage):
         check_hints(student, teacher, self.options.hints, self.name)
         check_outputs(student, teacher, model, self.name)
 
+    def runs_on_all_ranks(self) -> bool:
+        return True  # trains: every rank under DistributedDataParallel
+
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.finetune import sparsity_masks
         from mcomp.distillation import distill_train, load_teacher

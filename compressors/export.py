@@ -45,9 +45,12 @@ class ExportStage(Stage):
         return self._verify_onnx(model, sample, ctx)
 
     def _export_torch(self, model: ModelState, sample, ctx: StageContext) -> ModelState:
-        from mcomp.convert import check_parity, torch_to_onnx
+        from mcomp.convert import DEFAULT_OPSET, check_parity, torch_to_onnx
 
-        exported = torch_to_onnx(model, opset=self.options.opset)
+        # A form an earlier stage made of this exact module (e.g. cluster's index-coded
+        # weights) is kept rather than exported again as plain float weights.
+        reuse = model.onnx_cache is not None and self.options.opset == DEFAULT_OPSET
+        exported = model.onnx_cache if reuse else torch_to_onnx(model, opset=self.options.opset)
         diff = check_parity(model, exported, sample, threads=ctx.threads,
                             atol=self.options.atol, rtol=self.options.rtol)
         self.details = {"opset": self.options.opset, "parity_max_abs_diff": diff,

@@ -7,6 +7,7 @@
         schedule: cosine       # constant | cosine | step
         batch_size: 64
         distill: {temperature: 4, alpha: 0.9}   # optional: train against the original model
+        qat: false             # true: fake int8 (mcomp.compressors.qat); quantize uses the ranges
 
 Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
 every optimizer step; weights already zero in a loaded model are kept at zero too), so the
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mcomp.distillation import DistillSettings
 from mcomp.model_state import ModelKind, ModelState
@@ -41,6 +42,15 @@ class FinetuneOptions(StageOptions):
     keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
     distill: DistillSettings | None = Field(None, description="Train against a teacher "
                                             "(knowledge distillation) instead of labels only.")
+    qat: bool = Field(False, description="Quantization-aware: train with fake int8 and hand "
+                      "the learned activation ranges to a later `quantize` stage (see the "
+                      "`qat` stage).")
+
+    @model_validator(mode="after")
+    def _qat_without_distill(self) -> FinetuneOptions:
+        if self.qat and self.distill is not None:
+            raise ValueError("qat: true with distill is not supported; use one of them")
+        return self
 
 
 class FinetuneStage(Stage):
@@ -67,7 +77,12 @@ class FinetuneStage(Stage):
         from mcomp.train_loop import TrainConfig, train_module
 
         masks = sparsity_masks(model, ctx)
-        config = TrainConfig(**self.options.model_dump(exclude={"distill"}))
+        config = TrainConfig(**self.options.model_dump(exclude={"distill", "qat"}))
+        if self.options.qat:
+            from mcomp.compressors.qat import qat_train
+
+            self.details = qat_train(model, ctx, config, masks=masks, ema=0.01, label=self.name)
+            return model.with_module(model.module)
         if self.options.distill is not None:
             from mcomp.distillation import distill_train
 

@@ -24,7 +24,9 @@ the fp32 input and compares their outputs.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +38,7 @@ from mcomp.errors import StageError
 from mcomp.model_state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
-INT8_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
             "DynamicQuantizeMatMul", "QuantizeLinear", "DequantizeLinear",
             "DynamicQuantizeLinear", "QGemm"}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
@@ -55,8 +57,33 @@ class CalibrationOptions(StageOptions):
                                 "samples (default: all of data.calibration_samples).")
 
 
+class FallbackOptions(StageOptions):
+    """Limits of the accuracy-aware fallback search (see `quantize_fallback`)."""
+
+    enabled: bool = Field(True, description="Search when a budget is known and plain int8 "
+                          "breaks it.")
+    max_trials: int = Field(8, ge=1, description="Quantizations tried after the first one.")
+    max_seconds: float = Field(120, gt=0, description="Wall-clock limit of the search.")
+    group_size: int = Field(1, ge=1, description="Nodes put back in float per trial, most "
+                            "sensitive first.")
+
+
+class Weight4Options(StageOptions):
+    """`mode: weight4`: 4-bit block-quantized MatMul weights (onnxruntime MatMulNBits)."""
+
+    block_size: int = Field(32, ge=16, description="Weights per scale (a power of 2, >= 16).")
+    symmetric: bool = Field(True, description="Symmetric 4-bit weights (no zero points).")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> Weight4Options:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of 2, got {self.block_size}")
+        return self
+
+
 class QuantizeOptions(StageOptions):
-    mode: Literal["static", "dynamic", "auto"] = "static"
+    mode: Literal["static", "dynamic", "auto", "weight4"] = "static"
+    bits: Literal[8, 4] = Field(8, description="4 is `mode: weight4` (weight-only, MatMul).")
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
@@ -64,6 +91,8 @@ class QuantizeOptions(StageOptions):
     reduce_range: bool = False
     symmetric_activations: bool = False
     symmetric_weights: bool = False
+    scale: Literal["float", "pow2"] = Field("float", description="pow2: round every scale of "
+                                            "a static model to a power of two.")
     calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
     calibration_method: Method | None = Field(None, description="Shorthand for "
                                               "`calibration.method` (kept for old recipes).")
@@ -72,6 +101,22 @@ class QuantizeOptions(StageOptions):
     exclude_op_types: list[str] = Field(default_factory=list)
     exclude_nodes: list[str] = Field(default_factory=list, description="Glob patterns over "
                                      "ONNX node names left in float.")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Largest metric loss vs "
+                                            "the stage's fp32 input; default: the recipe's "
+                                            "constraints.max_accuracy_drop (vs the baseline).")
+    fallback: FallbackOptions = Field(default_factory=FallbackOptions)
+    weight4: Weight4Options = Field(default_factory=Weight4Options)
+
+    @model_validator(mode="after")
+    def _bits_and_mode(self) -> QuantizeOptions:
+        if self.bits == 4:
+            if "mode" in self.model_fields_set and self.mode != "weight4":
+                raise ValueError(f"bits: 4 is weight-only 4-bit (mode: weight4), not "
+                                 f"mode: {self.mode}")
+            self.mode = "weight4"
+        if self.scale == "pow2" and self.mode not in ("static", "auto"):
+            raise ValueError("scale: pow2 applies to static int8 (mode: static)")
+        return self
 
     @model_validator(mode="after")
     def _one_calibration_method(self) -> QuantizeOptions:
@@ -96,14 +141,19 @@ class QuantizeStage(Stage):
     def __init__(self, options: QuantizeOptions) -> None:
         super().__init__(options)
         self._warned: set[str] = set()
+        # learned activation ranges from QAT (mcomp.compressors.qat), applied as onnxruntime
+        # TensorQuantOverrides; set by the qat stage, or read from ctx.shared after
+        # `finetune: {qat: true}`
+        self.tensor_overrides: dict | None = None
         self._calibration_facts: dict | None = None
+        self._overrides: dict = {}
         self._auto_reason = ""
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.mode == "static" and not ctx.datasets.calibration:
             raise StageError("quantize: static mode needs calibration samples; give "
                              "`data.calibration` or `data.train`, or use `mode: dynamic`")
-        if self.options.op_types:
+        if self.options.op_types and self.options.mode != "weight4":
             _check_op_types(self.options.op_types, self.options.mode)
         if model.onnx_model is not None:  # a torch model's node names exist only after export
             self._excluded_nodes(model.onnx_model, ctx)
@@ -118,33 +168,105 @@ class QuantizeStage(Stage):
         prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
         prepared = onnx.load(str(prepared_path))
         mode = self._resolve_mode(prepared)
+        if mode == "weight4":
+            from mcomp.compressors.quantize_lowbit import quantize_weight4
+
+            quantized = quantize_weight4(prepared, self.options.weight4, folder)
+            self.details = {"mode": mode, "bits": 4, **self.options.weight4.model_dump()}
+            return self._finish(model, quantized, prepared, ctx, folder, QUANTIZED_OPS | {
+                "MatMulNBits"})
         excluded = self._excluded_nodes(prepared, ctx)
-        target = folder / "int8.onnx"
-        # onnxruntime's quantizer writes helper files into the current directory.
-        with working_directory(folder):
-            if mode == "static":
-                self._quantize_static(prepared_path, target, model, excluded, ctx)
-            else:
-                self._quantize_dynamic(prepared_path, target, excluded)
-        quantized = onnx.load(str(target))
+        self._qat_overrides(prepared, ctx, mode)
+        quantized = self.quantize_once(prepared_path, folder / "int8.onnx", model, excluded,
+                                       ctx, options=self.options, mode=mode)
+        self.details.update({"mode": mode, "format": self.options.format if mode == "static"
+                             else "dynamic", "activation_type": self.options.activation_type,
+                             "weight_type": self.options.weight_type,
+                             "per_channel": self.options.per_channel})
+        goal = self._goal(model, ctx)
+        if goal is not None and self.options.fallback.enabled:
+            from mcomp.compressors.quantize_fallback import fallback_search
+
+            quantized, excluded, facts = fallback_search(
+                self, prepared_path, first=quantized, excluded=excluded, state=model,
+                goal=goal, ctx=ctx, mode=mode)
+            self.details["fallback"] = facts
+        self.details["excluded_nodes"] = sorted(excluded)
+        if self.options.mode == "auto":
+            self.details["mode_requested"] = "auto"
+            self.notes.append(f"mode auto: {mode} ({self._auto_reason})")
+        return self._finish(model, quantized, prepared, ctx, folder, QUANTIZED_OPS)
+
+    def _finish(self, model: ModelState, quantized, prepared, ctx: StageContext,
+                folder: Path, ops: set[str]) -> ModelState:
         counts: dict[str, int] = {}
         for node in quantized.graph.node:
-            if node.op_type in INT8_OPS:
+            if node.op_type in ops:
                 counts[node.op_type] = counts.get(node.op_type, 0) + 1
         if not counts:
             raise StageError("quantize: onnxruntime quantized no node of this model; check "
                              "`op_types`/`exclude_nodes`/`exclude_op_types`")
-        self.details = {"mode": mode, "format": self.options.format if mode == "static"
-                        else "dynamic", "int8_nodes": counts,
-                        "activation_type": self.options.activation_type,
-                        "weight_type": self.options.weight_type,
-                        "per_channel": self.options.per_channel,
-                        "excluded_nodes": sorted(excluded)}
-        if self.options.mode == "auto":
-            self.details["mode_requested"] = "auto"
-            self.notes.append(f"mode auto: {mode} ({self._auto_reason})")
+        self.details["int8_nodes"] = counts
         self._prove_int8(model.onnx_model, quantized, [quantized, prepared], ctx, folder)
         return model.with_onnx(quantized)
+
+    def _goal(self, model: ModelState, ctx: StageContext):
+        """The metric the quantized model must reach, or None when no budget is known.
+
+        An explicit `max_accuracy_drop` counts from this stage's fp32 input; the recipe's
+        constraint counts from the run's baseline, as the pipeline checks it at the end."""
+        from mcomp.compressors.quantize_fallback import Goal
+
+        higher = ctx.metric.higher_is_better
+        input_metric = ctx.evaluate(model)
+        if self.options.max_accuracy_drop is not None:
+            return Goal(input_metric, input_metric, self.options.max_accuracy_drop, higher,
+                        "quantize.max_accuracy_drop")
+        if ctx.accuracy_budget is None:
+            return None
+        return Goal(ctx.evaluate(ctx.original), input_metric, ctx.accuracy_budget, higher,
+                    "constraints.max_accuracy_drop")
+
+    def quantize_once(self, prepared_path: Path, target: Path, model: ModelState,
+                      excluded: set[str], ctx: StageContext, *, options: QuantizeOptions,
+                      mode: str):
+        """One onnxruntime quantization of the prepared model with `options`; the model."""
+        import onnx
+
+        # onnxruntime's quantizer writes helper files into the current directory, and its
+        # histogram calibrators print progress on stdout, which carries only mcomp's results.
+        with working_directory(target.parent), contextlib.redirect_stdout(sys.stderr):
+            if mode == "static":
+                self._quantize_static(prepared_path, target, model, excluded, ctx, options)
+            else:
+                self._quantize_dynamic(prepared_path, target, excluded, options)
+        quantized = onnx.load(str(target))
+        if mode == "static" and options.scale == "pow2":
+            from mcomp.compressors.quantize_lowbit import round_scales_pow2
+
+            quantized = round_scales_pow2(quantized)
+        return quantized
+
+    def _qat_overrides(self, prepared, ctx: StageContext, mode: str) -> None:
+        from mcomp.compressors.qat import RANGES_KEY, tensor_overrides
+
+        learned = self.tensor_overrides or ctx.shared.pop(RANGES_KEY, None)
+        if not learned:
+            return
+        if mode != "static":
+            ctx.progress.warn(f"quantize: QAT ranges apply to static mode only, not {mode}")
+            return
+        self._overrides, facts = tensor_overrides(prepared, learned)
+        self.details["qat"] = facts
+        if facts["unmapped"]:
+            ctx.progress.warn(f"quantize: no ONNX node found for the QAT ranges of "
+                              f"{facts['unmapped']}; they are calibrated instead")
+
+    def set_calibration_facts(self, options: QuantizeOptions) -> None:
+        """Report the settings of the model the fallback chose, not of its last trial."""
+        self.details["per_channel"] = options.per_channel
+        if self._calibration_facts:
+            self._calibration_facts["method"] = options.calibration.method
 
     def _resolve_mode(self, model) -> str:
         """`auto`: dynamic when MatMul/Gemm carry most MACs (transformers, MLPs), else static.
@@ -186,26 +308,28 @@ class QuantizeStage(Stage):
         return excluded
 
     def _quantize_static(self, source: Path, target: Path, model: ModelState,
-                         excluded: set[str], ctx: StageContext) -> None:
+                         excluded: set[str], ctx: StageContext, options: QuantizeOptions) -> None:
         from onnxruntime import quantization as q
 
-        calib = self.options.calibration
+        calib = options.calibration
         reader = CalibrationReader(ctx, model, calib.samples)
         methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                    "percentile": q.CalibrationMethod.Percentile}
-        extra = {"ActivationSymmetric": self.options.symmetric_activations,
-                 "WeightSymmetric": self.options.symmetric_weights}
+        extra = {"ActivationSymmetric": options.symmetric_activations,
+                 "WeightSymmetric": options.symmetric_weights}
         if calib.method == "percentile":
             extra["CalibPercentile"] = calib.percentile
+        if self._overrides:
+            extra["TensorQuantOverrides"] = self._overrides
         formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
         try:
             q.quantize_static(
-                str(source), str(target), reader, quant_format=formats[self.options.format],
-                per_channel=self.options.per_channel, reduce_range=self.options.reduce_range,
-                activation_type=_qtype(self.options.activation_type),
-                weight_type=_qtype(self.options.weight_type),
+                str(source), str(target), reader, quant_format=formats[options.format],
+                per_channel=options.per_channel, reduce_range=options.reduce_range,
+                activation_type=_qtype(options.activation_type),
+                weight_type=_qtype(options.weight_type),
                 calibrate_method=methods[calib.method],
-                op_types_to_quantize=self.options.op_types or None,
+                op_types_to_quantize=options.op_types or None,
                 nodes_to_exclude=sorted(excluded) or None, extra_options=extra)
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime static quantization failed: "
@@ -213,23 +337,25 @@ class QuantizeStage(Stage):
         ctx.progress.finish()
         self._calibration_facts = {"method": calib.method, "samples": reader.samples}
 
-    def _quantize_dynamic(self, source: Path, target: Path, excluded: set[str]) -> None:
+    def _quantize_dynamic(self, source: Path, target: Path, excluded: set[str],
+                          options: QuantizeOptions) -> None:
         import onnx
         from onnxruntime import quantization as q
 
         # ORT's dynamic quantizer handles MatMul but not Gemm (what Linear exports to).
         model = gemm_to_matmul(onnx.load(str(source)))
+        source = target.with_suffix(".matmul.onnx")  # the prepared model stays as it was
         onnx.save(model, source)
         # a Gemm excluded by name or type lives on as its MatMul (see gemm_to_matmul)
         excluded = excluded | {name + "_matmul" for name in excluded}
         try:
             q.quantize_dynamic(
-                str(source), str(target), per_channel=self.options.per_channel,
-                reduce_range=self.options.reduce_range,
-                weight_type=_qtype(self.options.weight_type),
-                op_types_to_quantize=self.options.op_types or DYNAMIC_OP_TYPES,
+                str(source), str(target), per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
+                weight_type=_qtype(options.weight_type),
+                op_types_to_quantize=options.op_types or DYNAMIC_OP_TYPES,
                 nodes_to_exclude=sorted(excluded) or None,
-                extra_options={"WeightSymmetric": self.options.symmetric_weights})
+                extra_options={"WeightSymmetric": options.symmetric_weights})
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime dynamic quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
@@ -262,7 +388,8 @@ class QuantizeStage(Stage):
         speed = time_both(fp32_bytes, int8_bytes, batch_feed(inputs, batch), threads=ctx.threads)
         self.details["speed_check"] = {"batch": batch, **speed}
         if speed["fp32_over_int8"] <= 1.0:
-            message = (f"int8 is not faster than the fp32 input at batch {batch} "
+            kind = "4-bit" if self.details.get("mode") == "weight4" else "int8"
+            message = (f"{kind} is not faster than the fp32 input at batch {batch} "
                        f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
                        f"{_speed_advice(self.options, self.details)}")
             self.notes.append(message)

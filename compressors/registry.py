@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "distill": "mcomp.compressors.distill:DistillStage",
     "lowrank": "mcomp.compressors.lowrank:LowRankStage",
     "cluster": "mcomp.compressors.cluster:ClusterStage",
+    "qat": "mcomp.compressors.qat:QatStage",
 }
 
 

@@ -108,7 +108,9 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
             raise StageError(f"{label}.teacher: {exc}") from None
     if state.kind != ModelKind.TORCH:
         raise StageError(f"{label}: the teacher must be a torch model (got {state.kind})")
-    return state.module.eval()
+    # eval mode (BatchNorm statistics and dropout of the teacher must not move) and frozen:
+    # the teacher is only ever run under no_grad, nothing may update it.
+    return state.module.eval().requires_grad_(False)
 
 
 def check_hints(student: torch.nn.Module, teacher: torch.nn.Module,
@@ -230,10 +232,14 @@ def distill_train(state: ModelState, ctx: StageContext, config, settings: Distil
     teacher = load_teacher(settings, ctx, label)
     check_hints(state.module, teacher, settings.hints, label)
     check_outputs(state.module, teacher, state, label)
-    with DistillLoss(state.module, teacher, settings, state) as loss_fn:
-        result = train_module(state, ctx, config, masks=masks, label=label, loss_fn=loss_fn,
-                              extra_parameters=loss_fn.parameters())
-        projected = [type(p).__name__ for p in loss_fn.projections]
+    teacher.to(ctx.device)  # the batches are on the training device
+    try:
+        with DistillLoss(state.module, teacher, settings, state) as loss_fn:
+            result = train_module(state, ctx, config, masks=masks, label=label,
+                                  loss_fn=loss_fn, extra_parameters=loss_fn.parameters())
+            projected = [type(p).__name__ for p in loss_fn.projections]
+    finally:
+        teacher.to("cpu")  # measurement and fidelity run on the CPU
     return {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
             "best_epoch": result.best_epoch + 1, "masked_tensors": len(masks),
             "teacher": settings.teacher.path if settings.teacher else "original model",

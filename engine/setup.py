@@ -52,7 +52,8 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
                        workdir=workdir, progress=progress,
                        # a bundled recipe lives in site-packages: its relative paths mean cwd
                        recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir,
-                       device=device, dist=dist)
+                       device=device, dist=dist,
+                       accuracy_budget=recipe.constraints.max_accuracy_drop)
     ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
                                               batch_size=recipe.data.batch_size, threads=threads)
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]

@@ -68,6 +68,9 @@ class StageContext:
     recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
     device: str = "cpu"  # where training stages run ("cpu" | "cuda")
     dist: DistContext | None = None  # set under torchrun with several processes
+    # the recipe's `constraints.max_accuracy_drop` (vs the run's baseline): stages that can
+    # trade accuracy for size/speed (quantize's fallback) aim for it when given no budget
+    accuracy_budget: float | None = None
 
     def evaluate(self, model: ModelState) -> float:
         """The task metric of `model` on the eval split (torch or onnxruntime)."""

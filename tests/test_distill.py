@@ -117,3 +117,25 @@ def test_missing_teacher_file_is_named_as_the_teachers(project):
     recipe = mlp_recipe(project, "  - distill: {teacher: {path: nope.pt}}\n")
     with pytest.raises(StageError, match=r"distill\.teacher: .*file not found: .*nope\.pt"):
         run_recipe(recipe, project / "out")
+
+
+def test_teacher_is_in_eval_mode_and_frozen():
+    # setup: an original model with BatchNorm left in training mode
+    from types import SimpleNamespace
+
+    import torch
+
+    from mcomp.distillation import DistillSettings, load_teacher
+    from mcomp.model_state import ModelState
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                                 torch.nn.Linear(8, 3)).train()
+    ctx = SimpleNamespace(original=ModelState.from_torch(module, []))
+    # act
+    teacher = load_teacher(DistillSettings(), ctx, "distill")
+    # check: running statistics cannot move and no gradient can reach it
+    assert not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    before = teacher[1].running_mean.clone()
+    teacher(torch.randn(16, 4) + 5.0)
+    assert torch.equal(teacher[1].running_mean, before)

@@ -36,8 +36,8 @@ def test_svd_at_full_rank_reproduces_the_layer(layer, shape):
 def test_rank_ratio_reduces_params_and_macs_and_skips_layers_that_would_grow(project):
     # setup: Linear 16->32, 32->32, 32->4; at rank_ratio 0.75 only the last one shrinks
     # (rank 3: 3 * (32 + 4) = 108 < 128), the others would grow
-    recipe = mlp_recipe(project, "  - lowrank: {rank_ratio: 0.75, exclude: ['nope']}\n",
-                        extra=NO_LATENCY)
+    recipe = mlp_recipe(project, "  - lowrank: {rank_ratio: 0.75, exclude: ['nope'], "
+                                 "keep_output_layer: false}\n", extra=NO_LATENCY)
     # act
     result, progress = run_recipe(recipe, project / "out")
     # check
@@ -48,6 +48,23 @@ def test_rank_ratio_reduces_params_and_macs_and_skips_layers_that_would_grow(pro
     assert base["params"] - entry["metrics"]["params"] == 128 - 108
     assert base["macs"] - entry["metrics"]["macs"] == 128 - 108
     assert any("'nope'" in w for w in progress.warnings)
+
+
+def test_output_layer_is_kept_by_default_and_named_when_nothing_is_left(project):
+    # setup: Linear 16->32, 32->32, 32->4 at half their parameters
+    recipe = mlp_recipe(project, "  - lowrank: {params_ratio: 0.5}\n", extra=NO_LATENCY)
+    # act
+    result, _ = run_recipe(recipe, project / "out")
+    # check: the hidden layers are factorized (floor(0.5 * 512 / 48) = 5, 0.5 * 1024 / 64 = 8),
+    # the output layer '4' is left as it was
+    details = result.report["stages"][0]["details"]
+    assert {n: v["rank"] for n, v in details["layers"].items()} == {"0": 5, "2": 8}
+    assert details["skipped"] == {"4": "output layer (keep_output_layer: true)"}
+    assert details["params_after"] == 5 * 48 + 32 + 8 * 64 + 32
+    # only the output layer would shrink at rank_ratio 0.75, and it is kept: an error naming it
+    recipe = mlp_recipe(project, "  - lowrank: {rank_ratio: 0.75}\n", extra=NO_LATENCY)
+    with pytest.raises(StageError, match=r"4: output layer.*keep_output_layer: false"):
+        run_recipe(recipe, project / "out2")
 
 
 def test_conv_and_linear_factorized_on_the_digits_cnn(tmp_path):
@@ -83,9 +100,9 @@ def test_energy_keeps_the_asked_share_of_singular_values(project):
 
 
 def test_rank_above_a_layers_limit_or_zero_is_an_error(project):
-    recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - lowrank: {rank: 8}\n",
+    recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - lowrank: {rank: 20}\n",
                         extra=NO_LATENCY)
-    with pytest.raises(StageError, match=r"rank 8 is above the limit 4 of layer '4'"):
+    with pytest.raises(StageError, match=r"rank 20 is above the limit 16 of layer '0'"):
         run_recipe(recipe, project / "out")
     assert not (project / "out").exists()
     recipe = mlp_recipe(project, "  - lowrank: {rank: 0}\n")
