@@ -67,13 +67,14 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.run_extras import write_run_extras
     from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.progress import NullProgress
     from mcomp.recipe_load import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
     # under torchrun only rank 0 talks and writes; the others stay quiet
     follower = int(os.environ.get("RANK", "0")) > 0
-    result = run_pipeline(loaded, options, make_progress(quiet or follower))
+    result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
     if result.report is not None:
         write_run_extras(result.report, summary_md)
         _emit(result.report, report_file, as_json, quiet)

@@ -117,6 +117,12 @@ def qat_train(model: ModelState, ctx: StageContext, config: TrainConfig, *, mask
         result = train_module(model, ctx, config, masks=masks, label=label)
     finally:
         ranges = remove_fake_quant(module)
+    if ctx.dist is not None:
+        # each rank observed its own shard: take the union of the ranges so all ranks hand
+        # onnxruntime the same overrides (the weights already agree through DDP)
+        every = ctx.dist.all_gather(ranges)
+        ranges = {name: (min(r[name][0] for r in every), max(r[name][1] for r in every))
+                  for name in ranges}
     modules = dict(module.named_modules())
     ctx.shared[RANGES_KEY] = {
         name: {"weight": modules[name].weight.detach().cpu().numpy().copy(), "range": span}

@@ -20,7 +20,7 @@ runtime: {threads: 1, latency: {runs: 2, warmup: 1, batch: 8}}
 stages:
   - prune: {sparsity: 0.6}
   - finetune: {epochs: 2, batch_size: 32}
-  - quantize: {mode: static}
+  - qat: {epochs: 1, batch_size: 32}
   - export: {}
 """
 
@@ -57,6 +57,8 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path, run_mcomp):
     assert report["environment"]["world_size"] == 2
     finetune = report["stages"][1]
     assert finetune["details"]["distributed"] == {"world_size": 2, "ranks_agree": True}
+    # QAT: the activation ranges each rank observed are merged, so the int8 models agree too
+    assert report["stages"][2]["details"]["distributed"]["ranks_agree"] is True
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["model.onnx", "provenance.json", "recipe.resolved.yaml", "report.json"]
     assert result.stdout.count("ok: out/model.onnx") == 1  # one process reports
