@@ -11,7 +11,7 @@ Used by the quantize stage after onnxruntime wrote the model. Three checks:
   counted.
 - **Share of MACs in int8.** onnxruntime keeps the source node's name on a fused node, so each
   optimised compute node takes the MACs of the same-named node of the un-optimised model
-  (`mcomp.onnx_node_macs`); a node with no namesake is counted from the shapes onnxruntime
+  (`mcomp.onnx_macs`); a node with no namesake is counted from the shapes onnxruntime
   saved with the optimised graph (batch 1), the same formulas as `mcomp.onnx_macs`.
 - **Speed and parity** against the fp32 input model: both sessions with the same thread
   settings, each timed in its own block; outputs compared on eval samples.
@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcomp.onnx_macs import _conv_macs, _matmul_macs, _shapes
-from mcomp.onnx_node_macs import node_macs_by_name
+from mcomp.onnx_macs import _conv_macs, _matmul_macs, _shapes, node_macs_by_name
 
 if TYPE_CHECKING:
     import onnx

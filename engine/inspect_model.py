@@ -94,7 +94,7 @@ def _torch_layer_macs(state: ModelState, notes: list[str]) -> dict[str, int] | N
 def _onnx_rows(model: onnx.ModelProto) -> list[dict[str, Any]]:
     from onnx import numpy_helper
 
-    from mcomp.onnx_node_macs import node_macs_by_name
+    from mcomp.onnx_macs import node_macs_by_name
 
     inits = {i.name: i for i in model.graph.initializer}
     dequantized = {n.output[0]: n.input[0] for n in model.graph.node

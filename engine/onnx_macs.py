@@ -19,6 +19,12 @@ MATMUL_OPS = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "MatMulNBits"}
 
 def count_onnx_macs(model: onnx.ModelProto) -> int:
     """Total MACs of one sample; unknown (symbolic) dims count as 1."""
+    return sum(node_macs_by_name(model).values())
+
+
+def node_macs_by_name(model: onnx.ModelProto) -> dict[str, int]:
+    """{node name (or `#index` when unnamed): MACs of one sample} for Conv/MatMul-like nodes;
+    the per-layer view (inspect, int8 proof) and the report's total count the same way."""
     import onnx
 
     fixed = onnx.ModelProto()
@@ -32,13 +38,13 @@ def count_onnx_macs(model: onnx.ModelProto) -> int:
     except Exception:
         inferred = fixed  # counting what is known beats failing the whole measurement
     shapes = _shapes(inferred)
-    total = 0
-    for node in inferred.graph.node:
+    result = {}
+    for index, node in enumerate(inferred.graph.node):
         if node.op_type in CONV_OPS:
-            total += _conv_macs(node, shapes)
+            result[node.name or f"#{index}"] = _conv_macs(node, shapes)
         elif node.op_type in MATMUL_OPS:
-            total += _matmul_macs(node, shapes)
-    return total
+            result[node.name or f"#{index}"] = _matmul_macs(node, shapes)
+    return result
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

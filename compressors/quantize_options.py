@@ -1,0 +1,94 @@
+"""Options of the `quantize` stage (see quantize.py for what each mode does)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mcomp.stage import StageOptions
+
+Method = Literal["minmax", "entropy", "percentile"]
+
+
+class CalibrationOptions(StageOptions):
+    """How static quantization finds activation ranges."""
+
+    method: Method = "minmax"
+    percentile: float = Field(99.999, gt=50, le=100, description="Percentile of |activation| "
+                              "kept by `method: percentile` (ORT's CalibPercentile).")
+    samples: int | None = Field(None, ge=1, description="Use at most this many calibration "
+                                "samples (default: all of data.calibration_samples).")
+
+
+class FallbackOptions(StageOptions):
+    """Limits of the accuracy-aware fallback search (see `quantize_fallback`)."""
+
+    enabled: bool = Field(True, description="Search when a budget is known and plain int8 "
+                          "breaks it.")
+    max_trials: int = Field(8, ge=1, description="Quantizations tried after the first one.")
+    max_seconds: float = Field(120, gt=0, description="Wall-clock limit of the search.")
+    group_size: int = Field(1, ge=1, description="Nodes put back in float per trial, most "
+                            "sensitive first.")
+
+
+class Weight4Options(StageOptions):
+    """`mode: weight4`: 4-bit block-quantized MatMul weights (onnxruntime MatMulNBits)."""
+
+    block_size: int = Field(32, ge=16, description="Weights per scale (a power of 2, >= 16).")
+    symmetric: bool = Field(True, description="Symmetric 4-bit weights (no zero points).")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> Weight4Options:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of 2, got {self.block_size}")
+        return self
+
+
+class QuantizeOptions(StageOptions):
+    mode: Literal["static", "dynamic", "auto", "weight4"] = "static"
+    bits: Literal[8, 4] = Field(8, description="4 is `mode: weight4` (weight-only, MatMul).")
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    symmetric_weights: bool = False
+    scale: Literal["float", "pow2"] = Field("float", description="pow2: round every scale of "
+                                            "a static model to a power of two.")
+    calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
+    calibration_method: Method | None = Field(None, description="Shorthand for "
+                                              "`calibration.method` (kept for old recipes).")
+    op_types: list[str] | None = Field(None, description="Op types to quantize (default: all "
+                                       "that onnxruntime can).")
+    exclude_op_types: list[str] = Field(default_factory=list)
+    exclude_nodes: list[str] = Field(default_factory=list, description="Glob patterns over "
+                                     "ONNX node names left in float.")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Largest metric loss vs "
+                                            "the stage's fp32 input; default: the recipe's "
+                                            "constraints.max_accuracy_drop (vs the baseline).")
+    fallback: FallbackOptions = Field(default_factory=FallbackOptions)
+    weight4: Weight4Options = Field(default_factory=Weight4Options)
+
+    @model_validator(mode="after")
+    def _bits_and_mode(self) -> QuantizeOptions:
+        if self.bits == 4:
+            if "mode" in self.model_fields_set and self.mode != "weight4":
+                raise ValueError(f"bits: 4 is weight-only 4-bit (mode: weight4), not "
+                                 f"mode: {self.mode}")
+            self.mode = "weight4"
+        if self.scale == "pow2" and self.mode not in ("static", "auto"):
+            raise ValueError("scale: pow2 applies to static int8 (mode: static)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_calibration_method(self) -> QuantizeOptions:
+        if self.calibration_method is None:
+            return self
+        if "method" in self.calibration.model_fields_set \
+                and self.calibration.method != self.calibration_method:
+            raise ValueError("give the calibration method once: `calibration.method` or "
+                             "`calibration_method`, not both")
+        self.calibration.method = self.calibration_method
+        return self
