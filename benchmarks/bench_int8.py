@@ -1,15 +1,30 @@
 """int8 vs fp32 in onnxruntime on three model families, and mcomp's static defaults vs ORT's.
 
-    python benchmarks/bench_int8.py [--threads 1] [--out benchmarks/RESULTS.md]
+    python benchmarks/bench_int8.py [--threads 1] [--nncf] [--out benchmarks/RESULTS.md]
 
 Models (random weights and inputs, seeded; the figures are about speed and numerical error,
 not task accuracy): a small ResNet-style CNN on 3x32x32, an MLP, and a 2-layer transformer
 encoder. Each is exported to fp32 ONNX with mcomp's exporter, quantized by mcomp's quantize
 stage (CNN/MLP: the default static U8S8 QDQ; transformer: `mode: dynamic`), and the CNN also by
 plain `onnxruntime.quantization.quantize_static` with ORT's defaults (QDQ, S8S8, per-tensor,
-MinMax, no pre-processing) on the same calibration data. Every session uses the same options
-(mcomp.ort_session.create_session) and is timed in its own block. The section it prints
-replaces `## int8 vs fp32` in the results file, or is appended.
+MinMax, no pre-processing) on the same calibration data. The transformer is also quantized
+static (QDQ): plain, with Softmax/LayerNormalization and with Softmax/LayerNormalization/Add
+excluded (`exclude_op_types`). The closing notes state, from the figures, whether int8 reaches
+2.5x fp32 at batch 64 and whether mcomp's default is at least as accurate and fast as each
+rival (speeds within 3 % count as a tie).
+
+`--nncf`: the CNN and the MLP are also quantized by NNCF's post-training quantization
+(`nncf.quantize` with its defaults, ONNX backend) on the same fp32 ONNX model and the same
+calibration samples. NNCF runs in its own venv (NNCF_VENV, default /tmp/mcomp-nncf-venv,
+created with `pip install nncf onnx onnxruntime` when missing; nothing is installed into
+mcomp's venv); the int8 model it writes is timed here like the others.
+
+Every session uses the same options (mcomp.ort_session.create_session) and is timed in its own
+block (warm-up, then timed runs), the variants in rotating order over ROUNDS rounds; a figure
+is the median of the per-round medians. Relative L2 error and top-1 agreement (argmax of the
+int8 output equal to the fp32 one, the task-metric proxy for random weights) are on 1024 other
+random inputs. Threads other than 1 get their own section, `## int8 vs fp32 (threads=N)`.
+The section it prints replaces `## int8 vs fp32` in the results file, or is appended.
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +44,24 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## int8 vs fp32"
+ROUNDS = 3
+EVAL_SAMPLES = 1024
+TIE = 0.03  # speeds within 3 % are reported as a tie (run-to-run noise here is larger)
+NNCF_VENV = Path(os.environ.get("NNCF_VENV", "/tmp/mcomp-nncf-venv"))
+NNCF_SCRIPT = """
+import sys
+
+import nncf
+import numpy as np
+import onnx
+
+source, samples, target = sys.argv[1:4]
+model = onnx.load(source)
+x = np.load(samples)["x"]
+dataset = nncf.Dataset([{"x": x[i:i + 1]} for i in range(len(x))])
+onnx.save(nncf.quantize(model, dataset), target)  # every option at NNCF's default
+print("nncf", nncf.__version__)
+"""
 
 
 def build_models():
@@ -58,7 +93,8 @@ def build_models():
             ("transformer encoder (2x d128, seq 32)", encoder.eval(), [32, 128], "dynamic")]
 
 
-def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int):
+def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int,
+                   **options):
     from mcomp.compressors.quantize import QuantizeOptions, QuantizeStage
     from mcomp.data_io import Datasets, Split
     from mcomp.model_state import ModelState
@@ -71,7 +107,10 @@ def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: i
     ctx = StageContext(datasets=Datasets(None, split, split), seed=0, threads=threads,
                        metric=None, task=None, batch_size=32, original=state, workdir=workdir,
                        progress=NullProgress())
-    stage = QuantizeStage(QuantizeOptions(mode=mode))
+    stage = QuantizeStage(QuantizeOptions(mode=mode, **options))
+    # no metric and no accuracy budget here: no fallback goal (QuantizeStage._goal reads
+    # ctx.metric before it knows whether a budget exists, and fails on metric=None)
+    stage._goal = lambda model, ctx: None
     return stage.run(state, ctx).onnx_model, stage.details
 
 
@@ -97,39 +136,94 @@ def plain_ort_quantize(fp32, calib: np.ndarray, workdir: Path):
     return onnx.load(str(target))
 
 
-def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray, threads: int):
+def nncf_python() -> Path:
+    """The interpreter of NNCF's own venv, created (nncf, onnx, onnxruntime) when missing."""
+    python = NNCF_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["python3", "-m", "venv", str(NNCF_VENV)], check=True)
+    probe = subprocess.run([str(python), "-c", "import nncf, onnx, onnxruntime"],
+                           capture_output=True)
+    if probe.returncode:
+        # nncf's ONNX backend needs no torch; the check below makes sure none was pulled in
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"],
+                       check=True)
+    torch_in = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
+    if torch_in.returncode == 0:
+        sys.stderr.write(f"note: {NNCF_VENV} has torch installed\n")
+    return python
+
+
+def nncf_quantize(fp32, calib: np.ndarray, workdir: Path):
+    """NNCF's default post-training quantization of `fp32`, run in NNCF's own venv."""
+    import onnx
+
+    source, samples = workdir / "nncf_fp32.onnx", workdir / "nncf_calib.npz"
+    target, script = workdir / "nncf_int8.onnx", workdir / "nncf_ptq.py"
+    onnx.save(fp32, source)
+    np.savez(samples, x=calib)
+    script.write_text(NNCF_SCRIPT)
+    done = subprocess.run([str(nncf_python()), str(script), str(source), str(samples),
+                           str(target)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"nncf.quantize failed:\n{done.stderr[-3000:]}")
+    version = [ln for ln in done.stdout.splitlines() if ln.startswith("nncf ")]
+    return onnx.load(str(target)), (version[-1].split()[1] if version else "?")
+
+
+def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
+            evaluation: np.ndarray, threads: int):
     from mcomp.ort_session import batch_feed, create_session, time_session
 
+    models = {"fp32": fp32_bytes, **variants}
+    sessions = {label: create_session(b, threads) for label, b in models.items()}
+    reference = np.concatenate([sessions["fp32"].run(None, {"x": evaluation[i:i + 64]})[0]
+                                for i in range(0, len(evaluation), 64)])
+    ref_top = reference.reshape(len(reference), -1).argmax(axis=1)
+    feeds = {batch: batch_feed({"x": x}, batch) for batch in (1, 64)}
+    per_round = {label: {1: [], 64: []} for label in models}
+    # at least 40 (b1) / 10 (b64) runs, more for fast models: about 0.25 s of fp32 per block
+    runs = {}
+    for batch, least in ((1, 40), (64, 10)):
+        fp32_ms = time_session(sessions["fp32"], feeds[batch], warmup=3, runs=5)
+        runs[batch] = max(least, min(400, int(250 / max(fp32_ms, 1e-3))))
+    labels = list(models)
+    for r in range(ROUNDS):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:  # each session in its own block
+            for batch in (1, 64):
+                per_round[label][batch].append(
+                    time_session(sessions[label], feeds[batch], warmup=3, runs=runs[batch]))
+                time.sleep(0.1)
+            time.sleep(0.2)
     rows = {}
-    reference = create_session(fp32_bytes, threads).run(None, {"x": x[:64]})[0]
-    for label, model_bytes in {"fp32": fp32_bytes, **variants}.items():
-        session = create_session(model_bytes, threads)
-        out = session.run(None, {"x": x[:64]})[0]
-        times = {}
-        for batch, runs in ((1, 40), (64, 10)):
-            times[batch] = time_session(session, batch_feed({"x": x}, batch), warmup=3, runs=runs)
-            time.sleep(0.1)
+    for label, model_bytes in models.items():
+        out = np.concatenate([sessions[label].run(None, {"x": evaluation[i:i + 64]})[0]
+                              for i in range(0, len(evaluation), 64)])
         rel = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
-        rows[label] = {"bytes": len(model_bytes), "b1": times[1], "b64": times[64], "rel": rel}
-        del session
-        time.sleep(0.2)
-    return rows
+        top = float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == ref_top))
+        rows[label] = {"bytes": len(model_bytes), "rel": rel, "top1": top,
+                       **{f"b{b}": statistics.median(per_round[label][b]) for b in (1, 64)}}
+    return rows, runs
 
 
-def run(threads: int) -> tuple[list[str], list[str]]:
+def run(threads: int, with_nncf: bool) -> tuple[list[str], list[str]]:
     from mcomp.convert import torch_to_onnx
     from mcomp.model_state import ModelState
     from mcomp.recipe import InputSpec
 
     lines = ["| model | variant | size KiB | b1 ms | b64 ms | fp32/int8 b1 | fp32/int8 b64 | "
-             "rel. L2 error | int8 MACs share |", "|---|---|---|---|---|---|---|---|---|"]
-    notes = []
+             "rel. L2 error | top-1 agree | int8 MACs share |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
+    verdicts: list[str] = []
     rng = np.random.default_rng(0)
     for name, module, shape, mode in build_models():
         state = ModelState.from_torch(module, [InputSpec(name="x", shape=shape)])
         fp32 = torch_to_onnx(state)
         calib = rng.normal(size=(128, *shape)).astype(np.float32)
         x = rng.normal(size=(64, *shape)).astype(np.float32)
+        evaluation = rng.normal(size=(EVAL_SAMPLES, *shape)).astype(np.float32)
+        model_notes: list[str] = []
         with tempfile.TemporaryDirectory() as tmp:
             int8, details = mcomp_quantize(fp32, calib, mode, Path(tmp), threads)
             variants = {f"mcomp {mode}": int8.SerializeToString()}
@@ -138,16 +232,77 @@ def run(threads: int) -> tuple[list[str], list[str]]:
                 plain = plain_ort_quantize(fp32, calib, Path(tmp))
                 variants["plain quantize_static (ORT defaults)"] = plain.SerializeToString()
                 shares["plain quantize_static (ORT defaults)"] = _share(plain, threads, tmp)
-            rows = measure(fp32.SerializeToString(), variants, x, threads)
+            if mode == "static" and with_nncf:
+                try:
+                    quantized, version = nncf_quantize(fp32, calib, Path(tmp))
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+                    model_notes.append(f"{name}: NNCF failed: {str(error).strip()[-400:]}")
+                else:
+                    label = f"NNCF {version} nncf.quantize (defaults)"
+                    variants[label] = quantized.SerializeToString()
+                    shares[label] = _share(quantized, threads, tmp)
+            if mode == "dynamic":
+                static, static_details = mcomp_quantize(fp32, calib, "static", Path(tmp), threads)
+                variants["mcomp static"] = static.SerializeToString()
+                shares["mcomp static"] = static_details["int8_macs_share"]
+                model_notes.append(
+                    f"{name} (mcomp static): int8 compute nodes "
+                    f"{static_details['int8_compute_nodes']}, float compute nodes "
+                    f"{static_details['float_compute_nodes']}")
+                for excluded in (["Softmax", "LayerNormalization"],
+                                 ["Softmax", "LayerNormalization", "Add"]):
+                    static, static_details = mcomp_quantize(
+                        fp32, calib, "static", Path(tmp), threads, exclude_op_types=excluded)
+                    label = f"mcomp static, exclude {'/'.join(excluded)}"
+                    variants[label] = static.SerializeToString()
+                    shares[label] = static_details["int8_macs_share"]
+                    model_notes.append(
+                        f"{name} ({label}): int8 compute nodes "
+                        f"{static_details['int8_compute_nodes']}, float compute nodes "
+                        f"{static_details['float_compute_nodes']}")
+                model_notes.append(
+                    f"{name}: excluding Softmax from quantization does not keep it in float "
+                    "at run time when its neighbours are quantized: onnxruntime's optimizer "
+                    "fuses DequantizeLinear -> Softmax -> QuantizeLinear into QLinearSoftmax "
+                    "(see the int8 compute nodes); onnxruntime never quantizes "
+                    "LayerNormalization. This encoder has no attention mask, so its Add nodes "
+                    "are the Linear biases (exported as MatMul + Add) and the residuals.")
+            rows, runs = measure(fp32.SerializeToString(), variants, x, evaluation, threads)
         base = rows["fp32"]
         for label, row in rows.items():
             lines.append(
                 f"| {name} | {label} | {row['bytes'] / 1024:.0f} | {row['b1']:.3f} | "
                 f"{row['b64']:.2f} | {base['b1'] / row['b1']:.2f} | {base['b64'] / row['b64']:.2f}"
-                f" | {row['rel']:.2e} | {shares.get(label, '-')} |")
-        notes.append(f"{name}: int8 compute nodes {details['int8_compute_nodes']}, float "
-                     f"compute nodes {details['float_compute_nodes']}")
-    return lines, notes
+                f" | {row['rel']:.2e} | {row['top1']:.3f} | {shares.get(label, '-')} |")
+        notes.append(f"{name} (mcomp {mode}): int8 compute nodes "
+                     f"{details['int8_compute_nodes']}, float compute nodes "
+                     f"{details['float_compute_nodes']}; timed runs per block b1 {runs[1]}, "
+                     f"b64 {runs[64]}")
+        notes.extend(model_notes)
+        verdicts.extend(verdict(name, f"mcomp {mode}", rows))
+    return lines, notes + verdicts
+
+
+def verdict(name: str, ours: str, rows: dict) -> list[str]:
+    """Plain statements: the 2.5x target at b64, and mcomp's default against each rival."""
+    base, me = rows["fp32"], rows[ours]
+    speedup = base["b64"] / me["b64"]
+    out = [f"**{name}: target int8 >= 2.5x fp32 at b64 {'HOLDS' if speedup >= 2.5 else 'FAILS'}"
+           f"** ({ours}: {speedup:.2f}x)"]
+    for label, row in rows.items():
+        if label in ("fp32", ours):
+            continue
+        checks = {"rel. error": me["rel"] <= row["rel"], "top-1": me["top1"] >= row["top1"],
+                  "b1 speed": me["b1"] <= row["b1"] * (1 + TIE),
+                  "b64 speed": me["b64"] <= row["b64"] * (1 + TIE)}
+        lost = [k for k, ok in checks.items() if not ok]
+        out.append(f"{name}: {ours} vs {label}: "
+                   + (f"at least as accurate and as fast (speed within {TIE:.0%} counts as a tie)"
+                      if not lost else "loses on " + ", ".join(lost))
+                   + f" (error {me['rel']:.2e} vs {row['rel']:.2e}, top-1 {me['top1']:.3f} vs "
+                   f"{row['top1']:.3f}, b1 {me['b1']:.3f} vs {row['b1']:.3f} ms, b64 "
+                   f"{me['b64']:.2f} vs {row['b64']:.2f} ms)")
+    return out
 
 
 def _share(model, threads: int, tmp: str) -> float:
@@ -158,14 +313,16 @@ def _share(model, threads: int, tmp: str) -> float:
     return count_compute_nodes(optimized, [model])["int8_macs_share"]
 
 
-def section(threads: int, lines: list[str], notes: list[str], load: tuple) -> str:
+def section(threads: int, lines: list[str], notes: list[str], load: tuple,
+            with_nncf: bool) -> str:
     import onnxruntime
     import torch
 
     from mcomp.cpu_features import cpu_features
 
-    command = f"/work/venv/bin/python benchmarks/bench_int8.py --threads {threads}"
-    head = [HEADING, "", f"- Command: `{command}`",
+    command = f"/work/venv/bin/python benchmarks/bench_int8.py --threads {threads}" + (
+        " --nncf" if with_nncf else "")
+    head = [heading(threads), "", f"- Command: `{command}`",
             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
             f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; ISA: "
             f"{', '.join(cpu_features())}; threads {threads}",
@@ -173,20 +330,28 @@ def section(threads: int, lines: list[str], notes: list[str], load: tuple) -> st
             "(shared machine: absolute ms are noisy, compare ratios within a row group)",
             f"- python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
             f"{onnxruntime.__version__}", "",
-            "fp32/int8 > 1 means int8 is faster. Relative L2 error: ||y_int8 - y_fp32|| / "
-            "||y_fp32|| on 64 random inputs (random weights, calibration on 128 other random "
-            "inputs). int8 MACs share: from the graph onnxruntime runs "
-            "(mcomp.compressors.int8_check).", ""]
+            "fp32/int8 > 1 means int8 is faster. ms: median over "
+            f"{ROUNDS} rounds (variants in rotating order, each session in its own block) of "
+            "the median of N runs (N in the notes: at least 40 at b1 / 10 at b64, more for fast "
+            "models). Relative L2 error: ||y_int8 - y_fp32|| / ||y_fp32|| on "
+            f"{EVAL_SAMPLES} random inputs (random weights, calibration on 128 other random "
+            "inputs); top-1 agree: share of those inputs whose argmax matches fp32's (the "
+            "task-metric proxy, there being no labels). int8 MACs share: from the graph "
+            "onnxruntime runs (mcomp.compressors.int8_check).", ""]
     return "\n".join(head + lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
+def heading(threads: int) -> str:
+    return HEADING if threads == 1 else f"{HEADING} (threads={threads})"
+
+
+def write_section(path: Path, text: str, title: str) -> None:
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(HEADING + "\n")
+    start = old.find(title + "\n")
     if start < 0:
         path.write_text(old.rstrip("\n") + "\n\n" + text)
         return
-    end = old.find("\n## ", start + len(HEADING))
+    end = old.find("\n## ", start + len(title))
     rest = "" if end < 0 else old[end + 1:]
     path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
 
@@ -194,16 +359,18 @@ def write_section(path: Path, text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nncf", action="store_true",
+                        help="also quantize with NNCF (nncf.quantize, in its own venv)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    lines, notes = run(args.threads)
-    text = section(args.threads, lines, notes, load)
+    lines, notes = run(args.threads, args.nncf)
+    text = section(args.threads, lines, notes, load, args.nncf)
     sys.stdout.write(text)
-    write_section(args.out, text)
+    write_section(args.out, text, heading(args.threads))
 
 
 if __name__ == "__main__":

@@ -134,13 +134,13 @@ class QuantizeStage(Stage):
         constraint counts from the run's baseline, as the pipeline checks it at the end."""
         from mcomp.compressors.quantize_fallback import Goal
 
+        if self.options.max_accuracy_drop is None and ctx.accuracy_budget is None:
+            return None  # no budget: nothing to evaluate before quantizing
         higher = ctx.metric.higher_is_better
         input_metric = ctx.evaluate(model)
         if self.options.max_accuracy_drop is not None:
             return Goal(input_metric, input_metric, self.options.max_accuracy_drop, higher,
                         "quantize.max_accuracy_drop")
-        if ctx.accuracy_budget is None:
-            return None
         return Goal(ctx.evaluate(ctx.original), input_metric, ctx.accuracy_budget, higher,
                     "constraints.max_accuracy_drop")
 
