@@ -27,7 +27,6 @@ of the results file (or appends it). Accuracy figures are deterministic for a ma
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from results_file import update_results  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Distillation, low-rank, clustering"
@@ -205,21 +205,6 @@ def notes(reports: dict[str, dict[str, Any]]) -> list[str]:
         "eval split).",
         "",
     ]
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace this benchmark's section (from its heading to the next `## `) or append it."""
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmark results"]
-    if HEADING in lines:
-        start = lines.index(HEADING)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + [""]
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text("\n".join(lines).rstrip("\n") + "\n")
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> int:

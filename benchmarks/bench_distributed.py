@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import update_results  # benchmarks/ is the script's folder
+
 HERE = Path(__file__).resolve().parent
 RECIPE = """\
 model: {builtin: digits_cnn}
@@ -71,15 +73,7 @@ def main() -> None:
               "eval split is predicted in shards and gathered.", ""]
     section = "\n".join(lines)
     print(section)
-    text = args.out.read_text() if args.out.exists() else "# Benchmark results\n"
-    start = text.find(heading + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end:] if end != -1 else "")
-    args.out.write_text(text)
-
+    update_results(args.out, section)
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import update_results  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## int8 vs fp32"
@@ -320,7 +321,7 @@ def section(threads: int, lines: list[str], notes: list[str], load: tuple,
 
     from mcomp.cpu_features import cpu_features
 
-    command = f"/work/venv/bin/python benchmarks/bench_int8.py --threads {threads}" + (
+    command = f"python benchmarks/bench_int8.py --threads {threads}" + (
         " --nncf" if with_nncf else "")
     head = [heading(threads), "", f"- Command: `{command}`",
             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
@@ -345,17 +346,6 @@ def heading(threads: int) -> str:
     return HEADING if threads == 1 else f"{HEADING} (threads={threads})"
 
 
-def write_section(path: Path, text: str, title: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(title + "\n")
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(title))
-    rest = "" if end < 0 else old[end + 1:]
-    path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -370,7 +360,7 @@ def main() -> None:
     lines, notes = run(args.threads, args.nncf)
     text = section(args.threads, lines, notes, load, args.nncf)
     sys.stdout.write(text)
-    write_section(args.out, text, heading(args.threads))
+    update_results(args.out, text)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import update_results  # benchmarks/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -134,19 +135,7 @@ def main() -> None:
                        gradual)
     section = "\n".join(lines)
     print(section)
-    write_section(args.out, f"## Pruning (threads={args.threads})", section)
-
-
-def write_section(path: Path, heading: str, section: str) -> None:
-    """Replace the section that starts with `heading` (up to the next `## `), or append."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(heading + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + "\n" + (text[end + 1:] if end != -1 else "")
-    path.write_text(text)
+    update_results(args.out, section)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results_file import update_results  # benchmarks/ is the script's folder
+
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Quantization: fallback, QAT, low-bit"
 DIGITS = """\
@@ -129,18 +131,7 @@ def main() -> None:
         "0.0028):", "", *digits, ""])
     print(section)
     if args.out is not None:
-        replace_section(args.out, section)
-
-
-def replace_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if HEADING in text:
-        start = text.index(HEADING)
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("\n" + text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+        update_results(args.out, section)
 
 
 if __name__ == "__main__":

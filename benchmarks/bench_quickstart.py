@@ -35,14 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_file import update_results  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "RESULTS.md"
-RESULTS_PREAMBLE = """# Benchmark results
-
-Written by the scripts in this folder (see README.md); each section names the command and
-the date that produced it. Rerunning a command replaces its section.
-"""
 # Figures that do not depend on timing: every repeat of the same recipe must give the same.
 DETERMINISTIC = ("params", "nonzero_params", "size_bytes", "size_compressed_bytes", "macs",
                  "metric")
@@ -473,25 +469,6 @@ def busy_line(busy: dict[str, float] | None) -> str:
     return (f"other processes used {busy['others_cpu_s']:.1f} CPU-s "
             f"({busy['others_share']:.0%} of {os.cpu_count()} CPUs over {busy['wall_s']:.0f} s), "
             f"steal {busy['steal_share']:.0%}")
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace the section whose `## ` heading matches, or append it; keep the rest."""
-    heading = section.splitlines()[0]
-    text = path.read_text() if path.exists() else RESULTS_PREAMBLE
-    lines = text.splitlines()
-    if heading in lines:
-        start = lines.index(heading)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + [""]
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted run never leaves a half-written results file.
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text("\n".join(lines).rstrip("\n") + "\n")
-    os.replace(temporary, path)
 
 
 # --- main -------------------------------------------------------------------------------------
