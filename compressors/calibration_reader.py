@@ -1,18 +1,26 @@
-"""The calibration split as onnxruntime's CalibrationDataReader, checked against the model."""
+"""The calibration split as onnxruntime's CalibrationDataReader, checked against the model.
+
+Memory stays flat in the number of samples: onnxruntime's calibrators keep every collected
+batch's activations until `collect_data` returns (the histogram ones keep whole tensors), so
+the reader supports ORT's strided collection (`CalibStridedMinMax`, despite its name a plain
+loop of `set_range` + `collect_data` for every calibrator): at most `CHUNK_BATCHES` batches are
+held at once, then their ranges or histograms are merged and the tensors dropped."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from mcomp.errors import StageError
 from mcomp.model_state import ModelState
 from mcomp.stage import StageContext
+
+CHUNK_BATCHES = 8
 
 
 class CalibrationReader:
     """Feeds the calibration split to onnxruntime batch by batch (never all at once)."""
 
     def __init__(self, ctx: StageContext, model: ModelState, samples: int | None) -> None:
-        import numpy as np
-
         split = ctx.datasets.calibration
         if split is None or len(split) == 0:
             raise StageError("quantize: the calibration split has no samples; give "
@@ -23,18 +31,34 @@ class CalibrationReader:
         self._split, self._batch_size, self._progress = split, ctx.batch_size, ctx.progress
         self._names = [value.name for value in graph_inputs(model.onnx_model)]
         self.samples = len(split)
-        self._batches = split.batches(ctx.batch_size)
-        ctx.progress.start("calibrating", total=-(-len(split) // ctx.batch_size))
+        self.batch_count = -(-len(split) // ctx.batch_size)
+        self._range = range(self.batch_count)
+        self._next = 0
+        ctx.progress.start("calibrating", total=self.batch_count)
+
+    def stride(self) -> int:
+        """Batches per `collect_data` call: the largest divisor of the batch count that is at
+        most CHUNK_BATCHES (ORT requires the count to divide evenly)."""
+        return max(d for d in range(1, CHUNK_BATCHES + 1) if self.batch_count % d == 0)
+
+    def __len__(self) -> int:
+        return self.batch_count
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._range = range(start_index, min(end_index, self.batch_count))
+        self._next = 0
 
     def get_next(self):
-        batch = next(self._batches, None)
-        if batch is None:
+        if self._next >= len(self._range):
             return None
+        start = self._range[self._next] * self._batch_size
+        self._next += 1
         self._progress.advance()
-        return {name: batch[0][name] for name in self._names}
+        end = start + self._batch_size
+        return {name: self._split.inputs[name][start:end] for name in self._names}
 
     def rewind(self) -> None:  # ORT >= 1.17 may call it
-        self._batches = self._split.batches(self._batch_size)
+        self._next = 0
 
 
 def graph_inputs(model) -> list:

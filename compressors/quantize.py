@@ -5,6 +5,8 @@
                                   #   when MatMul/Gemm carry most MACs)
         format: qdq               # qdq | qoperator (QLinearConv, QLinearMatMul, ...)
         per_channel: true
+        float_outputs: true       # no Q/DQ in front of graph outputs (logits stay float)
+        float_attention: true     # Softmax and activation x activation MatMuls stay float
         activation_type: uint8    # uint8 | int8
         weight_type: int8         # int8 | uint8
         symmetric_activations: false
@@ -36,7 +38,13 @@ from mcomp.compressors.quantize_options import (  # noqa: F401  (re-exported)
     QuantizeOptions,
     Weight4Options,
 )
-from mcomp.compressors.quantize_prep import gemm_to_matmul, preprocess, working_directory
+from mcomp.compressors.quantize_prep import (
+    attention_nodes,
+    gemm_to_matmul,
+    keep_outputs_float,
+    preprocess,
+    working_directory,
+)
 from mcomp.errors import StageError
 from mcomp.model_state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
@@ -93,6 +101,11 @@ class QuantizeStage(Stage):
             return self._finish(model, quantized, prepared, ctx, folder, QUANTIZED_OPS | {
                 "MatMulNBits"})
         excluded = self._excluded_nodes(prepared, ctx)
+        if mode == "static" and self.options.float_attention:
+            attention = attention_nodes(prepared) - excluded
+            excluded |= attention
+            if attention:
+                self.details["float_attention_nodes"] = len(attention)
         self._qat_overrides(prepared, ctx, mode)
         quantized = self.quantize_once(prepared_path, folder / "int8.onnx", model, excluded,
                                        ctx, options=self.options, mode=mode)
@@ -158,6 +171,8 @@ class QuantizeStage(Stage):
             else:
                 self._quantize_dynamic(prepared_path, target, excluded, options)
         quantized = onnx.load(str(target))
+        if mode == "static" and options.format == "qdq" and options.float_outputs:
+            self.details["float_outputs"] = keep_outputs_float(quantized)
         if mode == "static" and options.scale == "pow2":
             from mcomp.compressors.quantize_lowbit import round_scales_pow2
 
@@ -232,7 +247,9 @@ class QuantizeStage(Stage):
         methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                    "percentile": q.CalibrationMethod.Percentile}
         extra = {"ActivationSymmetric": options.symmetric_activations,
-                 "WeightSymmetric": options.symmetric_weights}
+                 "WeightSymmetric": options.symmetric_weights,
+                 # collect in chunks of batches: memory flat in the number of samples
+                 "CalibStridedMinMax": reader.stride()}
         if calib.method == "percentile":
             extra["CalibPercentile"] = calib.percentile
         if self._overrides:

@@ -50,6 +50,12 @@ class QuantizeOptions(StageOptions):
     bits: Literal[8, 4] = Field(8, description="4 is `mode: weight4` (weight-only, MatMul).")
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
+    float_outputs: bool = Field(True, description="Keep the model's outputs in float (static "
+                                "QDQ): no QuantizeLinear/DequantizeLinear pair in front of a "
+                                "graph output, which would round the logits to 256 levels.")
+    float_attention: bool = Field(True, description="Static mode: leave Softmax and MatMuls "
+                                  "of two activations (attention) in float; faster and more "
+                                  "accurate with onnxruntime on these CPUs.")
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False

@@ -24,7 +24,16 @@ class MetricSpec:
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
-    return float(np.mean(outputs.argmax(axis=-1) == labels.reshape(-1)))
+    """Share of argmax predictions (over the last axis) equal to the labels; per position
+    for sequence outputs (one label per token)."""
+    predicted = outputs.argmax(axis=-1).reshape(-1)
+    labels = labels.reshape(-1)
+    if predicted.shape != labels.shape:
+        raise DataError(f"metric 'accuracy': the model gives {predicted.size} predictions "
+                        f"(outputs {tuple(outputs.shape)}, argmax over the last axis) for "
+                        f"{labels.size} labels; for float targets set `task: regression` "
+                        "(metric mse), else check the labels of data.eval")
+    return float(np.mean(predicted == labels))
 
 
 def mse(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:

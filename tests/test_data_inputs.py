@@ -535,3 +535,15 @@ def test_default_metric_by_task_and_labels():
     assert metric("regression", False) == "cosine"
     assert BUILTIN["mse"].higher_is_better is False
     assert BUILTIN["top1_agreement"].higher_is_better is True
+
+
+def test_accuracy_counts_per_token_labels_and_rejects_a_count_mismatch():
+    from mcomp.errors import DataError
+    from mcomp.metrics import accuracy
+
+    outputs = np.zeros((2, 3, 4), np.float32)  # 2 sequences of 3 tokens, 4 classes
+    outputs[..., 1] = 1.0
+    labels = np.array([[1, 1, 0], [1, 2, 1]])
+    assert accuracy(outputs, labels, outputs) == 4 / 6
+    with pytest.raises(DataError, match=r"6 predictions .* for 2 labels.*task: regression"):
+        accuracy(outputs, np.array([1, 1]), outputs)

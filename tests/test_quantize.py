@@ -169,7 +169,7 @@ def test_exclude_nodes_glob_leaves_the_matched_conv_in_float(cnn_dir):
     assert details["int8_compute_nodes"].get("QLinearConv") == 1
     assert sum(details["float_compute_nodes"].values()) == 1
     assert 0.0 < details["int8_macs_share"] < 1.0
-    assert not warnings or not any("exclude" in w for w in warnings)
+    assert not any("matches no node" in w for w in warnings)
 
 
 def test_patterns_matching_nothing_are_warnings(cnn_dir):
@@ -208,3 +208,124 @@ def test_calibration_data_that_does_not_fit_is_a_stage_error(cnn_dir):
         reader(Split("calibration", {"x": np.zeros((0, 3, 8, 8), np.float32)}, None))
     with pytest.raises(StageError, match="has no input 'x'"):
         reader(Split("calibration", {"image": np.zeros((4, 3, 8, 8), np.float32)}, None))
+
+
+def _fp32_outputs(folder: Path, model: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(folder / model), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_static_leaves_the_model_outputs_in_float(cnn_dir):
+    x = np.load(cnn_dir / "eval.npz")["x"]
+    reference = _fp32_outputs(cnn_dir, "cnn.onnx", x)
+    errors = {}
+    for float_outputs in (True, False):
+        stage, model, _ = quantize(cnn_dir, "cnn.onnx",
+                                   f"{{float_outputs: {str(float_outputs).lower()}}}")
+        producer = {out: node for node in model.graph.node for out in node.output}
+        last = producer[model.graph.output[0].name]
+        if float_outputs:
+            # the Gemm writes the logits itself; ORT runs it as QGemm with a float output
+            assert last.op_type == "Gemm"
+            assert stage["details"]["float_outputs"] == [model.graph.output[0].name]
+            assert stage["details"]["int8_compute_nodes"].get("QGemm") == 1
+            used = {name for node in model.graph.node for name in node.input}
+            assert all(init.name in used for init in model.graph.initializer)
+        else:
+            assert last.op_type == "DequantizeLinear"
+            assert "float_outputs" not in stage["details"]
+        out = check_runs(model, x)
+        errors[float_outputs] = np.linalg.norm(out - reference) / np.linalg.norm(reference)
+    # rounding the logits to 256 levels only adds error
+    assert errors[True] < errors[False]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    """A one-layer transformer encoder (d 16, 2 heads, 6 tokens) exported to ONNX."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 64), ("eval", 16)):
+        x = rng.normal(size=(count, 6, 16)).astype(np.float32)
+        np.savez(folder / f"{name}.npz", x=x, y=rng.integers(0, 16, size=(count, 6)))
+    export(encoder, [6, 16], folder / "encoder.onnx")
+    return folder
+
+
+def test_static_leaves_attention_softmax_in_float(encoder_dir):
+    x = np.load(encoder_dir / "eval.npz")["x"]
+    for float_attention in (True, False):
+        stage, model, _ = quantize(encoder_dir, "encoder.onnx",
+                                   f"{{float_attention: {str(float_attention).lower()}}}")
+        producer = {out: node for node in model.graph.node for out in node.output}
+        (softmax,) = [node for node in model.graph.node if node.op_type == "Softmax"]
+        fed_by = producer[softmax.input[0]].op_type
+        consumers = {node.op_type for node in model.graph.node if softmax.output[0] in node.input}
+        details = stage["details"]
+        if float_attention:
+            # float scores in, float probabilities out: ORT has nothing to fuse into
+            # QLinearSoftmax, and probabilities·V runs as a float MatMul
+            assert fed_by != "DequantizeLinear" and consumers == {"MatMul"}
+            assert "QLinearSoftmax" not in details["int8_compute_nodes"]
+            assert details["float_compute_nodes"].get("MatMul", 0) >= 1
+            assert details["float_attention_nodes"] == 3  # Softmax and its two MatMuls
+            assert softmax.name in details["excluded_nodes"]
+        else:
+            assert fed_by == "DequantizeLinear" and consumers == {"QuantizeLinear"}
+            assert "float_attention_nodes" not in details
+            assert not details["float_compute_nodes"]
+        # the weight MatMuls are int8 either way
+        assert details["int8_compute_nodes"].get("QLinearMatMul", 0) >= 3
+        check_runs(model, x)
+
+
+def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir, tmp_path):
+    from onnxruntime.quantization import quantize_static
+
+    from mcomp.compressors.calibration_reader import CHUNK_BATCHES, CalibrationReader
+    from mcomp.data_io import Datasets, Split
+    from mcomp.progress import NullProgress
+
+    class CountingReader(CalibrationReader):
+        """Records how many batches onnxruntime pulls between two `set_range` calls."""
+
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            self.rounds: list[int] = []
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            super().set_range(start_index, end_index)
+            self.rounds.append(0)
+
+        def get_next(self):
+            batch = super().get_next()
+            if batch is not None and self.rounds:
+                self.rounds[-1] += 1
+            return batch
+
+    x = np.load(cnn_dir / "train.npz")["x"]  # 96 samples: 24 batches of 4
+    ctx = SimpleNamespace(datasets=Datasets(None, Split("calibration", {"x": x}, None), None),
+                          batch_size=4, progress=NullProgress())
+    model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
+    scales = {}
+    for strided in (True, False):
+        reader = CountingReader(ctx, model, None)
+        extra = {"CalibStridedMinMax": reader.stride()} if strided else {}
+        target = tmp_path / f"int8_{strided}.onnx"
+        quantize_static(str(cnn_dir / "cnn.onnx"), str(target), reader, extra_options=extra)
+        if strided:
+            assert reader.stride() == CHUNK_BATCHES == 8
+            assert reader.rounds == [8, 8, 8]  # never more than a chunk held at once
+        else:
+            assert reader.rounds == []
+        scales[strided] = {init.name: onnx.numpy_helper.to_array(init)
+                           for init in onnx.load(str(target)).graph.initializer
+                           if init.name.endswith("_scale")}
+    assert scales[True].keys() == scales[False].keys() and scales[True]
+    for name, value in scales[True].items():
+        np.testing.assert_array_equal(value, scales[False][name])

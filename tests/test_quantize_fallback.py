@@ -140,3 +140,23 @@ def test_fallback_options_are_checked():
         QuantizeOptions(fallback={"max_trials": 0})
     with pytest.raises(ValidationError, match="max_trails"):
         QuantizeOptions(fallback={"max_trails": 3})
+
+
+def test_fallback_in_dynamic_mode_leaves_the_outlier_matmuls_in_float(outlier_dir):
+    # dynamic int8 quantizes each batch's activations with the batch's own range: the outlier
+    # units widen it just as much, so plain dynamic int8 breaks the budget as well
+    result, model, _ = quantize(outlier_dir, "{mode: dynamic, max_accuracy_drop: 0.02}")
+    details = result.report["stages"][0]["details"]
+    fallback = details["fallback"]
+    assert details["mode"] == "dynamic"
+    assert fallback["trials"][0]["drop"] > 0.2
+    assert fallback["met"] is True and fallback["trials"][-1]["drop"] <= 0.02
+    # one Linear left in float: the one reading the outlier activation (its Gemm and the
+    # MatMul it was rewritten to carry the same name stem)
+    assert {name.removesuffix("_matmul") for name in fallback["float_nodes"]} == {"node_linear_1"}
+    ops = {node.name: node.op_type for node in model.graph.node}
+    assert all(ops[name] in ("MatMul", "Gemm") for name in fallback["float_nodes"]
+               if name in ops)
+    assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 1
+    assert result.ok
+    check_valid(model, outlier_dir)
