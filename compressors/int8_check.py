@@ -111,6 +111,23 @@ def compare_outputs(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.nda
             "mean_abs_diff": float(flat.mean())}
 
 
+def relative_output_error(fp32_path, quantized, feed: dict[str, np.ndarray],
+                          threads: int) -> float:
+    """||y_int8 - y_fp32|| / ||y_fp32|| over all float outputs of `feed` (inf when the fp32
+    outputs are all zero)."""
+    from mcomp.ort_session import create_session
+
+    with open(fp32_path, "rb") as handle:
+        fp32_bytes = handle.read()
+    reference = create_session(fp32_bytes, threads).run(None, feed)
+    outputs = create_session(quantized.SerializeToString(), threads).run(None, feed)
+    pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
+             for a, b in zip(reference, outputs, strict=True) if np.asarray(a).dtype.kind == "f"]
+    norm = np.sqrt(sum(float(np.sum(a * a)) for a, _ in pairs))
+    error = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in pairs))
+    return error / norm if norm > 0 else float("inf")
+
+
 def time_both(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray], *,
               threads: int, warmup: int = 2, runs: int = 7) -> dict[str, float]:
     """Median latency (ms) of the fp32 and the int8 model on `feed`, each in its own block."""

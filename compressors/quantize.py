@@ -11,7 +11,8 @@
         weight_type: int8         # int8 | uint8
         symmetric_activations: false
         symmetric_weights: false
-        calibration: {method: minmax, percentile: 99.999, samples: null}
+        calibration: {method: auto, percentile: 99.999, samples: null}  # auto: minmax or
+                                  #   percentile, whichever is closer to fp32
         exclude_nodes: []         # glob patterns over ONNX node names left in float
         exclude_op_types: []      # op types left in float, e.g. [Gemm]
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import sys
+import io
 from pathlib import Path
 
 from mcomp.compressors.calibration_reader import CalibrationReader
@@ -71,6 +72,7 @@ class QuantizeStage(Stage):
         # `finetune: {qat: true}`
         self.tensor_overrides: dict | None = None
         self._calibration_facts: dict | None = None
+        self._auto_choice: str | None = None
         self._overrides: dict = {}
         self._auto_reason = ""
 
@@ -163,9 +165,13 @@ class QuantizeStage(Stage):
         """One onnxruntime quantization of the prepared model with `options`; the model."""
         import onnx
 
+        if mode == "static" and options.calibration.method == "auto":
+            return self._quantize_auto(prepared_path, target, model, excluded, ctx, options)
+
         # onnxruntime's quantizer writes helper files into the current directory, and its
-        # histogram calibrators print progress on stdout, which carries only mcomp's results.
-        with working_directory(target.parent), contextlib.redirect_stdout(sys.stderr):
+        # histogram calibrators print progress on stdout, which carries only mcomp's results
+        # (mcomp's own progress says "calibrating"): their chatter is dropped.
+        with working_directory(target.parent), contextlib.redirect_stdout(io.StringIO()):
             if mode == "static":
                 self._quantize_static(prepared_path, target, model, excluded, ctx, options)
             else:
@@ -178,6 +184,25 @@ class QuantizeStage(Stage):
 
             quantized = round_scales_pow2(quantized)
         return quantized
+
+    def _quantize_auto(self, prepared_path: Path, target: Path, model: ModelState,
+                       excluded: set[str], ctx: StageContext, options: QuantizeOptions):
+        from mcomp.compressors.quantize_auto import quantize_auto
+
+        quantized, chosen, errors = quantize_auto(self, prepared_path, target, model, excluded,
+                                                  ctx, options)
+        if chosen is not None:
+            self._auto_choice = chosen
+            self._calibration_facts = {**(self._calibration_facts or {}), "method": chosen,
+                                       "requested": "auto", "output_error": errors}
+        return quantized
+
+    def resolved(self, options: QuantizeOptions) -> QuantizeOptions:
+        """`options` with `calibration.method: auto` replaced by the method it last chose."""
+        if options.calibration.method != "auto" or self._auto_choice is None:
+            return options
+        calibration = options.calibration.model_copy(update={"method": self._auto_choice})
+        return options.model_copy(update={"calibration": calibration})
 
     def _qat_overrides(self, prepared, ctx: StageContext, mode: str) -> None:
         from mcomp.compressors.qat import RANGES_KEY, tensor_overrides

@@ -77,7 +77,8 @@ class _Search:
 
     def record(self, label: str, options, excluded, model) -> Trial:
         metric = self.ctx.evaluate(self.state.with_onnx(model))
-        trial = Trial(label, options, frozenset(excluded), metric, model)
+        # `calibration.method: auto` is recorded as the method it chose for this model
+        trial = Trial(label, self.stage.resolved(options), frozenset(excluded), metric, model)
         self.trials.append(trial)
         self.ctx.progress.log(f"quantize fallback: {label}: {self.ctx.metric.name} "
                               f"{metric:.4f} (drop {self.goal.drop(metric):+.4f}, budget "
@@ -143,14 +144,18 @@ def fallback_search(stage: QuantizeStage, prepared_path: Path, *, first, exclude
 
 
 def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
-    """Per-channel weights, then percentile and entropy calibration; the best trial."""
+    """Per-channel weights, then the calibration methods the first quantization did not use;
+    the best trial."""
     options = search.stage.options
     variants = []
     if not options.per_channel:
         variants.append(("per_channel", {"per_channel": True}))
     if search.mode == "static":
-        for method in ("percentile", "entropy"):
-            if options.calibration.method != method:
+        # auto ranked minmax and percentile by output error; the budget is on the metric, so
+        # the method it did not keep is still worth a trial
+        chosen = search.stage.resolved(options).calibration.method
+        for method in ("minmax", "percentile", "entropy"):
+            if chosen != method:
                 calibration = options.calibration.model_copy(update={"method": method})
                 variants.append((f"calibration {method}",
                                  {"per_channel": True, "calibration": calibration}))

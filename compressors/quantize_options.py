@@ -8,13 +8,15 @@ from pydantic import Field, model_validator
 
 from mcomp.stage import StageOptions
 
-Method = Literal["minmax", "entropy", "percentile"]
+Method = Literal["auto", "minmax", "entropy", "percentile"]
 
 
 class CalibrationOptions(StageOptions):
     """How static quantization finds activation ranges."""
 
-    method: Method = "minmax"
+    method: Method = Field("auto", description="auto: quantize with minmax and with percentile "
+                           "and keep the model whose outputs are closer to fp32's on the "
+                           "calibration samples.")
     percentile: float = Field(99.999, gt=50, le=100, description="Percentile of |activation| "
                               "kept by `method: percentile` (ORT's CalibPercentile).")
     samples: int | None = Field(None, ge=1, description="Use at most this many calibration "

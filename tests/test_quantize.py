@@ -113,7 +113,13 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     assert isinstance(details["cpu_isa"], list)
     assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 32
     assert details["speed_check"]["fp32_ms"] > 0 and details["speed_check"]["int8_ms"] > 0
-    assert details["calibration"] == {"method": "minmax", "samples": 64}
+    # `calibration.method: auto` (the default) quantized with minmax and with percentile and
+    # kept the one closer to fp32 on the calibration samples
+    calibration = details["calibration"]
+    assert calibration["requested"] == "auto" and calibration["samples"] == 64
+    errors = calibration["output_error"]
+    assert set(errors) == {"minmax", "percentile"} and all(0 < e < 1 for e in errors.values())
+    assert calibration["method"] == min(errors, key=errors.get)
     check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
 
 
