@@ -12,7 +12,7 @@ without `float_attention`), and the CNN also by plain
 `onnxruntime.quantization.quantize_static` with ORT's defaults (QDQ, S8S8, per-tensor, MinMax,
 no pre-processing) on the same calibration data. The transformers get a second fp32 baseline,
 the same model with onnxruntime's SkipLayerNormFusion off (faster here, see
-`session_without_skip_layernorm`). The closing notes state, from the figures, whether int8
+`NO_SLN` in `measure`). The closing notes state, from the figures, whether int8
 reaches 2.5x fp32 at batch 64 and whether mcomp's default is at least as accurate and fast as
 each rival (speeds within 3 % count as a tie), and the size ratio (target >= 3.9x).
 
@@ -193,10 +193,12 @@ def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
     from mcomp.ort_session import batch_feed, create_session, time_session
 
     models = {"fp32": fp32_bytes, **variants}
-    sessions = {label: create_session(b, threads) for label, b in models.items()
-                if label != NO_SLN}
-    if NO_SLN in models:
-        sessions[NO_SLN] = session_without_skip_layernorm(models[NO_SLN], threads)
+    # fp32 with onnxruntime's SkipLayerNormFusion off: measured here (onnxruntime 1.32, 1
+    # thread), the fused SkipLayerNormalization kernel made the fp32 encoders 1.1x (d256) to
+    # 1.4x (d128) slower than Add + LayerNormalization, so this is the fairer baseline; int8
+    # static models have no such fusion (their Adds are QLinearAdd)
+    sessions = {label: create_session(b, threads, ["SkipLayerNormFusion"] if label == NO_SLN
+                                      else None) for label, b in models.items()}
     reference = np.concatenate([sessions["fp32"].run(None, {"x": evaluation[i:i + 64]})[0]
                                 for i in range(0, len(evaluation), 64)])
     ref_top = reference.reshape(len(reference), -1).argmax(axis=1)
@@ -225,24 +227,6 @@ def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
         rows[label] = {"bytes": len(model_bytes), "rel": rel, "top1": top,
                        **{f"b{b}": statistics.median(per_round[label][b]) for b in (1, 64)}}
     return rows, runs
-
-
-def session_without_skip_layernorm(model_bytes: bytes, threads: int):
-    """mcomp's session options, with onnxruntime's SkipLayerNormFusion turned off.
-
-    Measured here (onnxruntime 1.32, 1 thread): the fused SkipLayerNormalization kernel made
-    the fp32 encoders 1.1x (d256) to 1.4x (d128) slower than Add + LayerNormalization, so
-    fp32 with the fusion off is the fairer baseline; int8 static models have no such fusion
-    (their Adds are QLinearAdd)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["SkipLayerNormFusion"])
 
 
 def run(threads: int, with_nncf: bool) -> tuple[list[str], list[str]]:

@@ -94,16 +94,22 @@ def _node_macs(node, shapes: dict[str, list[int]]) -> int:
     return 0
 
 
+def float_outputs(model_bytes: bytes, feed: dict[str, np.ndarray],
+                  threads: int) -> list[np.ndarray | None]:
+    """The model's outputs on `feed` as float64, None for non-float outputs (ids, masks)."""
+    from mcomp.ort_session import create_session
+
+    return [np.asarray(out, np.float64) if np.asarray(out).dtype.kind == "f" else None
+            for out in create_session(model_bytes, threads).run(None, feed)]
+
+
 def compare_outputs(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray],
                     threads: int) -> dict[str, float]:
     """Largest and mean absolute difference of all float outputs, int8 vs fp32."""
-    from mcomp.ort_session import create_session
-
-    reference = create_session(fp32_bytes, threads).run(None, feed)
-    quantized = create_session(int8_bytes, threads).run(None, feed)
-    diffs = [np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
-             for a, b in zip(reference, quantized, strict=True)
-             if np.asarray(a).dtype.kind == "f"]
+    reference = float_outputs(fp32_bytes, feed, threads)
+    quantized = float_outputs(int8_bytes, feed, threads)
+    diffs = [np.abs(a - b).ravel() for a, b in zip(reference, quantized, strict=True)
+             if a is not None]
     if not diffs:
         return {}
     flat = np.concatenate(diffs)
@@ -111,18 +117,12 @@ def compare_outputs(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.nda
             "mean_abs_diff": float(flat.mean())}
 
 
-def relative_output_error(fp32_path, quantized, feed: dict[str, np.ndarray],
-                          threads: int) -> float:
-    """||y_int8 - y_fp32|| / ||y_fp32|| over all float outputs of `feed` (inf when the fp32
-    outputs are all zero)."""
-    from mcomp.ort_session import create_session
-
-    with open(fp32_path, "rb") as handle:
-        fp32_bytes = handle.read()
-    reference = create_session(fp32_bytes, threads).run(None, feed)
-    outputs = create_session(quantized.SerializeToString(), threads).run(None, feed)
-    pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
-             for a, b in zip(reference, outputs, strict=True) if np.asarray(a).dtype.kind == "f"]
+def relative_output_error(reference: list[np.ndarray | None], quantized_bytes: bytes,
+                          feed: dict[str, np.ndarray], threads: int) -> float:
+    """||y_int8 - y_fp32|| / ||y_fp32|| over all float outputs, `reference` being the fp32
+    model's `float_outputs` on `feed` (inf when they are all zero)."""
+    pairs = [(a, b) for a, b in zip(reference, float_outputs(quantized_bytes, feed, threads),
+                                    strict=True) if a is not None]
     norm = np.sqrt(sum(float(np.sum(a * a)) for a, _ in pairs))
     error = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in pairs))
     return error / norm if norm > 0 else float("inf")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mcomp.compressors.calibration_reader import graph_inputs
-from mcomp.compressors.int8_check import relative_output_error
+from mcomp.compressors.int8_check import float_outputs, relative_output_error
 from mcomp.compressors.quantize_options import QuantizeOptions
 from mcomp.errors import StageError
 from mcomp.model_state import ModelState
@@ -36,6 +36,7 @@ def quantize_auto(stage, prepared_path: Path, target: Path, model: ModelState,
 
     errors: dict[str, float] = {}
     models = {}
+    feed = reference = None  # the fp32 outputs, computed once
     for method in AUTO_METHODS:
         calibration = options.calibration.model_copy(update={"method": method})
         try:
@@ -50,9 +51,12 @@ def quantize_auto(stage, prepared_path: Path, target: Path, model: ModelState,
         if not any(node.op_type in QUANTIZED_OPS for node in candidate.graph.node):
             return candidate, None, {}
         models[method] = candidate
-        # the calibration reader has checked the split's inputs by now
-        names = [value.name for value in graph_inputs(candidate)]
-        feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES] for name in names}
-        errors[method] = relative_output_error(prepared_path, candidate, feed, ctx.threads)
+        if reference is None:  # the calibration reader has checked the split's inputs by now
+            names = [value.name for value in graph_inputs(candidate)]
+            feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES]
+                    for name in names}
+            reference = float_outputs(prepared_path.read_bytes(), feed, ctx.threads)
+        errors[method] = relative_output_error(reference, candidate.SerializeToString(), feed,
+                                               ctx.threads)
     chosen = min(errors, key=lambda m: (not np.isfinite(errors[m]), errors[m]))
     return models[chosen], chosen, {m: round(float(e), 6) for m, e in errors.items()}

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def create_session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
-    """A CPU session with `threads` intra-op threads and no inter-op parallelism."""
+def create_session(model_bytes: bytes, threads: int,
+                   disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
+    """A CPU session with `threads` intra-op threads and no inter-op parallelism;
+    `disabled_optimizers` names onnxruntime graph optimizers to skip."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -22,7 +24,8 @@ def create_session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers)
 
 
 def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
