@@ -15,6 +15,8 @@ Used by the quantize stage after onnxruntime wrote the model. Three checks:
   saved with the optimised graph (batch 1), the same formulas as `mcomp.onnx_macs`.
 - **Speed and parity** against the fp32 input model: both sessions with the same thread
   settings, each timed in its own block; outputs compared on eval samples.
+- **Where the time goes** (`mcomp.ort_profile`): the int8 model's kernel time split between
+  int8 kernels and the float ops left around them, and the speed-up that split allows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from mcomp.onnx_macs import _conv_macs, _matmul_macs, _shapes, node_macs_by_name
 
 if TYPE_CHECKING:
     import onnx
+
+    from mcomp.compressors.quantize_options import QuantizeOptions
+    from mcomp.stage import StageContext
 
 INT8_CONV_OPS = {"QLinearConv", "ConvInteger"}
 INT8_MATMUL_OPS = {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm",
@@ -143,3 +148,72 @@ def time_both(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray],
         time.sleep(0.05)  # let the previous session's spinning threads go idle
     result["fp32_over_int8"] = round(result["fp32_ms"] / result["int8_ms"], 3)
     return result
+
+
+SPEED_CHECK_MAX_BATCH = 64
+
+
+def prove_int8(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
+               sources: list[onnx.ModelProto], ctx: StageContext, folder: Path,
+               options: QuantizeOptions, details: dict[str, Any]) -> list[str]:
+    """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, where the int8 model's time
+    goes, and output parity, all into `details`; returns the stage notes (a warning when
+    int8 is not faster, with what to try)."""
+    from mcomp.cpu_features import cpu_features
+    from mcomp.ort_profile import op_times, time_split
+    from mcomp.ort_session import batch_feed
+
+    fp32_bytes, int8_bytes = fp32.SerializeToString(), quantized.SerializeToString()
+    optimized = save_optimized_graph(int8_bytes, folder / "int8.optimized.onnx", ctx.threads)
+    details.update(count_compute_nodes(optimized, sources))
+    details["cpu_isa"] = cpu_features()
+    split = ctx.datasets.eval or ctx.datasets.first_available()
+    names = [value.name for value in fp32.graph.input]
+    inputs = {name: split.inputs[name] for name in names if name in split.inputs}
+    if len(inputs) != len(names):
+        return []  # inputs the data does not name: evaluation reports that, not this check
+    details["parity"] = compare_outputs(
+        fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads)
+    batch = min(ctx.batch_size, SPEED_CHECK_MAX_BATCH)
+    feed = batch_feed(inputs, batch)
+    speed = time_both(fp32_bytes, int8_bytes, feed, threads=ctx.threads)
+    details["speed_check"] = {"batch": batch, **speed}
+    # where the quantized model's time goes: what is left outside int8 kernels caps the
+    # speed-up, the usual answer to "int8 is not faster"
+    details["time_split"] = time_split(op_times(int8_bytes, feed, ctx.threads),
+                                       op_times(fp32_bytes, feed, ctx.threads))
+    if speed["fp32_over_int8"] > 1.0:
+        return []
+    kind = "4-bit" if details.get("mode") == "weight4" else "int8"
+    message = (f"{kind} is not faster than the fp32 input at batch {batch} "
+               f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
+               f"{speed_advice(options, details)}")
+    ctx.progress.warn(f"quantize: {message}")
+    return [message]
+
+
+def speed_advice(options: QuantizeOptions, details: dict[str, Any]) -> str:
+    """What to try when int8 is not faster, most likely cause first."""
+    tips = []
+    split = details.get("time_split") or {}
+    if split.get("largest_other_ops_ms"):
+        largest = ", ".join(f"{op} {ms:.3g} ms" for op, ms in
+                            split["largest_other_ops_ms"].items())
+        bound = split.get("speedup_bound")
+        tips.append(f"{1 - split['quantized_kernel_share']:.0%} of its kernel time is outside "
+                    f"int8 kernels (largest: {largest})"
+                    + (f", so it cannot run more than {bound:.2g}x faster than fp32"
+                       if bound else ""))
+        if "SkipLayerNormalization" in split["largest_other_ops_ms"]:
+            tips.append("onnxruntime's fused SkipLayerNormalization was slow on these CPUs: "
+                        "create sessions with disabled_optimizers=['SkipLayerNormFusion']")
+    if details.get("float_compute_nodes"):
+        tips.append(f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
+                    "in float (see details.float_compute_nodes)")
+    if options.activation_type == "int8":
+        tips.append("unsigned activations (`activation_type: uint8`, U8S8)")
+    if not options.per_channel:
+        tips.append("`per_channel: true`")
+    tips += ["a larger batch (small layers are dominated by quantize/dequantize overhead)",
+             "`exclude_nodes` for the smallest layers"]
+    return "try: " + "; ".join(tips)

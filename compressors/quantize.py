@@ -43,6 +43,7 @@ from mcomp.compressors.quantize_prep import (
     attention_nodes,
     gemm_to_matmul,
     keep_outputs_float,
+    pack_initializers,
     preprocess,
     working_directory,
 )
@@ -55,7 +56,6 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
             "DynamicQuantizeLinear", "QGemm"}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
-SPEED_CHECK_MAX_BATCH = 64
 class QuantizeStage(Stage):
     """int8 quantization of an ONNX model through onnxruntime."""
 
@@ -131,6 +131,7 @@ class QuantizeStage(Stage):
 
     def _finish(self, model: ModelState, quantized, prepared, ctx: StageContext,
                 folder: Path, ops: set[str]) -> ModelState:
+        pack_initializers(quantized)
         counts: dict[str, int] = {}
         for node in quantized.graph.node:
             if node.op_type in ops:
@@ -139,7 +140,12 @@ class QuantizeStage(Stage):
             raise StageError("quantize: onnxruntime quantized no node of this model; check "
                              "`op_types`/`exclude_nodes`/`exclude_op_types`")
         self.details["int8_nodes"] = counts
-        self._prove_int8(model.onnx_model, quantized, [quantized, prepared], ctx, folder)
+        if self._calibration_facts:
+            self.details["calibration"] = self._calibration_facts
+        from mcomp.compressors.int8_check import prove_int8
+
+        self.notes += prove_int8(model.onnx_model, quantized, [quantized, prepared], ctx,
+                                 folder, self.options, self.details)
         return model.with_onnx(quantized)
 
     def _goal(self, model: ModelState, ctx: StageContext):
@@ -317,57 +323,6 @@ class QuantizeStage(Stage):
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime dynamic quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
-
-    def _prove_int8(self, fp32, quantized, sources, ctx: StageContext, folder: Path) -> None:
-        """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, and output parity."""
-        from mcomp.compressors.int8_check import (
-            compare_outputs,
-            count_compute_nodes,
-            save_optimized_graph,
-            time_both,
-        )
-        from mcomp.cpu_features import cpu_features
-        from mcomp.ort_session import batch_feed
-
-        fp32_bytes, int8_bytes = fp32.SerializeToString(), quantized.SerializeToString()
-        optimized = save_optimized_graph(int8_bytes, folder / "int8.optimized.onnx", ctx.threads)
-        self.details.update(count_compute_nodes(optimized, sources))
-        self.details["cpu_isa"] = cpu_features()
-        if self._calibration_facts:
-            self.details["calibration"] = self._calibration_facts
-        split = ctx.datasets.eval or ctx.datasets.first_available()
-        names = [value.name for value in fp32.graph.input]
-        inputs = {name: split.inputs[name] for name in names if name in split.inputs}
-        if len(inputs) != len(names):
-            return  # inputs the data does not name: evaluation reports that, not this check
-        self.details["parity"] = compare_outputs(
-            fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads)
-        batch = min(ctx.batch_size, SPEED_CHECK_MAX_BATCH)
-        speed = time_both(fp32_bytes, int8_bytes, batch_feed(inputs, batch), threads=ctx.threads)
-        self.details["speed_check"] = {"batch": batch, **speed}
-        if speed["fp32_over_int8"] <= 1.0:
-            kind = "4-bit" if self.details.get("mode") == "weight4" else "int8"
-            message = (f"{kind} is not faster than the fp32 input at batch {batch} "
-                       f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
-                       f"{_speed_advice(self.options, self.details)}")
-            self.notes.append(message)
-            ctx.progress.warn(f"quantize: {message}")
-
-
-def _speed_advice(options: QuantizeOptions, details: dict) -> str:
-    """What to try when int8 is not faster, most likely cause first."""
-    tips = []
-    if details.get("float_compute_nodes"):
-        tips.append(f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
-                    "in float (see details.float_compute_nodes)")
-    if options.activation_type == "int8":
-        tips.append("unsigned activations (`activation_type: uint8`, U8S8)")
-    if not options.per_channel:
-        tips.append("`per_channel: true`")
-    tips += ["a larger batch (small layers are dominated by quantize/dequantize overhead)",
-             "`exclude_nodes` for the smallest layers"]
-    return "try: " + "; ".join(tips)
-
 
 def _qtype(name: str):
     from onnxruntime.quantization import QuantType

@@ -123,3 +123,27 @@ def attention_nodes(model) -> set[str]:
         if node.op_type == "Softmax" or (node.op_type == "MatMul" and two_activations):
             found.add(node.name)
     return found
+
+
+def pack_initializers(model) -> int:
+    """Store every initializer as raw little-endian bytes; returns the bytes saved.
+
+    onnxruntime's quantizer writes zero points (and some scales) through
+    `onnx.helper.make_tensor`, which puts them in protobuf's typed fields: int8 zero points
+    become int32 varints, ten bytes for each negative value. On a d128 transformer encoder,
+    dynamic int8, that was 7.9 KB of its 293 KB (its zero points are 10 % negative).
+    Re-encoding is lossless: the same values, the same dtype."""
+    from onnx import numpy_helper
+
+    saved = 0
+    graph = model.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.raw_data or tensor.data_location == tensor.EXTERNAL \
+                or tensor.data_type == tensor.STRING:
+            continue
+        packed = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+        before = tensor.ByteSize()
+        if packed.ByteSize() <= before:
+            saved += before - packed.ByteSize()
+            graph.initializer[index].CopyFrom(packed)
+    return saved

@@ -56,12 +56,16 @@ def torch_to_onnx(state: ModelState, *, opset: int = DEFAULT_OPSET) -> onnx.Mode
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop the exporter's per-node debugging metadata (stack traces, FX names).
+    """Drop the exporter's debugging metadata: per-node stack traces and FX names, and the
+    graph-level `pkg.torch.export.*` entries (the torch program's signature and shape
+    constraints, about 4 KB of text on a 9-conv CNN, stale once the graph is rewritten).
 
-    It is not needed to run the model and would otherwise inflate the artifact (and the size
-    figures in the report) by several kilobytes on small models.
+    None of it is needed to run the model, and it would otherwise inflate the artifact (and
+    the size figures in the report: on a 0.3M-parameter CNN, 1.2 % of its int8 file).
     """
     graph = model.graph
+    for entry in [e for e in graph.metadata_props if e.key.startswith("pkg.torch.")]:
+        graph.metadata_props.remove(entry)
     for item in list(graph.node) + list(graph.value_info) + list(graph.input) \
             + list(graph.output) + list(graph.initializer):
         del item.metadata_props[:]

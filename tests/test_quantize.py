@@ -113,6 +113,12 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     assert isinstance(details["cpu_isa"], list)
     assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 32
     assert details["speed_check"]["fp32_ms"] > 0 and details["speed_check"]["int8_ms"] > 0
+    # the int8 model's profiled kernel time: QLinearConv is the bulk, the rest is named
+    split = details["time_split"]
+    assert split["quantized_kernels_ms"] > 0 and 0 < split["quantized_kernel_share"] <= 1
+    assert 0 < sum(split["largest_other_ops_ms"].values()) <= split["other_ms"] + 1e-3
+    assert not any(op.startswith("QLinear") for op in split["largest_other_ops_ms"])
+    assert split["fp32_kernels_ms"] > 0 and split["speedup_bound"] > 1
     # `calibration.method: auto` (the default) quantized with minmax and with percentile and
     # kept the one closer to fp32 on the calibration samples
     calibration = details["calibration"]
@@ -121,6 +127,26 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     assert set(errors) == {"minmax", "percentile"} and all(0 < e < 1 for e in errors.values())
     assert calibration["method"] == min(errors, key=errors.get)
     check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
+
+
+def test_time_split_bounds_the_speedup_by_the_time_left_outside_int8_kernels():
+    from mcomp.compressors.int8_check import speed_advice
+    from mcomp.compressors.quantize_options import QuantizeOptions
+    from mcomp.ort_profile import time_split
+
+    # a transformer-like profile: int8 MatMuls fast, a float SkipLayerNormalization slow
+    int8 = {"DynamicQuantizeMatMul": 4.0, "SkipLayerNormalization": 6.0, "Transpose": 2.0,
+            "DynamicQuantizeLinear": 1.0, "QLinearAdd": 1.0}
+    fp32 = {"MatMul": 9.0, "SkipLayerNormalization": 6.0, "Transpose": 3.0}
+    split = time_split(int8, fp32)
+    assert split["quantized_kernels_ms"] == 5.0 and split["other_ms"] == 9.0
+    assert split["quantized_kernel_share"] == round(5 / 14, 3)
+    assert list(split["largest_other_ops_ms"]) == ["SkipLayerNormalization", "Transpose",
+                                                   "DynamicQuantizeLinear"]
+    assert split["speedup_bound"] == 2.0  # 18 ms of fp32 over the 9 ms left in float
+    advice = speed_advice(QuantizeOptions(), {"time_split": split})
+    assert "64% of its kernel time is outside int8 kernels" in advice
+    assert "cannot run more than 2x faster" in advice and "SkipLayerNormFusion" in advice
 
 
 def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir):
@@ -163,6 +189,32 @@ def test_auto_mode_picks_static_for_cnn_and_dynamic_for_mlp(cnn_dir, mlp_dir):
     ops = Counter(node.op_type for node in model.graph.node)
     assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == 3
     assert 0.0 <= mlp["details"]["int8_macs_share"] <= 1.0
+    # every initializer is stored as raw bytes (ORT writes zero points as int32 varints)
+    assert not any(t.int32_data or t.float_data or t.int64_data
+                   for t in model.graph.initializer)
+
+
+def test_pack_initializers_is_lossless_and_smaller():
+    from onnx import helper, numpy_helper
+
+    from mcomp.compressors.quantize_prep import pack_initializers
+
+    zero_point = np.array([0, -2, 2, -128, 127] * 20, dtype=np.int8)
+    scale = np.linspace(0.01, 0.5, 100).astype(np.float32)
+    graph = helper.make_graph(
+        [], "g", [], [],
+        [helper.make_tensor("zp", onnx.TensorProto.INT8, [100], zero_point.tolist()),
+         helper.make_tensor("scale", onnx.TensorProto.FLOAT, [100], scale.tolist()),
+         numpy_helper.from_array(np.arange(6, dtype=np.int64), "shape")])
+    model = helper.make_model(graph)
+    before = model.ByteSize()
+    saved = pack_initializers(model)
+    assert saved > 0 and before - model.ByteSize() >= saved
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert arrays["zp"].dtype == np.int8 and np.array_equal(arrays["zp"], zero_point)
+    assert np.array_equal(arrays["scale"], scale)
+    assert np.array_equal(arrays["shape"], np.arange(6))
+    assert not any(t.int32_data or t.float_data for t in model.graph.initializer)
 
 
 def test_exclude_nodes_glob_leaves_the_matched_conv_in_float(cnn_dir):

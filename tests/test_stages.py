@@ -138,7 +138,11 @@ def test_onnx_macs_match_torch_flop_counter():
     state = ModelState.from_torch(digits_cnn().eval(), [InputSpec(name="x", shape=[1, 8, 8])])
     torch_macs = _torch_macs(state)
     assert torch_macs == 8 * 8 * 16 * 9 + 8 * 8 * 32 * 16 * 9 + 512 * 64 + 64 * 10
-    assert count_onnx_macs(torch_to_onnx(state)) == torch_macs
+    exported = torch_to_onnx(state)
+    assert count_onnx_macs(exported) == torch_macs
+    # no exporter debug text: per-node stack traces nor the torch program's signature
+    assert not any(entry.key.startswith("pkg.torch.") for entry in exported.graph.metadata_props)
+    assert not any(node.metadata_props for node in exported.graph.node)
 
 
 def test_wrapper_prefixes_are_stripped_before_matching(tmp_path, monkeypatch):
