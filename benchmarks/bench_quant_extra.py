@@ -4,7 +4,9 @@
 
 1. Fallback: the outlier MLP of tests/test_quantize_fallback.py (two hidden units scaled by
    1000, so per-tensor uint8 loses the others) quantized without a budget and with
-   `max_accuracy_drop: 0.01`: accuracy drop, nodes left in float, latency of the chosen model
+   `max_accuracy_drop: 0.01`, once with the default search (cheap alternatives first: other
+   calibration methods) and once with `fallback: {alternatives: false}` (straight to float
+   nodes): accuracy drop, the trial chosen, nodes left in float, latency of the chosen model
    against the all-int8 one (batch 64, each session in its own block).
 2. QAT vs PTQ on the bundled digits CNN, same quantization settings (static QDQ, U8S8,
    symmetric per-channel weights): PTQ of the model as shipped; fp32 finetune for the same
@@ -68,24 +70,30 @@ def fallback_rows(work: Path, threads: int) -> list[str]:
 
     work.mkdir(parents=True, exist_ok=True)
     build_outlier_mlp(work)
-    plain = run(work / "plain", (OUTLIER % (threads, "{}")).replace(
-        "path: mlp.onnx", f"path: {work / 'mlp.onnx'}").replace(
-        "train.npz", str(work / "train.npz")).replace("eval.npz", str(work / "eval.npz")))
-    budget = run(work / "budget", (OUTLIER % (threads, "{max_accuracy_drop: 0.01}")).replace(
-        "path: mlp.onnx", f"path: {work / 'mlp.onnx'}").replace(
-        "train.npz", str(work / "train.npz")).replace("eval.npz", str(work / "eval.npz")))
+    def recipe(options: str) -> str:
+        return (OUTLIER % (threads, options)).replace(
+            "path: mlp.onnx", f"path: {work / 'mlp.onnx'}").replace(
+            "train.npz", str(work / "train.npz")).replace("eval.npz", str(work / "eval.npz"))
+
+    plain = run(work / "plain", recipe("{}"))
     base = plain["baseline"]["metrics"]["metric"]
-    fallback = budget["stages"][0]["details"]["fallback"]
-    cost = fallback["latency_cost"]
-    return [
-        "| outlier MLP (16-32-32-4) | fp32 accuracy | plain int8 | after fallback | float nodes "
-        "| trials | all-int8 ms | chosen ms (batch 64) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| | {base:.4f} | {plain['stages'][0]['metrics']['metric']:.4f} | "
-        f"{budget['stages'][0]['metrics']['metric']:.4f} | "
-        f"{len(fallback['float_nodes'])} ({', '.join(fallback['float_nodes'])}) | "
-        f"{len(fallback['trials'])} ({fallback['seconds']} s) | {cost['all_int8_ms']} | "
-        f"{cost['chosen_ms']} ({cost['chosen_over_all_int8']}x) |"]
+    rows = ["| outlier MLP (16-32-32-4) | search | fp32 accuracy | plain int8 | after fallback | "
+            "chosen | float nodes | trials | all-int8 ms | chosen ms (batch 64) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for index, (search, options) in enumerate((
+            ("alternatives first (default)", "{max_accuracy_drop: 0.01}"),
+            ("float nodes only (`alternatives: false`)",
+             "{max_accuracy_drop: 0.01, fallback: {alternatives: false}}"))):
+        budget = run(work / f"budget{index}", recipe(options))
+        fallback = budget["stages"][0]["details"]["fallback"]
+        cost = fallback["latency_cost"]
+        rows.append(
+            f"| | {search} | {base:.4f} | {plain['stages'][0]['metrics']['metric']:.4f} | "
+            f"{budget['stages'][0]['metrics']['metric']:.4f} | {fallback['chosen']} | "
+            f"{len(fallback['float_nodes'])} ({', '.join(fallback['float_nodes'])}) | "
+            f"{len(fallback['trials'])} ({fallback['seconds']} s) | {cost['all_int8_ms']} | "
+            f"{cost['chosen_ms']} ({cost['chosen_over_all_int8']}x) |")
+    return rows
 
 
 def digits_rows(work: Path, threads: int, epochs: int) -> list[str]:

@@ -9,6 +9,8 @@
         float_attention: true     # Softmax and activation x activation MatMuls stay float
         activation_type: uint8    # uint8 | int8
         weight_type: int8         # int8 | uint8
+        reduce_range: auto        # true | false | auto: 7-bit weights for U8S8 on x86 CPUs
+                                  #   without VNNI/AMX (saturation), else full int8
         symmetric_activations: false
         symmetric_weights: false
         calibration: {method: auto, percentile: 99.999, samples: null}  # auto: minmax or
@@ -38,6 +40,7 @@ from mcomp.compressors.quantize_options import (  # noqa: F401  (re-exported)
     FallbackOptions,
     QuantizeOptions,
     Weight4Options,
+    effective_reduce_range,
 )
 from mcomp.compressors.quantize_prep import (
     attention_nodes,
@@ -114,6 +117,7 @@ class QuantizeStage(Stage):
         self.details.update({"mode": mode, "format": self.options.format if mode == "static"
                              else "dynamic", "activation_type": self.options.activation_type,
                              "weight_type": self.options.weight_type,
+                             "reduce_range": _reduce_range(self.options),
                              "per_channel": self.options.per_channel})
         goal = self._goal(model, ctx)
         if goal is not None and self.options.fallback.enabled:
@@ -274,32 +278,44 @@ class QuantizeStage(Stage):
         from onnxruntime import quantization as q
 
         calib = options.calibration
+        method, overrides, facts = calib.method, dict(self._overrides), {}
+        if method == "entropy":
+            from mcomp.compressors.calibration_entropy import HISTOGRAM_BINS, entropy_ranges
+
+            # ORT's own entropy calibration gives minmax's ranges (see calibration_entropy):
+            # mcomp computes them, and ORT's minmax pass is only what the quantizer needs
+            ranges = entropy_ranges(source, CalibrationReader(ctx, model, calib.samples),
+                                    symmetric=options.symmetric_activations,
+                                    folder=target.parent)
+            ctx.progress.finish()
+            overrides = {**ranges, **overrides}  # QAT's learned ranges win
+            method, facts = "minmax", {"histogram_bins": HISTOGRAM_BINS}
         reader = CalibrationReader(ctx, model, calib.samples)
-        methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+        methods = {"minmax": q.CalibrationMethod.MinMax,
                    "percentile": q.CalibrationMethod.Percentile}
         extra = {"ActivationSymmetric": options.symmetric_activations,
                  "WeightSymmetric": options.symmetric_weights,
                  # collect in chunks of batches: memory flat in the number of samples
                  "CalibStridedMinMax": reader.stride()}
-        if calib.method == "percentile":
+        if method == "percentile":
             extra["CalibPercentile"] = calib.percentile
-        if self._overrides:
-            extra["TensorQuantOverrides"] = self._overrides
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
         formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
         try:
             q.quantize_static(
                 str(source), str(target), reader, quant_format=formats[options.format],
-                per_channel=options.per_channel, reduce_range=options.reduce_range,
+                per_channel=options.per_channel, reduce_range=_reduce_range(options),
                 activation_type=_qtype(options.activation_type),
                 weight_type=_qtype(options.weight_type),
-                calibrate_method=methods[calib.method],
+                calibrate_method=methods[method],
                 op_types_to_quantize=options.op_types or None,
                 nodes_to_exclude=sorted(excluded) or None, extra_options=extra)
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime static quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
         ctx.progress.finish()
-        self._calibration_facts = {"method": calib.method, "samples": reader.samples}
+        self._calibration_facts = {"method": calib.method, "samples": reader.samples, **facts}
 
     def _quantize_dynamic(self, source: Path, target: Path, excluded: set[str],
                           options: QuantizeOptions) -> None:
@@ -315,7 +331,7 @@ class QuantizeStage(Stage):
         try:
             q.quantize_dynamic(
                 str(source), str(target), per_channel=options.per_channel,
-                reduce_range=options.reduce_range,
+                reduce_range=_reduce_range(options),
                 weight_type=_qtype(options.weight_type),
                 op_types_to_quantize=options.op_types or DYNAMIC_OP_TYPES,
                 nodes_to_exclude=sorted(excluded) or None,
@@ -323,6 +339,14 @@ class QuantizeStage(Stage):
         except Exception as exc:
             raise StageError(f"quantize: onnxruntime dynamic quantization failed: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+
+def _reduce_range(options: QuantizeOptions) -> bool:
+    import platform
+
+    from mcomp.cpu_features import cpu_features
+
+    return effective_reduce_range(options, cpu_features(), platform.machine())
+
 
 def _qtype(name: str):
     from onnxruntime.quantization import QuantType

@@ -32,6 +32,9 @@ class FallbackOptions(StageOptions):
     max_seconds: float = Field(120, gt=0, description="Wall-clock limit of the search.")
     group_size: int = Field(1, ge=1, description="Nodes put back in float per trial, most "
                             "sensitive first.")
+    alternatives: bool = Field(True, description="Before leaving nodes in float, try "
+                               "per-channel weights and the other calibration methods "
+                               "(entropy calibration costs 10-30 s on a ResNet-18).")
 
 
 class Weight4Options(StageOptions):
@@ -60,7 +63,10 @@ class QuantizeOptions(StageOptions):
                                   "accurate with onnxruntime on these CPUs.")
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
-    reduce_range: bool = False
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="7-bit weights. auto: on only where onnxruntime advises it, U8S8 "
+        "on an x86 CPU without VNNI/AMX (its AVX2 kernel adds pairs of u8*s8 products in "
+        "16 bits, which can saturate); VNNI accumulates in 32 bits and needs no reduction.")
     symmetric_activations: bool = False
     symmetric_weights: bool = False
     scale: Literal["float", "pow2"] = Field("float", description="pow2: round every scale of "
@@ -100,3 +106,14 @@ class QuantizeOptions(StageOptions):
                              "`calibration_method`, not both")
         self.calibration.method = self.calibration_method
         return self
+
+
+def effective_reduce_range(options: QuantizeOptions, isa: list[str], machine: str) -> bool:
+    """`reduce_range` with `auto` decided for this CPU: `isa` as from
+    `mcomp.cpu_features.cpu_features()`, `machine` as from `platform.machine()`."""
+    if options.reduce_range != "auto":
+        return options.reduce_range
+    x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
+    vnni = any("VNNI" in name or "AMX" in name for name in isa)
+    u8s8 = options.activation_type == "uint8" and options.weight_type == "int8"
+    return x86 and u8s8 and not vnni

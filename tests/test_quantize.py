@@ -162,6 +162,39 @@ def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir)
     check_runs(mlp, np.load(mlp_dir / "eval.npz")["x"][:4])
 
 
+def test_reduce_range_auto_is_on_only_for_u8s8_on_x86_without_vnni():
+    from mcomp.compressors.quantize_options import QuantizeOptions, effective_reduce_range
+
+    default = QuantizeOptions()
+    assert default.reduce_range == "auto"
+    assert effective_reduce_range(default, ["AVX2", "AVX-512"], "x86_64") is True
+    assert effective_reduce_range(default, ["AVX2", "AVX-512", "AVX-512 VNNI"], "x86_64") is False
+    assert effective_reduce_range(default, ["AVX2", "AVX-VNNI"], "x86_64") is False
+    assert effective_reduce_range(default, ["AVX2", "AMX-INT8"], "AMD64") is False
+    assert effective_reduce_range(default, ["ARM dot-product"], "aarch64") is False
+    signed = QuantizeOptions(activation_type="int8")  # S8S8 has no u8*s8 16-bit pair sums
+    assert effective_reduce_range(signed, ["AVX2"], "x86_64") is False
+    assert effective_reduce_range(QuantizeOptions(reduce_range=False), ["AVX2"], "x86_64") is False
+    assert effective_reduce_range(QuantizeOptions(reduce_range=True), ["AVX-512 VNNI"],
+                                  "x86_64") is True
+
+
+def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
+    from onnx import numpy_helper
+
+    def weight_extremes(options: str) -> tuple[int, dict]:
+        stage, model, _ = quantize(mlp_dir, "mlp.onnx", options)
+        weights = [numpy_helper.to_array(t) for t in model.graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert len(weights) == 3  # the three Linear layers
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights), stage["details"]
+
+    reduced, details = weight_extremes("{reduce_range: true}")
+    full, full_details = weight_extremes("{reduce_range: false}")
+    assert reduced <= 64 < full  # 7-bit weights vs the full int8 range
+    assert details["reduce_range"] is True and full_details["reduce_range"] is False
+
+
 @pytest.mark.parametrize("calibration", ["{calibration: {method: percentile, percentile: 99.9}}",
                                          "{calibration_method: entropy}"])
 def test_percentile_and_entropy_calibration_give_valid_models(cnn_dir, calibration):
@@ -170,6 +203,26 @@ def test_percentile_and_entropy_calibration_give_valid_models(cnn_dir, calibrati
     assert stage["details"]["calibration"]["method"] == method
     out = check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
     assert out.shape == (4, 4)
+
+
+def test_entropy_calibration_clips_ranges_that_minmax_keeps_whole(cnn_dir):
+    """onnxruntime's own entropy calibration (128 bins) equals minmax; mcomp's (2048 bins)
+    must find tighter activation ranges for some tensors and never wider ones."""
+    from onnx import numpy_helper
+
+    def activation_scales(options: str) -> tuple[dict[str, float], dict]:
+        stage, model, _ = quantize(cnn_dir, "cnn.onnx", options)
+        scales = {t.name: float(numpy_helper.to_array(t)) for t in model.graph.initializer
+                  if t.name.endswith("_scale") and not t.dims and t.data_type == 1}
+        return scales, stage["details"]["calibration"]
+
+    minmax, _ = activation_scales("{calibration: {method: minmax}}")
+    entropy, facts = activation_scales("{calibration: {method: entropy}}")
+    shared = sorted(set(minmax) & set(entropy))
+    assert len(shared) >= 3
+    assert all(entropy[name] <= minmax[name] * (1 + 1e-5) for name in shared)
+    assert sum(entropy[name] < 0.95 * minmax[name] for name in shared) >= 1
+    assert facts["method"] == "entropy" and facts["histogram_bins"] == 2048
 
 
 def test_calibration_samples_caps_the_split_and_symmetric_flags_apply(cnn_dir):
