@@ -59,6 +59,8 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
             "DynamicQuantizeLinear", "QGemm"}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
+
+
 class QuantizeStage(Stage):
     """int8 quantization of an ONNX model through onnxruntime."""
 
