@@ -48,15 +48,13 @@ def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx
     import onnx
     import onnxruntime as ort
 
-    # the thread settings of mcomp.ort_session.create_session; only the level differs (above)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    from mcomp.ort_session import create_session, session_options
+
+    # mcomp's session settings; only the level differs (see the module docstring)
+    options = session_options(threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
-    options.log_severity_level = 3
-    ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    create_session(model_bytes, threads, options=options)
     return onnx.load(str(target))
 
 

@@ -29,22 +29,16 @@ def op_times(model_bytes: bytes, feed: dict[str, np.ndarray], threads: int, *,
              disabled_optimizers: list[str] | None = None) -> dict[str, float]:
     """Kernel milliseconds per run for each op type, from onnxruntime's profiler.
 
-    The session has mcomp's usual settings (`mcomp.ort_session.create_session`) plus
+    The session has mcomp's usual settings (`mcomp.ort_session.session_options`) plus
     profiling; the profile file goes to a temporary folder that is removed. Kernel time only,
     so the sum is a little under the measured latency."""
-    import onnxruntime as ort
+    from mcomp.ort_session import create_session, session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(threads)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
         options.profile_file_prefix = str(Path(folder) / "profile")
-        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=disabled_optimizers or [])
+        session = create_session(model_bytes, threads, disabled_optimizers, options=options)
         for _ in range(warmup + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())

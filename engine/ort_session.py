@@ -13,9 +13,21 @@ if TYPE_CHECKING:
 
 
 def create_session(model_bytes: bytes, threads: int,
-                   disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
+                   disabled_optimizers: list[str] | None = None, *,
+                   options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads and no inter-op parallelism;
-    `disabled_optimizers` names onnxruntime graph optimizers to skip."""
+    `disabled_optimizers` names onnxruntime graph optimizers to skip. `options`, from
+    `session_options`, lets a caller add settings (profiling) to the same ones."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model_bytes, options or session_options(threads),
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """mcomp's session settings: `threads` intra-op threads, no inter-op parallelism, every
+    graph optimisation, warnings off."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -24,8 +36,7 @@ def create_session(model_bytes: bytes, threads: int,
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=disabled_optimizers)
+    return options
 
 
 def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
