@@ -22,11 +22,14 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing, unreadable or non-ONNX mod
               help="Untimed runs before each batch size.")
 @click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
               help="Timed runs per batch size.")
+@click.option("--profile", is_flag=True,
+              help="Also the kernel time per op type at the largest batch (onnxruntime's "
+              "profiler) and the share spent in int8 kernels.")
 @json_option
 @debug_option
 @error_boundary
 def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: int, runs: int,
-          as_json: bool, debug: bool) -> None:
+          profile: bool, as_json: bool, debug: bool) -> None:
     """Time MODEL (ONNX) with onnxruntime on the CPU: latency p50/p90/mean per batch size,
     samples/s, the session's peak memory and the CPU's instruction sets. Inputs are random
     data of the model's input signature (integer inputs: zeros).
@@ -36,12 +39,13 @@ def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: in
       mcomp bench mcomp-out/model.onnx
       mcomp bench model.onnx --batch 1 --batch 64 --threads 4 --runs 100
       mcomp bench model.onnx --json | jq '.batches[0].p50_ms'
+      mcomp bench mcomp-out/model.onnx --batch 64 --profile   # where int8 time goes
     """
     from mcomp.bench import bench_model
     from mcomp.cli.companion_render import render_bench
 
     result = bench_model(model, batches=list(batches) or [1, 32], threads=threads_from(threads),
-                         warmup=warmup, runs=runs)
+                         warmup=warmup, runs=runs, profile=profile)
     if as_json:
         echo_json(result)
     else:

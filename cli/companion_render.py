@@ -11,6 +11,8 @@ from rich.table import Table
 
 from mcomp.cli.render import human_bytes, human_count
 
+PROFILE_ROWS = 12  # op types shown by `mcomp bench --profile` (the JSON has them all)
+
 
 def stdout_console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 150, highlight=False)
@@ -51,6 +53,15 @@ def render_bench(result: dict[str, Any]) -> None:
     memory = result["memory"]["session_peak_bytes"]
     console.print(f"session peak memory: {human_bytes(memory)}   "
                   f"CPU: {', '.join(result['cpu_isa']) or 'unknown ISA'}")
+    profile = result.get("profile")
+    if profile:
+        table = _table(f"kernel time per op type at batch {profile['batch']}: "
+                       f"{profile['kernel_ms']:.4g} ms, {profile['quantized_kernel_share']:.0%} "
+                       "in int8 kernels", ["op", "", "ms", "share", "int8"])
+        for row in profile["ops"][:PROFILE_ROWS]:
+            table.add_row(row["op"], "", f"{row['ms']:.4g}", f"{row['share']:.1%}",
+                          "yes" if row["quantized"] else "")
+        console.print(table)
 
 
 def render_compare(result: dict[str, Any]) -> None:

@@ -14,11 +14,13 @@ from mcomp.recipe import ModelFormat
 
 
 def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
-                runs: int) -> dict[str, Any]:
+                runs: int, profile: bool = False) -> dict[str, Any]:
     """Time each batch size in its own block (warm-up, then `runs` timed calls).
 
     Memory is the growth of the resident set from before the session is created to its peak
     during the runs: what deploying this model costs on top of the Python process.
+    `profile`: also the kernel time per op type at the largest batch, from onnxruntime's
+    profiler in a session of its own (after the timing, so it changes none of the figures).
     """
     from mcomp.cpu_features import cpu_features
     from mcomp.eval_data import random_inputs
@@ -41,6 +43,9 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
     results = [_time_batch(session, feeds[batch], batch, warmup, runs) for batch in batches]
     peak = peak_rss_bytes()
     growth = peak - before if peak is not None and before is not None else None
+    del session
+    profiled = _profile(raw, feeds[max(batches)], max(batches), threads, warmup, runs) \
+        if profile else None
     return {
         "model": str(path), "size_bytes": len(raw), "threads": threads,
         "warmup": warmup, "runs": runs, "cpu_isa": cpu_features(),
@@ -49,7 +54,24 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
         "memory": {"rss_before_bytes": before, "peak_rss_bytes": peak,
                    "session_peak_bytes": max(0, growth) if growth is not None else None,
                    "exact": exact_peak},
+        **({"profile": profiled} if profiled else {}),
     }
+
+
+def _profile(raw: bytes, feed: dict[str, np.ndarray], batch: int, threads: int, warmup: int,
+             runs: int) -> dict[str, Any]:
+    """Kernel milliseconds per op type, largest first, and the share in int8 (or 4-bit)
+    kernels: where an int8 model's time goes when it is not faster than expected."""
+    from mcomp.ort_profile import QUANTIZED_KERNEL_PREFIXES, op_times
+
+    times = op_times(raw, feed, threads, runs=min(runs, 10), warmup=min(warmup, 3))
+    total = sum(times.values())
+    ops = [{"op": op, "ms": round(ms, 4), "share": round(ms / total, 4) if total else 0.0,
+            "quantized": op.startswith(QUANTIZED_KERNEL_PREFIXES)}
+           for op, ms in sorted(times.items(), key=lambda item: -item[1])]
+    quantized = sum(row["ms"] for row in ops if row["quantized"])
+    return {"batch": batch, "kernel_ms": round(total, 4),
+            "quantized_kernel_share": round(quantized / total, 4) if total else 0.0, "ops": ops}
 
 
 def _time_batch(session, feed: dict[str, np.ndarray], batch: int, warmup: int,

@@ -189,6 +189,24 @@ def test_bench_latency_throughput_memory(project, run_mcomp):
     assert result["memory"]["session_peak_bytes"] > 0
 
 
+def test_bench_profile_splits_kernel_time_by_op_and_counts_int8_kernels(project, run_mcomp):
+    int8 = _json(run_mcomp("bench", "mlp_int8.onnx", "--batch", "1", "--batch", "8",
+                           "--runs", "3", "--profile", "--json", cwd=project))["profile"]
+    assert int8["batch"] == 8 and int8["kernel_ms"] > 0
+    assert sum(row["share"] for row in int8["ops"]) == pytest.approx(1.0, abs=0.01)
+    assert [row["ms"] for row in int8["ops"]] == sorted((row["ms"] for row in int8["ops"]),
+                                                        reverse=True)
+    quantized = {row["op"] for row in int8["ops"] if row["quantized"]}
+    assert quantized and 0 < int8["quantized_kernel_share"] <= 1
+    assert all(op.startswith(("QLinear", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul"))
+               for op in quantized)
+    fp32 = _json(run_mcomp("bench", "mlp.onnx", "--runs", "3", "--profile", "--json",
+                           cwd=project))["profile"]
+    assert fp32["quantized_kernel_share"] == 0 and fp32["ops"]
+    table = run_mcomp("bench", "mlp_int8.onnx", "--runs", "2", "--profile", cwd=project)
+    assert table.returncode == 0 and "kernel time per op type at batch 32" in table.stdout
+
+
 def test_bench_feeds_integer_inputs_and_renders_a_table(project, run_mcomp):
     result = _json(run_mcomp("bench", "embedding.onnx", "--runs", "2", "--json", cwd=project))
     assert result["inputs"] == [{"name": "ids", "shape": [4], "dtype": "int64"}]
