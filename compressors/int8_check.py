@@ -205,6 +205,12 @@ def speed_advice(options: QuantizeOptions, details: dict[str, Any]) -> str:
         if "SkipLayerNormalization" in split["largest_other_ops_ms"]:
             tips.append("onnxruntime's fused SkipLayerNormalization was slow on these CPUs: "
                         "create sessions with disabled_optimizers=['SkipLayerNormFusion']")
+    if details.get("mode") == "dynamic":
+        # measured (benchmarks/RESULTS.md, "int8 vs fp32"): on 2-layer encoders static ran
+        # 2.3-3.0x fp32 where dynamic ran 1.3-2.1x, its activations quantized once ahead of
+        # time instead of per batch, at a larger output error
+        tips.append("`mode: static` with calibration data (activations quantized ahead of "
+                    "time instead of per batch: faster, less accurate; check the metric)")
     if details.get("float_compute_nodes"):
         tips.append(f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
                     "in float (see details.float_compute_nodes)")

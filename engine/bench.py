@@ -39,7 +39,7 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
     feeds = {batch: random_inputs(state, batch) for batch in batches}
     before = rss_bytes()
     exact_peak = reset_peak_rss()
-    session = create_session(raw, threads)
+    session = create_session(raw, threads, source=str(path))
     results = [_time_batch(session, feeds[batch], batch, warmup, runs) for batch in batches]
     peak = peak_rss_bytes()
     growth = peak - before if peak is not None and before is not None else None

@@ -100,8 +100,8 @@ def _latency(a: ModelState, b: ModelState, feeds: list[dict[str, np.ndarray]],
     from mcomp.measure import onnx_form
     from mcomp.ort_session import batch_feed, create_session, time_session
 
-    sessions = [create_session(onnx_form(m).SerializeToString(), options.threads)
-                for m in (a, b)]
+    sessions = [create_session(onnx_form(m).SerializeToString(), options.threads,
+                               source=m.source) for m in (a, b)]
     batch_feeds = [batch_feed(feed, options.batch) for feed in feeds]
     timings: list[list[float]] = [[], []]
     for _ in range(options.rounds):

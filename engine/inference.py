@@ -12,7 +12,7 @@ def predict_batch(state: ModelState, inputs: dict[str, np.ndarray], *,
                   threads: int) -> list[np.ndarray]:
     """All outputs of one forward pass, as numpy arrays."""
     if state.kind == ModelKind.ONNX:
-        return _onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
+        return onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
     import torch
 
     device = next(state.module.parameters(), torch.zeros(0)).device
@@ -45,13 +45,15 @@ def _onnx_feed(state: ModelState, inputs: dict[str, np.ndarray]) -> dict[str, np
     return {spec.name: inputs[spec.name] for spec in state.inputs}
 
 
-def _onnx_session(state: ModelState, threads: int):
-    # One session per ONNX model object: creating a session re-optimises the graph.
+def onnx_session(state: ModelState, threads: int, source: str | None = None):
+    """The model's cached session (creating one re-optimises the graph); `source` as for
+    `create_session`."""
     from mcomp.ort_session import create_session
 
     key = (id(state.onnx_model), threads)
     cached = state.extra.get("_session")
     if cached is None or cached[0] != key:
-        cached = (key, create_session(state.onnx_model.SerializeToString(), threads))
+        cached = (key, create_session(state.onnx_model.SerializeToString(), threads,
+                                      source=source))
         state.extra["_session"] = cached
     return cached[1]

@@ -14,15 +14,30 @@ if TYPE_CHECKING:
 
 def create_session(model_bytes: bytes, threads: int,
                    disabled_optimizers: list[str] | None = None, *,
-                   options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+                   options: ort.SessionOptions | None = None,
+                   source: str | None = None) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads and no inter-op parallelism;
     `disabled_optimizers` names onnxruntime graph optimizers to skip. `options`, from
-    `session_options`, lets a caller add settings (profiling) to the same ones."""
+    `session_options`, lets a caller add settings (profiling) to the same ones. `source`:
+    the user's model file, named in the ModelLoadError raised when onnxruntime refuses it."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(model_bytes, options or session_options(threads),
-                                providers=["CPUExecutionProvider"],
-                                disabled_optimizers=disabled_optimizers)
+    try:
+        return ort.InferenceSession(model_bytes, options or session_options(threads),
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers)
+    except Exception as exc:
+        if source is None:
+            raise
+        from mcomp.errors import ModelLoadError
+
+        # onnx.checker accepts models onnxruntime refuses: an op it has no kernel for (custom
+        # domains are not checked), an opset newer than it knows
+        lines = str(exc).strip().splitlines()
+        reason = lines[-1][:300] if lines else type(exc).__name__
+        raise ModelLoadError(f"onnxruntime cannot load {source} ({reason}); "
+                             "mcomp measures and quantizes models with onnxruntime's CPU "
+                             "provider, so every op must be one it runs") from None
 
 
 def session_options(threads: int) -> ort.SessionOptions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcomp.data_io import Datasets, Split
-from mcomp.errors import DataError
+from mcomp.errors import DataError, ModelLoadError
 from mcomp.model_state import ModelState
 from mcomp.recipe import InputSpec
 
@@ -52,6 +52,7 @@ def probe(state: ModelState, datasets: Datasets, threads: int) -> None:
     """Run two samples through the model so a shape mismatch fails now, not mid-pipeline."""
     from mcomp.inference import predict_batch
 
+    _load_in_onnxruntime(state, threads)
     split = datasets.first_available()
     sample = {k: v[:2] for k, v in split.inputs.items()}
     try:
@@ -61,3 +62,17 @@ def probe(state: ModelState, datasets: Datasets, threads: int) -> None:
         first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
         raise DataError(f"data.{split.name}: samples of shape {shapes} do not fit the model "
                         f"({first}); check the data or `model.inputs`") from None
+
+
+def _load_in_onnxruntime(state: ModelState, threads: int) -> None:
+    """A model onnxruntime refuses is a model error: say so before the data probe below
+    would blame the data for it."""
+    from mcomp.inference import onnx_session
+    from mcomp.model_state import ModelKind
+
+    if state.kind != ModelKind.ONNX:
+        return
+    try:
+        onnx_session(state, threads, source=state.source or "the model")
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model.path: {exc}") from None

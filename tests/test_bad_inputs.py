@@ -176,6 +176,24 @@ def test_corrupt_model_file(project, run_mcomp, out_dir, good_model, file, expec
     assert "allow" not in line, "a damaged file is not a pickled module to opt in to"
 
 
+def test_onnx_model_onnxruntime_cannot_load(project, run_mcomp, out_dir, good_model):
+    # a model onnx.checker accepts (custom domains are not checked) but onnxruntime has no
+    # kernel for: a model error naming the file, not "the data does not fit the model"
+    import onnx
+
+    model = onnx.load_from_string(good_model)
+    model.graph.node[0].domain = "my.ops"
+    model.opset_import.append(onnx.helper.make_opsetid("my.ops", 1))
+    onnx.checker.check_model(model)
+    onnx.save(model, project / "unknown_op.onnx")
+    recipe = write_recipe(project, "unknown_op", model={"path": "unknown_op.onnx"},
+                          stages=[{"quantize": {"mode": "dynamic"}}, {"export": {}}])
+    result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
+    line = refused(result, out_dir, good_model, "model.path:", "unknown_op.onnx",
+                   "onnxruntime cannot load", "my.ops")
+    assert "data." not in line
+
+
 @pytest.mark.parametrize(("file", "expected"), [
     ("legacy_truncated.pt", "(EOFError); the file may be corrupt or truncated"),
     ("empty.pt", "is not a model file mcomp knows"),

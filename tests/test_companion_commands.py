@@ -68,7 +68,8 @@ def _narrow_onnx(path: Path) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """mlp.pt + tinymodels.py, train/eval.npz, mlp.onnx, mlp_int8.onnx, narrow.onnx (5 inputs),
-    embedding.onnx (int64 input), and the ONNX file saved under a torch name."""
+    embedding.onnx (int64 input), unknown_op.onnx (an op onnxruntime has no kernel for), and
+    the ONNX file saved under a torch name."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = tmp_path_factory.mktemp("companion")
@@ -89,6 +90,10 @@ def project(tmp_path_factory) -> Path:
     (folder / "garbage.onnx").write_bytes(b"this is not a model\n" * 10)
     _embedding_onnx(folder / "embedding.onnx")
     _narrow_onnx(folder / "narrow.onnx")
+    unknown = onnx.load(str(folder / "mlp.onnx"))  # valid for onnx.checker, not for onnxruntime
+    unknown.graph.node[0].domain = "my.ops"
+    unknown.opset_import.append(helper.make_opsetid("my.ops", 1))
+    onnx.save(unknown, str(folder / "unknown_op.onnx"))
     return folder
 
 
@@ -256,6 +261,9 @@ def test_compare_prints_a_table(project, run_mcomp):
     (["inspect", "garbage.onnx"], "not a model file"),
     (["inspect", "."], "is not a file"),
     (["bench", "mlp.pt"], "bench times ONNX models"),
+    (["bench", "unknown_op.onnx"], "onnxruntime cannot load unknown_op.onnx"),
+    (["compare", "mlp.onnx", "unknown_op.onnx"], "onnxruntime cannot load"),
+    (["eval", "unknown_op.onnx", "--data", "eval.npz"], "onnxruntime cannot load"),
     (["eval", "mlp.onnx", "--data", "narrow.npz"], "--data: array 'x' has samples of shape (5,)"),
     (["eval", "mlp.onnx", "--data", "eval.npz", "--labels", "nope"], "no array(s) ['nope']"),
     (["eval", "mlp.onnx", "--data", "garbage.onnx"], "not a readable .npz"),

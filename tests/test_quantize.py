@@ -147,6 +147,9 @@ def test_time_split_bounds_the_speedup_by_the_time_left_outside_int8_kernels():
     advice = speed_advice(QuantizeOptions(), {"time_split": split})
     assert "64% of its kernel time is outside int8 kernels" in advice
     assert "cannot run more than 2x faster" in advice and "SkipLayerNormFusion" in advice
+    assert "mode: static" not in advice
+    assert "`mode: static`" in speed_advice(QuantizeOptions(mode="dynamic"),
+                                            {"time_split": split, "mode": "dynamic"})
 
 
 def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir):
