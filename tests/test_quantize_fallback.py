@@ -177,3 +177,30 @@ def test_fallback_in_dynamic_mode_leaves_the_outlier_matmuls_in_float(outlier_di
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 1
     assert result.ok
     check_valid(model, outlier_dir)
+
+
+def test_budget_broken_before_quantize_is_said_and_the_plain_int8_model_kept(tmp_path):
+    # 97 % of the digits CNN's weights pruned, no finetune: the fp32 model quantize receives
+    # already breaks the 1-point budget, so no set of float nodes can meet it
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("""\
+version: 1
+seed: 0
+model: {builtin: digits_cnn}
+data: {train: digits, eval: digits, calibration_samples: 64}
+runtime: {threads: 1, latency: {runs: 3, warmup: 1, batch: 8}}
+stages:
+  - prune: {sparsity: 0.97, scope: global}
+  - quantize: {}
+constraints: {max_accuracy_drop: 0.01}
+""")
+    result, progress = run_recipe(recipe, tmp_path / "out")
+    details = result.report["stages"][1]["details"]["fallback"]
+    assert details["needed"] is True and details["met"] is False
+    assert details["fp32_input_metric"] < details["reference_metric"] - 0.01
+    assert "even with every node in float" in details["message"]
+    assert any("even with every node in float" in w for w in progress.warnings)
+    assert len(details["trials"]) == 1, "no search when float itself breaks the budget"
+    assert not result.ok and not result.report["constraints"][0]["ok"]
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))  # the plain int8 model, written
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
