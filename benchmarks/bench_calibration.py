@@ -33,9 +33,9 @@ EVAL_SAMPLES = 512
 
 
 def rows(threads: int) -> list[str]:
-    from mcomp.convert import torch_to_onnx
-    from mcomp.model_state import ModelState
-    from mcomp.recipe import InputSpec
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
 
     out = ["| model | method | rel. L2 error | top-1 agree | accuracy (labels) | quantize s |"
            " auto chose |", "|---|---|---|---|---|---|---|"]
@@ -65,7 +65,7 @@ def rows(threads: int) -> list[str]:
 
 
 def outputs(model, evaluation: np.ndarray, threads: int) -> np.ndarray:
-    from mcomp.ort_session import create_session
+    from mcomp.measure.ort_session import create_session
 
     session = create_session(model.SerializeToString(), threads)
     return np.concatenate([session.run(None, {"x": evaluation[i:i + 64]})[0]

@@ -34,9 +34,9 @@ import numpy as np, torch
 torch.set_num_threads(1)
 import bench_int8
 from mcomp.compressors import calibration_reader
-from mcomp.convert import torch_to_onnx
-from mcomp.model_state import ModelState
-from mcomp.recipe import InputSpec
+from mcomp.model.convert import torch_to_onnx
+from mcomp.model.state import ModelState
+from mcomp.recipe.schema import InputSpec
 
 samples, method, chunked = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "chunked"
 if not chunked:  # one chunk holding every batch: onnxruntime's own behaviour

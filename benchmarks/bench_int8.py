@@ -32,7 +32,7 @@ calibration samples. NNCF runs in its own venv (NNCF_VENV, default /tmp/mcomp-nn
 created with `pip install nncf onnx onnxruntime` when missing; nothing is installed into
 mcomp's venv); the int8 model it writes is timed here like the others.
 
-Every session uses the same options (mcomp.ort_session.create_session) and is timed in its own
+Every session uses the same options (mcomp.measure.ort_session.create_session) and is timed in its own
 block (warm-up, then timed runs), the variants in rotating order over ROUNDS rounds; a figure
 is the lowest of the per-round medians. The noise on these shared 2-core machines only adds
 time, and in bursts: the same int8 session of the digits model ran 0.89 ms in one block and
@@ -130,8 +130,8 @@ def build_models():
 
 
 def _bundled(name: str):
-    from mcomp.model_io import load_model
-    from mcomp.recipe import ModelSpec
+    from mcomp.model.load import load_model
+    from mcomp.recipe.schema import ModelSpec
 
     return load_model(ModelSpec(builtin=name), base_dir=REPO).module.eval()
 
@@ -141,8 +141,8 @@ def model_data(name: str, shape: list[int], rng) -> tuple:
     bundled digits splits for the trained digits model (128 calibration samples from train,
     the 360 held-out eval digits with their labels), random inputs for the others."""
     if name.startswith("digits"):
-        from mcomp.data_io import load_datasets
-        from mcomp.recipe import DataSpec
+        from mcomp.data.load import load_datasets
+        from mcomp.recipe.schema import DataSpec
 
         digits = load_datasets(DataSpec(train="digits", eval="digits", calibration_samples=128),
                                base_dir=REPO, seed=0)
@@ -155,11 +155,11 @@ def model_data(name: str, shape: list[int], rng) -> tuple:
 
 def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int,
                    **options):
-    from mcomp.compressors.quantize import QuantizeOptions, QuantizeStage
-    from mcomp.data_io import Datasets, Split
-    from mcomp.model_state import ModelState
+    from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
+    from mcomp.data.load import Datasets, Split
+    from mcomp.model.state import ModelState
     from mcomp.progress import NullProgress
-    from mcomp.recipe import InputSpec
+    from mcomp.recipe.schema import InputSpec
     from mcomp.stage import StageContext
 
     split = Split("calibration", {"x": calib}, None)
@@ -232,7 +232,7 @@ def nncf_quantize(fp32, calib: np.ndarray, workdir: Path):
 
 def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
             evaluation: np.ndarray, threads: int, labels: np.ndarray | None = None):
-    from mcomp.ort_session import batch_feed, create_session, time_session
+    from mcomp.measure.ort_session import batch_feed, create_session, time_session
 
     models = {"fp32": fp32_bytes, **variants}
     # fp32 with onnxruntime's SkipLayerNormFusion off: measured here (onnxruntime 1.32, 1
@@ -278,9 +278,9 @@ def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
 
 
 def run(threads: int, with_nncf: bool, only: str | None = None) -> tuple[list[str], list[str]]:
-    from mcomp.convert import torch_to_onnx
-    from mcomp.model_state import ModelState
-    from mcomp.recipe import InputSpec
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
 
     lines = ["| model | variant | size KiB | b1 ms | b64 ms | fp32/int8 b1 | fp32/int8 b64 | "
              "rel. L2 error | top-1 agree | accuracy (labels) | int8 MACs share |",
@@ -365,7 +365,7 @@ KINDS = (("convolutional", ("CNN", "ResNet")), ("MLP", ("MLP",)),
 
 def auto_mode(fp32) -> str:
     """The mode `mode: auto` picks for this model (static for conv nets, else dynamic)."""
-    from mcomp.compressors.quantize import QuantizeOptions, QuantizeStage
+    from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
 
     return QuantizeStage(QuantizeOptions(mode="auto"))._resolve_mode(fp32)
 
@@ -477,7 +477,7 @@ def float_bounds(name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np
     spends outside int8 kernels (float LayerNorm, Softmax, Transpose, Q/DQ, ...) caps its
     speed-up, however fast the int8 MatMuls are. Shows whether the 2.5x target is reachable
     at all with onnxruntime's kernels for this model."""
-    from mcomp.ort_profile import op_times, time_split
+    from mcomp.measure.ort_profile import op_times, time_split
 
     feed = {"x": x}
     base = op_times(fp32_bytes, feed, threads, runs=10, warmup=3)
@@ -504,7 +504,7 @@ def float_bounds(name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np
 
 
 def _share(model, threads: int, tmp: str) -> float:
-    from mcomp.compressors.int8_check import count_compute_nodes, save_optimized_graph
+    from mcomp.compressors.quantize.int8_check import count_compute_nodes, save_optimized_graph
 
     optimized = save_optimized_graph(model.SerializeToString(), Path(tmp) / "plain.opt.onnx",
                                      threads)
@@ -516,7 +516,7 @@ def section(threads: int, lines: list[str], notes: list[str], load: tuple,
     import onnxruntime
     import torch
 
-    from mcomp.cpu_features import cpu_features
+    from mcomp.measure.cpu_features import cpu_features
 
     command = f"python benchmarks/bench_int8.py --threads {threads}" + (
         " --nncf" if with_nncf else "")
@@ -539,7 +539,7 @@ def section(threads: int, lines: list[str], notes: list[str], load: tuple,
             "(against the labels) on the 360 held-out eval digits. Comparisons of top-1 and "
             "accuracy use an exact paired (McNemar) test on the samples where exactly one of "
             "the two models is right. int8 MACs share: from the graph onnxruntime runs "
-            "(mcomp.compressors.int8_check).", ""]
+            "(mcomp.compressors.quantize.int8_check).", ""]
     return "\n".join(head + lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 

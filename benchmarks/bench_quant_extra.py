@@ -14,7 +14,7 @@
    training?); QAT.
 3. `scale: pow2` and `mode: weight4` on the digits CNN: accuracy and compressed size.
 
-Everything runs through real recipes (mcomp.pipeline). The section it prints replaces
+Everything runs through real recipes (mcomp.run.pipeline). The section it prints replaces
 `## Quantization: fallback, QAT, low-bit` in the results file, or is appended.
 """
 
@@ -53,9 +53,9 @@ stages:
 
 
 def run(folder: Path, text: str) -> dict:
-    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
-    from mcomp.recipe_load import load_recipe
+    from mcomp.recipe.load import load_recipe
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.yaml").write_text(text)

@@ -198,7 +198,7 @@ def plain_ort_ms(model_path: Path, threads: int, feed: dict[str, np.ndarray], wa
 def mcomp_session_ms(model_path: Path, threads: int, feed: dict[str, np.ndarray], warmup: int,
                      runs: int) -> float:
     """Median ms of mcomp's own session settings and timer, in this process."""
-    from mcomp.ort_session import create_session, time_session
+    from mcomp.measure.ort_session import create_session, time_session
 
     session = create_session(model_path.read_bytes(), threads)
     return time_session(session, feed, warmup=warmup, runs=runs)

@@ -52,7 +52,7 @@ def compare(model_a: Path, model_b: Path, data: str | None, input_arrays: tuple[
       mcomp compare model.pt model_int8.onnx --factory mypkg.nets:mlp --data eval.npz --json
     """
     from mcomp.cli.companion_render import render_compare
-    from mcomp.compare import CompareOptions, compare_models
+    from mcomp.tools.compare import CompareOptions, compare_models
 
     refs = [model_ref(m, factory, python_path, input_shapes, allow_pickle)
             for m in (model_a, model_b)]

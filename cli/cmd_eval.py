@@ -43,9 +43,9 @@ def eval_command(model: Path, data: str | None, input_arrays: tuple[str, ...],
       mcomp eval model.pt --factory mypkg.nets:mlp --data eval.npz --json
     """
     from mcomp.cli.companion_render import render_eval
-    from mcomp.eval_data import fit_split
-    from mcomp.eval_model import evaluate_model
-    from mcomp.model_file import open_model
+    from mcomp.data.open import fit_split
+    from mcomp.tools.eval import evaluate_model
+    from mcomp.model.open import open_model
 
     if data is None:
         raise click.UsageError("--data is required (an .npz file or `digits`)")

@@ -48,7 +48,7 @@ def sensitivity(recipe: str, ratios: str, out_dir: Path, as_json: bool, quiet: b
 
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.render import stderr_console
-    from mcomp.sensitivity_run import run_sensitivity
+    from mcomp.tools.sensitivity import run_sensitivity
 
     progress = make_progress(quiet)
     result = run_sensitivity(recipe, overrides, _ratios(ratios), out_dir, progress)

@@ -66,9 +66,9 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
     """
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.run_extras import write_run_extras
-    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
-    from mcomp.recipe_load import load_recipe
+    from mcomp.recipe.load import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
@@ -85,7 +85,7 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
 def _emit(report: dict, report_file: Path | None, as_json: bool, quiet: bool) -> None:
     from mcomp.atomic import write_text_atomic
     from mcomp.cli.render import render_report, stderr_console
-    from mcomp.report_io import report_json
+    from mcomp.report.json_text import report_json
 
     text = report_json(report)
     if report_file is not None:
@@ -116,7 +116,7 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool, debug: bool
     """
     import json
 
-    from mcomp.recipe_check import validate_recipe
+    from mcomp.recipe.validate import validate_recipe
 
     summary = validate_recipe(recipe, overrides)
     if as_json:
@@ -137,7 +137,7 @@ def schema(debug: bool) -> None:
     """
     import json
 
-    from mcomp.schema import recipe_json_schema
+    from mcomp.recipe.json_schema import recipe_json_schema
 
     click.echo(json.dumps(recipe_json_schema(), indent=2))
 

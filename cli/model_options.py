@@ -1,5 +1,5 @@
 """click options shared by the companion commands (inspect, eval, bench, compare), and the
-small conversions from their values to engine objects."""
+small conversions from their values to core objects."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def data_options(command):
 def model_ref(path: Path, factory: str | None, python_path: tuple[Path, ...],
               input_shapes: tuple[str, ...], allow_pickle: bool):
     """A `ModelRef` from the shared options."""
-    from mcomp.model_file import ModelRef, parse_input_shape
+    from mcomp.model.open import ModelRef, parse_input_shape
 
     return ModelRef(path=path, factory=factory, python_path=list(python_path),
                     input_shapes=[parse_input_shape(s) for s in input_shapes],
@@ -65,14 +65,14 @@ def load_data(data: str | None, input_arrays: tuple[str, ...], labels: str | Non
     """The --data split, or None."""
     if data is None:
         return None
-    from mcomp.eval_data import load_split
+    from mcomp.data.open import load_split
 
     return load_split(data, inputs=list(input_arrays) or None, labels=labels)
 
 
 def threads_from(threads: int | None) -> int:
-    from mcomp.recipe import RuntimeSpec
-    from mcomp.runtime import resolve_threads
+    from mcomp.recipe.schema import RuntimeSpec
+    from mcomp.run.threads import resolve_threads
 
     return resolve_threads(RuntimeSpec(), threads)
 

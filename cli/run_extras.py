@@ -18,7 +18,7 @@ def write_run_extras(report: dict[str, Any], summary_md: Path | None) -> None:
     append the summary to $GITHUB_STEP_SUMMARY when that is set."""
     from mcomp.atomic import write_text_atomic
     from mcomp.errors import OutputError
-    from mcomp.summary_md import summary_markdown
+    from mcomp.report.markdown import summary_markdown
 
     model = Path(report["artifacts"]["model"])
     try:

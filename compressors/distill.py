@@ -12,8 +12,8 @@
         epochs: 5
         lr: 0.001
 
-The loss and hint machinery live in `mcomp.distillation` (shared with `finetune: {distill:}`);
-training is the one loop, `mcomp.train_loop.train_module`. When the student is the current
+The loss and hint machinery live in `mcomp.training.distillation` (shared with `finetune: {distill:}`);
+training is the one loop, `mcomp.training.loop.train_module`. When the student is the current
 model, weights zeroed by an earlier prune stay zero; a new student architecture starts without
 masks. The best eval checkpoint is kept.
 Method: Hinton et al., "Distilling the Knowledge in a Neural Network", 2015; hints: Romero et
@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mcomp.distillation import DistillSettings
+from mcomp.training.distillation import DistillSettings
 from mcomp.errors import StageError
-from mcomp.model_state import ModelKind, ModelState
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 MASKS_KEY = "sparsity_masks"  # ctx.shared, written by prune (see prune.py)
@@ -65,7 +65,7 @@ class DistillStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
-        from mcomp.distillation import check_hints, check_outputs, check_task, load_teacher
+        from mcomp.training.distillation import check_hints, check_outputs, check_task, load_teacher
 
         check_task(ctx, self.name)
         teacher = load_teacher(self.options, ctx, self.name)
@@ -78,8 +78,8 @@ class DistillStage(Stage):
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.finetune import sparsity_masks
-        from mcomp.distillation import distill_train, load_teacher
-        from mcomp.train_loop import TrainConfig
+        from mcomp.training.distillation import distill_train, load_teacher
+        from mcomp.training.loop import TrainConfig
 
         opts = self.options
         copied: dict[str, Any] = {}

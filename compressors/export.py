@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from mcomp.errors import StageError
-from mcomp.model_state import ModelKind, ModelState
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 
@@ -45,7 +45,7 @@ class ExportStage(Stage):
         return self._verify_onnx(model, sample, ctx)
 
     def _export_torch(self, model: ModelState, sample, ctx: StageContext) -> ModelState:
-        from mcomp.convert import DEFAULT_OPSET, check_parity, torch_to_onnx
+        from mcomp.model.convert import DEFAULT_OPSET, check_parity, torch_to_onnx
 
         # A form an earlier stage made of this exact module (e.g. cluster's index-coded
         # weights) is kept rather than exported again as plain float weights.
@@ -60,7 +60,7 @@ class ExportStage(Stage):
     def _verify_onnx(self, model: ModelState, sample, ctx: StageContext) -> ModelState:
         import onnx
 
-        from mcomp.inference import predict_batch
+        from mcomp.measure.inference import predict_batch
 
         try:
             onnx.checker.check_model(model.onnx_model)

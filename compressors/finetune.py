@@ -7,13 +7,13 @@
         schedule: cosine       # constant | cosine | step
         batch_size: 64
         distill: {temperature: 4, alpha: 0.9}   # optional: train against the original model
-        qat: false             # true: fake int8 (mcomp.compressors.qat); quantize uses the ranges
+        qat: false             # true: fake int8 (mcomp.compressors.qat.stage); quantize uses the ranges
 
 Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
 every optimizer step; weights already zero in a loaded model are kept at zero too), so the
 sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
 metric are reported, and the best eval checkpoint is restored at the end. With `distill:` the
-loss is the distillation loss of `mcomp.distillation` (teacher, temperature, alpha, hints), the
+loss is the distillation loss of `mcomp.training.distillation` (teacher, temperature, alpha, hints), the
 same code as the `distill` stage.
 """
 
@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mcomp.distillation import DistillSettings
-from mcomp.model_state import ModelKind, ModelState
+from mcomp.training.distillation import DistillSettings
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 MASKS_KEY = "sparsity_masks"  # written by the prune stage: {parameter name: kept-weights mask}
@@ -63,7 +63,7 @@ class FinetuneStage(Stage):
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.distill is not None:
-            from mcomp.distillation import check_hints, check_outputs, check_task, load_teacher
+            from mcomp.training.distillation import check_hints, check_outputs, check_task, load_teacher
 
             check_task(ctx, self.name)
             teacher = load_teacher(self.options.distill, ctx, self.name)
@@ -74,17 +74,17 @@ class FinetuneStage(Stage):
         return True
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
-        from mcomp.train_loop import TrainConfig, train_module
+        from mcomp.training.loop import TrainConfig, train_module
 
         masks = sparsity_masks(model, ctx)
         config = TrainConfig(**self.options.model_dump(exclude={"distill", "qat"}))
         if self.options.qat:
-            from mcomp.compressors.qat import qat_train
+            from mcomp.compressors.qat.stage import qat_train
 
             self.details = qat_train(model, ctx, config, masks=masks, ema=0.01, label=self.name)
             return model.with_module(model.module)
         if self.options.distill is not None:
-            from mcomp.distillation import distill_train
+            from mcomp.training.distillation import distill_train
 
             self.details = distill_train(model, ctx, config, self.options.distill, masks=masks,
                                          label=self.name)
@@ -99,7 +99,7 @@ def sparsity_masks(model: ModelState, ctx: StageContext) -> dict:
     """Masks from an earlier prune stage, else the zeros already in Conv/Linear weights."""
     import torch
 
-    from mcomp.module_names import strip_wrapper_prefix
+    from mcomp.model.module_names import strip_wrapper_prefix
 
     masks = dict(ctx.shared.get(MASKS_KEY, {}))
     for name, module in model.module.named_modules():

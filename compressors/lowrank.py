@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mcomp.errors import StageError
-from mcomp.model_state import ModelKind, ModelState
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 MASKS_KEY = "sparsity_masks"  # ctx.shared, written by prune (see prune.py)
@@ -149,7 +149,7 @@ class LowRankStage(Stage):
         return min(rank, limit), singular
 
     def _targets(self, root, ctx: StageContext, *, warn: bool) -> list[tuple[str, Any]]:
-        from mcomp.compressors.layer_select import select_layers
+        from mcomp.compressors.select import select_layers
 
         opts = self.options
         return select_layers(root, include=opts.include, exclude=opts.exclude,
@@ -222,7 +222,7 @@ def _output_positions(model: ModelState, layers: list) -> dict[int, int]:
     """Output positions per sample (H_out * W_out) of each conv, found by one forward pass."""
     import torch
 
-    from mcomp.convert import example_inputs
+    from mcomp.model.convert import example_inputs
 
     positions: dict[int, int] = {}
     handles = [layer.register_forward_hook(

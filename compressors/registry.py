@@ -13,14 +13,14 @@ if TYPE_CHECKING:
     from mcomp.stage import Stage
 
 STAGES: dict[str, str] = {
-    "prune": "mcomp.compressors.prune:PruneStage",
+    "prune": "mcomp.compressors.prune.stage:PruneStage",
     "finetune": "mcomp.compressors.finetune:FinetuneStage",
-    "quantize": "mcomp.compressors.quantize:QuantizeStage",
+    "quantize": "mcomp.compressors.quantize.stage:QuantizeStage",
     "export": "mcomp.compressors.export:ExportStage",
     "distill": "mcomp.compressors.distill:DistillStage",
     "lowrank": "mcomp.compressors.lowrank:LowRankStage",
-    "cluster": "mcomp.compressors.cluster:ClusterStage",
-    "qat": "mcomp.compressors.qat:QatStage",
+    "cluster": "mcomp.compressors.cluster.stage:ClusterStage",
+    "qat": "mcomp.compressors.qat.stage:QatStage",
 }
 
 

@@ -202,8 +202,8 @@ def test_more_corrupt_files_are_typed_errors(project, file, expected):
     # In-process (no subprocess needed): an exception with an empty message (EOFError) used
     # to escape as "unexpected error: IndexError"; the boundary only words typed errors.
     from mcomp.errors import ModelLoadError
-    from mcomp.model_io import load_model
-    from mcomp.recipe import ModelSpec
+    from mcomp.model.load import load_model
+    from mcomp.recipe.schema import ModelSpec
 
     spec = ModelSpec(path=file, factory="mymodels:make")
     with pytest.raises(ModelLoadError) as info:

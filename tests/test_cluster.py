@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from mcomp.compressors.cluster import cluster_weights, shared_weight
+from mcomp.compressors.cluster.stage import cluster_weights, shared_weight
 from mcomp.errors import RecipeError
 from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
 
@@ -109,7 +109,7 @@ def test_index_code_is_lossless_keeps_zeros_and_skips_many_valued_tensors():
     # setup:  x --MatMul(W: 8x16, 4 values + zeros)--> h --MatMul(V: 16x300 random)--> y
     import onnx.helper as oh
 
-    from mcomp.compressors.cluster_storage import index_code
+    from mcomp.compressors.cluster.storage import index_code
 
     rng = np.random.default_rng(0)
     w = rng.choice(np.array([0.0, -0.5, 0.25, 1.5, 2.0], np.float32), size=(8, 16))

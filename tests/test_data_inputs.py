@@ -20,14 +20,14 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from mcomp.constraints import check_constraints
-from mcomp.data_io import load_datasets
+from mcomp.report.constraints import check_constraints
+from mcomp.data.load import load_datasets
 from mcomp.errors import DataError
-from mcomp.metrics import BUILTIN, resolve_metric
-from mcomp.pipeline import RunOptions, run_pipeline
+from mcomp.measure.metrics import BUILTIN, resolve_metric
+from mcomp.run.pipeline import RunOptions, run_pipeline
 from mcomp.progress import NullProgress
-from mcomp.recipe import ConstraintsSpec, DataSpec, Recipe
-from mcomp.recipe_load import load_recipe
+from mcomp.recipe.schema import ConstraintsSpec, DataSpec, Recipe
+from mcomp.recipe.load import load_recipe
 
 MODULE_NAME = "data_inputs_factories"  # written into each test's tmp_path
 
@@ -539,7 +539,7 @@ def test_default_metric_by_task_and_labels():
 
 def test_accuracy_counts_per_token_labels_and_rejects_a_count_mismatch():
     from mcomp.errors import DataError
-    from mcomp.metrics import accuracy
+    from mcomp.measure.metrics import accuracy
 
     outputs = np.zeros((2, 3, 4), np.float32)  # 2 sequences of 3 tokens, 4 classes
     outputs[..., 1] = 1.0

@@ -35,7 +35,7 @@ def digits_recipe(folder, stages: str):
 def test_kd_loss_matches_a_hand_computed_reference():
     import torch
 
-    from mcomp.distillation import kd_loss
+    from mcomp.training.distillation import kd_loss
 
     student = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
     teacher = np.array([[1.5, 1.0, -0.5], [-1.0, 0.5, 2.0]])
@@ -125,8 +125,8 @@ def test_teacher_is_in_eval_mode_and_frozen():
 
     import torch
 
-    from mcomp.distillation import DistillSettings, load_teacher
-    from mcomp.model_state import ModelState
+    from mcomp.training.distillation import DistillSettings, load_teacher
+    from mcomp.model.state import ModelState
 
     module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
                                  torch.nn.Linear(8, 3)).train()

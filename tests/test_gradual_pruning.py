@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcomp.compressors.gradual import agp_sparsity
+from mcomp.compressors.prune.gradual import agp_sparsity
 from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
 
 TESTS = Path(__file__).resolve().parent

@@ -23,11 +23,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from mcomp.errors import ModelLoadError, RecipeError
-from mcomp.model_io import detect_format
-from mcomp.pipeline import RunOptions, run_pipeline
+from mcomp.model.load import detect_format
+from mcomp.run.pipeline import RunOptions, run_pipeline
 from mcomp.progress import NullProgress
-from mcomp.recipe import ModelFormat
-from mcomp.recipe_load import load_recipe
+from mcomp.recipe.schema import ModelFormat
+from mcomp.recipe.load import load_recipe
 
 MODULE_NAME = "fmt_tinynet"  # the factory module each test writes into its tmp_path
 

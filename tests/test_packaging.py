@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcomp.compressors.registry import STAGES, stage_class
-from mcomp.model_state import ModelKind
+from mcomp.model.state import ModelKind
 from mcomp.stage import Stage, StageOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,24 +50,45 @@ def test_fast_commands_do_not_import_torch_or_onnxruntime(args):
 def test_schema_file_is_current():
     import json
 
-    from mcomp.schema import recipe_json_schema
+    from mcomp.recipe.json_schema import recipe_json_schema
 
-    shipped = json.loads((ROOT / "engine" / "recipe.schema.json").read_text())
-    assert shipped == recipe_json_schema(), "regenerate: mcomp schema > engine/recipe.schema.json"
+    shipped = json.loads((ROOT / "mcomp" / "recipe" / "recipe.schema.json").read_text())
+    assert shipped == recipe_json_schema(), \
+        "regenerate: mcomp schema > mcomp/recipe/recipe.schema.json"
 
 
-def test_wheel_holds_every_package_under_mcomp(tmp_path):
+# Where each source folder lands in the wheel (pyproject's package-dir).
+WHEEL_ROOTS = {"mcomp": "mcomp", "cli": "mcomp/cli", "compressors": "mcomp/compressors",
+               "recipes": "mcomp/recipes"}
+PACKAGE_DATA = ("*.yaml", "*.npz", "*.pt", "*.json", "*.txt")
+
+
+def _expected_wheel_files() -> set[str]:
+    """Every .py file and every package-data file of the source folders, as wheel paths."""
+    expected = set()
+    for folder, target in WHEEL_ROOTS.items():
+        for path in (ROOT / folder).rglob("*"):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            if path.suffix == ".py" or any(path.match(p) for p in PACKAGE_DATA):
+                expected.add(f"{target}/{path.relative_to(ROOT / folder).as_posix()}")
+    return expected
+
+
+def test_wheel_holds_every_source_and_data_file(tmp_path):
+    # setup: build the wheel the way pip would install it
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                              str(tmp_path), str(ROOT)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     wheel = next(tmp_path.glob("mcomp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("mcomp/__init__.py", "mcomp/cli/main.py", "mcomp/compressors/prune.py",
-                     "mcomp/compressors/registry.py", "mcomp/recipes/quickstart.yaml",
-                     "mcomp/data/digits.npz", "mcomp/models/digits_cnn.pt",
-                     "mcomp/recipe.schema.json"):
-        assert expected in names
+    # check: nothing left out (a subpackage missing from pyproject's list would be), nothing
+    # at the top but mcomp
+    expected = _expected_wheel_files()
+    assert "mcomp/compressors/quantize/stage.py" in expected  # the walk found the packages
+    assert "mcomp/recipe/recipe.schema.json" in expected
+    assert sorted(expected - names) == []
     for module in STAGES.values():
         assert module.split(":")[0].replace(".", "/") + ".py" in names
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

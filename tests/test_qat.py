@@ -79,7 +79,7 @@ def test_finetune_qat_hands_ranges_to_a_later_quantize_stage(tmp_path):
 def test_fake_quant_hooks_leave_the_module_as_it_was():
     import torch
 
-    from mcomp.compressors.qat_fakequant import add_fake_quant, observe_only, remove_fake_quant
+    from mcomp.compressors.qat.fakequant import add_fake_quant, observe_only, remove_fake_quant
     from mcomp.models.digits_cnn import digits_cnn
 
     torch.manual_seed(0)

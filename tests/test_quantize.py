@@ -48,9 +48,9 @@ def build_cnn():
 
 
 def export(module, shape: list[int], path: Path) -> None:
-    from mcomp.convert import torch_to_onnx
-    from mcomp.model_state import ModelState
-    from mcomp.recipe import InputSpec
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
 
     model = torch_to_onnx(ModelState.from_torch(module, [InputSpec(name="x", shape=shape)]))
     # stable names for exclusion patterns: the exporter's names depend on its version
@@ -130,9 +130,9 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
 
 
 def test_time_split_bounds_the_speedup_by_the_time_left_outside_int8_kernels():
-    from mcomp.compressors.int8_check import speed_advice
-    from mcomp.compressors.quantize_options import QuantizeOptions
-    from mcomp.ort_profile import time_split
+    from mcomp.compressors.quantize.int8_check import speed_advice
+    from mcomp.compressors.quantize.options import QuantizeOptions
+    from mcomp.measure.ort_profile import time_split
 
     # a transformer-like profile: int8 MatMuls fast, a float SkipLayerNormalization slow
     int8 = {"DynamicQuantizeMatMul": 4.0, "SkipLayerNormalization": 6.0, "Transpose": 2.0,
@@ -166,7 +166,7 @@ def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir)
 
 
 def test_reduce_range_auto_is_on_only_for_u8s8_on_x86_without_vnni():
-    from mcomp.compressors.quantize_options import QuantizeOptions, effective_reduce_range
+    from mcomp.compressors.quantize.options import QuantizeOptions, effective_reduce_range
 
     default = QuantizeOptions()
     assert default.reduce_range == "auto"
@@ -253,7 +253,7 @@ def test_auto_mode_picks_static_for_cnn_and_dynamic_for_mlp(cnn_dir, mlp_dir):
 def test_pack_initializers_is_lossless_and_smaller():
     from onnx import helper, numpy_helper
 
-    from mcomp.compressors.quantize_prep import pack_initializers
+    from mcomp.compressors.quantize.prepare import pack_initializers
 
     zero_point = np.array([0, -2, 2, -128, 127] * 20, dtype=np.int8)
     scale = np.linspace(0.01, 0.5, 100).astype(np.float32)
@@ -296,7 +296,7 @@ def test_patterns_matching_nothing_are_warnings(cnn_dir):
 def test_calibration_method_given_twice_is_a_recipe_error():
     from pydantic import ValidationError
 
-    from mcomp.compressors.quantize import QuantizeOptions
+    from mcomp.compressors.quantize.stage import QuantizeOptions
 
     assert QuantizeOptions(calibration_method="entropy").calibration.method == "entropy"
     with pytest.raises(ValidationError, match="give the calibration method once"):
@@ -304,8 +304,8 @@ def test_calibration_method_given_twice_is_a_recipe_error():
 
 
 def test_calibration_data_that_does_not_fit_is_a_stage_error(cnn_dir):
-    from mcomp.compressors.calibration_reader import CalibrationReader
-    from mcomp.data_io import Datasets, Split
+    from mcomp.compressors.quantize.calibration_reader import CalibrationReader
+    from mcomp.data.load import Datasets, Split
     from mcomp.progress import NullProgress
 
     model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
@@ -401,8 +401,8 @@ def test_static_leaves_attention_softmax_in_float(encoder_dir):
 def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir, tmp_path):
     from onnxruntime.quantization import quantize_static
 
-    from mcomp.compressors.calibration_reader import CHUNK_BATCHES, CalibrationReader
-    from mcomp.data_io import Datasets, Split
+    from mcomp.compressors.quantize.calibration_reader import CHUNK_BATCHES, CalibrationReader
+    from mcomp.data.load import Datasets, Split
     from mcomp.progress import NullProgress
 
     class CountingReader(CalibrationReader):

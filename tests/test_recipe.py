@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from mcomp.cli.main import cli
 from mcomp.errors import RecipeError
-from mcomp.recipe_load import load_recipe
+from mcomp.recipe.load import load_recipe
 
 MINIMAL = """\
 version: 1

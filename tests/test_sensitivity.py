@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mcomp.errors import StageError
-from mcomp.sensitivity import allocate_sparsity
+from mcomp.compressors.prune.sensitivity import allocate_sparsity
 from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
 
 

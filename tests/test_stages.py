@@ -57,9 +57,9 @@ def test_prune_include_exclude_and_unmatched_pattern_warning(project):
 
 def test_prune_excluding_every_layer_fails_before_any_work(project):
     recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - prune: {exclude: ['*']}\n")
-    from mcomp.pipeline import RunOptions, run_pipeline
+    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
-    from mcomp.recipe_load import load_recipe
+    from mcomp.recipe.load import load_recipe
 
     progress = NullProgress()
     with pytest.raises(StageError, match="no layer left to prune"):
@@ -112,9 +112,9 @@ def test_export_parity_and_tolerance_error(project):
 def test_parity_error_names_the_output_and_difference(project, monkeypatch):
     import torch
 
-    from mcomp.convert import check_parity, torch_to_onnx
-    from mcomp.model_io import load_model
-    from mcomp.recipe import InputSpec, ModelSpec
+    from mcomp.model.convert import check_parity, torch_to_onnx
+    from mcomp.model.load import load_model
+    from mcomp.recipe.schema import InputSpec, ModelSpec
 
     monkeypatch.syspath_prepend(str(project))
     state = load_model(ModelSpec(path="mlp.pt", factory="tinymodels:mlp"), base_dir=project)
@@ -128,12 +128,12 @@ def test_parity_error_names_the_output_and_difference(project, monkeypatch):
 
 
 def test_onnx_macs_match_torch_flop_counter():
-    from mcomp.convert import torch_to_onnx
-    from mcomp.measure import _torch_macs
-    from mcomp.model_state import ModelState
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.measure.figures import _torch_macs
+    from mcomp.model.state import ModelState
     from mcomp.models.digits_cnn import digits_cnn
-    from mcomp.onnx_macs import count_onnx_macs
-    from mcomp.recipe import InputSpec
+    from mcomp.measure.onnx_macs import count_onnx_macs
+    from mcomp.recipe.schema import InputSpec
 
     state = ModelState.from_torch(digits_cnn().eval(), [InputSpec(name="x", shape=[1, 8, 8])])
     torch_macs = _torch_macs(state)

@@ -1,0 +1,1 @@
+"""The `prune` stage: magnitude, channel, layer and gradual pruning, sensitivity."""

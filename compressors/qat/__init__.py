@@ -1,0 +1,1 @@
+"""The `qat` stage: quantization-aware training with fake int8, then onnxruntime static QDQ."""

@@ -1,0 +1,152 @@
+"""Data splits as named numpy arrays: `.npz` files, the built-in digits set, Python factories.
+
+Every split is materialised as `Split` (one array per model input, optional labels) so that
+torch training, onnxruntime evaluation and calibration read the same samples.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mcomp.errors import DataError
+from mcomp.factory import import_factory
+from mcomp.recipe.schema import DataSpec, SplitSpec
+
+SPLITS = ("train", "calibration", "eval")
+
+
+@dataclass
+class Split:
+    """One split: `inputs[name]` has shape (N, ...) per model input; `labels` (N, ...) or None."""
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        for start in range(0, len(self), batch_size):
+            end = start + batch_size
+            yield ({k: v[start:end] for k, v in self.inputs.items()},
+                   None if self.labels is None else self.labels[start:end])
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> Split:
+        return Split(name or self.name, {k: v[indices] for k, v in self.inputs.items()},
+                     None if self.labels is None else self.labels[indices])
+
+
+@dataclass
+class Datasets:
+    train: Split | None
+    calibration: Split | None
+    eval: Split | None
+
+    def first_available(self) -> Split:
+        for split in (self.eval, self.calibration, self.train):
+            if split is not None:
+                return split
+        raise DataError("data: the recipe names no data split; add `data: {eval: ...}`")
+
+
+def load_datasets(spec: DataSpec, *, base_dir: Path, seed: int) -> Datasets:
+    """Load every split the recipe names; calibration defaults to a fixed sample of train."""
+    loaded = {name: _load_split(name, getattr(spec, name), base_dir)
+              for name in SPLITS if getattr(spec, name) is not None}
+    calibration = loaded.get("calibration")
+    if calibration is None and "train" in loaded:
+        train = loaded["train"]
+        rng = np.random.default_rng(seed)
+        count = min(spec.calibration_samples, len(train))
+        calibration = train.subset(np.sort(rng.permutation(len(train))[:count]), "calibration")
+    elif calibration is not None and len(calibration) > spec.calibration_samples:
+        calibration = calibration.subset(np.arange(spec.calibration_samples))
+    return Datasets(train=loaded.get("train"), calibration=calibration, eval=loaded.get("eval"))
+
+
+def _load_split(name: str, spec: SplitSpec, base_dir: Path) -> Split:
+    if spec.builtin == "digits":
+        split = _digits(name)
+    elif spec.path is not None:
+        split = _npz(name, spec, base_dir / spec.path)
+    else:
+        split = _from_factory(name, spec)
+    if len(split) == 0:
+        raise DataError(f"data.{name}: the split has no samples")
+    if spec.samples is not None and spec.samples < len(split):
+        split = split.subset(np.arange(spec.samples))
+    return split
+
+
+def _digits(name: str) -> Split:
+    resource = importlib.resources.files("mcomp.data").joinpath("digits.npz")
+    with importlib.resources.as_file(resource) as path, np.load(path) as arrays:
+        part = "eval" if name == "eval" else "train"
+        return Split(name, {"x": arrays[f"x_{part}"]}, arrays[f"y_{part}"])
+
+
+def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
+    if not path.is_file():
+        raise DataError(f"data.{name}.path: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            available = list(arrays.files)
+            wanted = spec.inputs or ["x"]
+            missing = [a for a in wanted + ([spec.labels] if spec.labels else [])
+                       if a not in available]
+            if missing:
+                raise DataError(f"data.{name}: {path} has no array(s) {missing}; it has "
+                                f"{available}. Name the arrays with `inputs: [...]` and "
+                                "`labels: ...` (or `labels: null`)")
+            inputs = {a: arrays[a] for a in wanted}
+            labels = arrays[spec.labels] if spec.labels else None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"data.{name}.path: {path} is not a readable .npz file ({exc})") from None
+    _check_lengths(name, inputs, labels)
+    return Split(name, inputs, labels)
+
+
+def _from_factory(name: str, spec: SplitSpec) -> Split:
+    factory = import_factory(spec.factory or "", key=f"data.{name}.factory")
+    try:
+        obj = factory(**spec.factory_args)
+    except Exception as exc:  # the user's code failed: say where, not "unexpected error"
+        raise DataError(f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "
+                        f"{exc} (check the factory and `factory_args`)") from None
+    import torch.utils.data as tud
+
+    loader = obj if isinstance(obj, tud.DataLoader) else tud.DataLoader(obj, batch_size=256)
+    names = spec.inputs or ["x"]
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[np.ndarray] = []
+    for batch in loader:
+        if isinstance(batch, dict):
+            parts = [batch[n] for n in names]
+            label = batch.get(spec.labels) if spec.labels else None
+        else:
+            items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+            parts, label = items[: len(names)], (items[len(names)] if len(items) > len(names)
+                                                 else None)
+        for n, part in zip(names, parts, strict=True):
+            chunks[n].append(np.asarray(part))
+        if label is not None and spec.labels:
+            labels.append(np.asarray(label))
+    inputs = {n: np.concatenate(c) for n, c in chunks.items()}
+    split = Split(name, inputs, np.concatenate(labels) if labels else None)
+    _check_lengths(name, split.inputs, split.labels)
+    return split
+
+
+def _check_lengths(name: str, inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> None:
+    lengths = {k: len(v) for k, v in inputs.items()}
+    if labels is not None:
+        lengths["labels"] = len(labels)
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"data.{name}: arrays have different numbers of samples: {lengths}")

@@ -1,0 +1,1 @@
+"""Measuring models: metrics, evaluation, inference, MACs, onnxruntime sessions and profiles, CPU features."""

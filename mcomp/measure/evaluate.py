@@ -1,0 +1,35 @@
+"""Evaluate a model state on the eval split: the task metric and fidelity to the original."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mcomp.measure.inference import predict_split
+from mcomp.measure.metrics import fidelity
+from mcomp.model.state import ModelState
+
+if TYPE_CHECKING:
+    from mcomp.stage import StageContext
+
+REFERENCE_KEY = "reference_outputs"  # ctx.shared: the original model's eval outputs
+
+
+def eval_outputs(model: ModelState, ctx: StageContext) -> np.ndarray:
+    split = ctx.datasets.eval
+    return predict_split(model, split, batch_size=ctx.batch_size, threads=ctx.threads)
+
+
+def evaluate_metric(model: ModelState, ctx: StageContext) -> float:
+    """The task metric of `model` on the eval split."""
+    outputs = eval_outputs(model, ctx)
+    return ctx.metric.fn(outputs, ctx.datasets.eval.labels, ctx.shared[REFERENCE_KEY])
+
+
+def evaluate_all(model: ModelState, ctx: StageContext) -> tuple[float, dict[str, float]]:
+    """The task metric and the fidelity metrics, from one pass over the eval split."""
+    outputs = eval_outputs(model, ctx)
+    reference = ctx.shared[REFERENCE_KEY]
+    value = ctx.metric.fn(outputs, ctx.datasets.eval.labels, reference)
+    return value, fidelity(outputs, reference, ctx.task)

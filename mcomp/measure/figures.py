@@ -1,0 +1,140 @@
+"""Measure a model the same way before and after every stage.
+
+Sizes are those of the deployable artifact, the ONNX file (for a torch model: its fp32
+export), raw and deflate-compressed, so that sparsity and weight sharing show. Latency is
+onnxruntime CPU latency for every model, the fp32 baseline included, so deltas compare like
+with like.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mcomp.measure.evaluate import evaluate_all
+from mcomp.model.state import ModelKind, ModelState
+from mcomp.measure.onnx_macs import count_onnx_macs
+from mcomp.recipe.schema import LatencySpec
+
+if TYPE_CHECKING:
+    import onnx
+
+    from mcomp.stage import StageContext
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def onnx_form(state: ModelState) -> onnx.ModelProto:
+    """The ONNX model of a state; a torch module is exported once and cached on the state."""
+    if state.kind == ModelKind.ONNX:
+        return state.onnx_model
+    if state.onnx_cache is None:
+        from mcomp.model.convert import torch_to_onnx
+
+        state.onnx_cache = torch_to_onnx(state)
+    return state.onnx_cache
+
+
+def measure_model(state: ModelState, ctx: StageContext, latency: LatencySpec) -> dict[str, Any]:
+    """All report metrics of one model state."""
+    model = onnx_form(state)
+    raw = model.SerializeToString()
+    params, nonzero = (_torch_params(state) if state.kind == ModelKind.TORCH
+                       else onnx_params(model))
+    metric, fidelity = evaluate_all(state, ctx)
+    latency_b1, latency_batch = _latency(raw, ctx, latency)
+    return {
+        "params": params,
+        "nonzero_params": nonzero,
+        "sparsity": round(1.0 - nonzero / params, 6) if params else 0.0,
+        "size_bytes": len(raw),
+        "size_compressed_bytes": len(zlib.compress(raw, 9)),
+        "macs": _macs(state, model),
+        "metric_name": ctx.metric.name,
+        "metric": metric,
+        "fidelity": fidelity,
+        "latency_ms_b1": latency_b1,
+        "latency_ms_batch": latency_batch,
+        "latency_batch": latency.batch,
+    }
+
+
+def _torch_params(state: ModelState) -> tuple[int, int]:
+    import torch
+
+    params = nonzero = 0
+    for tensor in state.module.parameters():
+        params += tensor.numel()
+        nonzero += int(torch.count_nonzero(tensor))
+    return params, nonzero
+
+
+def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
+    """Weights of an ONNX graph: float and int8 initializers and quantized (int32) biases;
+    scales, zero points, shape constants and scalar constants (a clamp bound, an epsilon: torch
+    counts no parameter for them) are not parameters."""
+    from onnx import numpy_helper
+
+    not_params, dq_inputs, dynamic_scales = set(), set(), set()
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            not_params.update(node.input[1:])
+            if node.op_type == "DequantizeLinear":
+                dq_inputs.add(node.input[0])
+        elif node.op_type in ("MatMulInteger", "ConvInteger"):
+            not_params.update(node.input[2:])  # zero points
+        elif node.op_type == "DynamicQuantizeMatMul":
+            not_params.update(node.input[2:4])  # weight scale and zero point
+        elif node.op_type == "DynamicQuantizeLinear":
+            dynamic_scales.add(node.output[1])
+    for node in model.graph.node:  # dynamic quantization: activation scale x weight scale
+        if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
+            not_params.update(node.input)
+    params = nonzero = 0
+    for init in model.graph.initializer:
+        if init.name in not_params:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.ndim == 0 and array.dtype.kind == "f":
+            continue
+        is_weight = array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8)
+        if is_weight or (array.dtype == np.int32 and init.name in dq_inputs):
+            params += array.size
+            nonzero += int(np.count_nonzero(array))
+    return params, nonzero
+
+
+def _macs(state: ModelState, model: onnx.ModelProto) -> int:
+    if state.kind == ModelKind.TORCH:
+        try:
+            return _torch_macs(state)
+        except Exception:
+            pass  # e.g. TorchScript modules: the ONNX count is the same quantity
+    return count_onnx_macs(model)
+
+
+def _torch_macs(state: ModelState) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mcomp.model.convert import example_inputs
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        state.module(*example_inputs(state, batch=1))
+    return counter.get_total_flops() // 2
+
+
+def _latency(raw: bytes, ctx: StageContext, spec: LatencySpec) -> tuple[float | None, float | None]:
+    if not spec.enabled:
+        return None, None
+    from mcomp.measure.ort_session import batch_feed, create_session, time_session
+
+    session = create_session(raw, ctx.threads)
+    inputs = ctx.datasets.eval.inputs
+    b1 = time_session(session, batch_feed(inputs, 1), warmup=spec.warmup, runs=spec.runs)
+    big = time_session(session, batch_feed(inputs, spec.batch), warmup=spec.warmup,
+                       runs=max(3, spec.runs // 2))
+    return round(b1, 4), round(big, 4)

@@ -1,0 +1,78 @@
+"""Match the model's input signature with the data: names, per-sample shapes, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcomp.data.load import Datasets, Split
+from mcomp.errors import DataError, ModelLoadError
+from mcomp.model.state import ModelState
+from mcomp.recipe.schema import InputSpec
+
+
+def resolve_inputs(declared: list[InputSpec] | None, state: ModelState,
+                   datasets: Datasets) -> list[InputSpec]:
+    """The recipe's `model.inputs`, else the file's own signature, else the data's arrays."""
+    if declared:
+        return declared
+    if state.inputs:
+        return state.inputs
+    split = datasets.first_available()
+    specs = []
+    for name, array in split.inputs.items():
+        dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
+        specs.append(InputSpec(name=name, shape=list(array.shape[1:]), dtype=dtype))
+    return specs
+
+
+def conform_datasets(datasets: Datasets, inputs: list[InputSpec]) -> Datasets:
+    """Rename each split's arrays to the model's input names (by position) and cast dtypes."""
+    return Datasets(*(None if split is None else _conform(split, inputs)
+                      for split in (datasets.train, datasets.calibration, datasets.eval)))
+
+
+def _conform(split: Split, inputs: list[InputSpec]) -> Split:
+    arrays = list(split.inputs.items())
+    if len(arrays) != len(inputs):
+        raise DataError(f"data.{split.name}: the model takes {len(inputs)} input(s) "
+                        f"{[i.name for i in inputs]} but the split gives {len(arrays)} "
+                        f"{[name for name, _ in arrays]}; list them with `inputs: [...]`")
+    conformed = {}
+    for spec, (name, array) in zip(inputs, arrays, strict=True):
+        want = [d for d in spec.shape]
+        got = list(array.shape[1:])
+        if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
+            raise DataError(f"data.{split.name}: array {name!r} has samples of shape {tuple(got)} "
+                            f"but model input {spec.name!r} expects {tuple(want)} (-1 = any)")
+        conformed[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    return Split(split.name, conformed, split.labels)
+
+
+def probe(state: ModelState, datasets: Datasets, threads: int) -> None:
+    """Run two samples through the model so a shape mismatch fails now, not mid-pipeline."""
+    from mcomp.measure.inference import predict_batch
+
+    _load_in_onnxruntime(state, threads)
+    split = datasets.first_available()
+    sample = {k: v[:2] for k, v in split.inputs.items()}
+    try:
+        predict_batch(state, sample, threads=threads)
+    except Exception as exc:
+        shapes = {k: tuple(v.shape[1:]) for k, v in sample.items()}
+        first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data.{split.name}: samples of shape {shapes} do not fit the model "
+                        f"({first}); check the data or `model.inputs`") from None
+
+
+def _load_in_onnxruntime(state: ModelState, threads: int) -> None:
+    """A model onnxruntime refuses is a model error: say so before the data probe below
+    would blame the data for it."""
+    from mcomp.measure.inference import onnx_session
+    from mcomp.model.state import ModelKind
+
+    if state.kind != ModelKind.ONNX:
+        return
+    try:
+        onnx_session(state, threads, source=state.source or "the model")
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model.path: {exc}") from None

@@ -1,0 +1,26 @@
+"""The recipe's JSON Schema, stage options included (for editors' YAML completion)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcomp.recipe.schema import Recipe
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """Recipe schema where each `stages` item is one of the registered stages' options."""
+    from mcomp.compressors.registry import STAGES, stage_class
+
+    schema = Recipe.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    choices = []
+    for name in STAGES:
+        options = stage_class(name).Options.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(options.pop("$defs", {}))
+        choices.append({"type": "object", "properties": {name: {"anyOf": [options,
+                                                                          {"type": "null"}]}},
+                        "required": [name], "additionalProperties": False})
+    schema["properties"]["stages"]["items"] = {"oneOf": choices}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mcomp recipe"
+    return schema

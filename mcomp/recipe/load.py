@@ -1,0 +1,225 @@
+"""Load, override and validate a recipe completely before anything runs."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mcomp.errors import RecipeError
+from mcomp.recipe.schema import Recipe
+from mcomp.recipe.yaml_positions import KeyPath, Positions, position_of, read_yaml
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe with its stages' typed options and where it came from."""
+
+    recipe: Recipe
+    stages: list[tuple[str, BaseModel]]
+    file: Path
+    base_dir: Path
+    packaged: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as it will run: defaults filled in, overrides applied (JSON-ready)."""
+        data = self.recipe.model_dump(mode="json")
+        data["stages"] = [{name: opts.model_dump(mode="json")} for name, opts in self.stages]
+        return data
+
+
+def find_recipe(name_or_path: str) -> tuple[Path, bool]:
+    """A recipe path, or the name of one shipped with mcomp (`quickstart`)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        return path, False
+    packaged = importlib.resources.files("mcomp.recipes").joinpath(f"{name_or_path}.yaml")
+    if packaged.is_file():
+        return Path(str(packaged)), True
+    return path, False
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read, apply `--set key=value` overrides, validate schema, stage options and order."""
+    path, packaged = find_recipe(name_or_path)
+    data, positions = read_yaml(path)
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        line, col = positions.get((), (1, 1))  # where the document starts (after comments)
+        raise RecipeError(f"a recipe must be a mapping of keys like `version: 1` (got {got})",
+                          file=str(path), line=line, column=col)
+    for override in overrides:
+        apply_override(data, override, file=str(path))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _recipe_error(exc, Recipe, (), str(path), positions) from None
+    stages = [_validate_stage(item, index, str(path), positions)
+              for index, item in enumerate(recipe.stages)]
+    loaded = LoadedRecipe(recipe=recipe, stages=stages, file=path,
+                          base_dir=path.resolve().parent, packaged=packaged)
+    check_stage_order(loaded, positions)
+    return loaded
+
+
+def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
+    """Set `a.b.0.c=value` in `data`; the value is parsed as YAML (`0.7`, `true`, `[1, 2]`)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. "
+                          "stages.0.prune.sparsity=0.7", file=file)
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    target: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        try:
+            nxt = target[part]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(target, dict) and isinstance(part, str):
+                nxt = target[part] = {}
+            else:
+                where = ".".join(map(str, parts[: depth + 1]))
+                raise RecipeError(f"--set {override!r}: no element {where!r} in the recipe",
+                                  file=file) from None
+        target = nxt
+    try:
+        target[parts[-1]] = yaml.safe_load(raw)
+    except (IndexError, TypeError):
+        raise RecipeError(f"--set {override!r}: cannot set {key!r} here", file=file) from None
+
+
+def _validate_stage(item: dict[str, Any], index: int, file: str,
+                    positions: Positions) -> tuple[str, BaseModel]:
+    from mcomp.compressors.registry import STAGES, stage_class
+
+    where: KeyPath = ("stages", index)
+    if len(item) != 1:
+        line, col = position_of(positions, where)
+        raise RecipeError("each stage is a one-key mapping like `- prune: {sparsity: 0.5}`",
+                          file=file, key=f"stages[{index}]", line=line, column=col)
+    name, options = next(iter(item.items()))
+    if name not in STAGES:
+        line, col = position_of(positions, where + (name,))
+        raise RecipeError(f"unknown stage {name!r}{_did_you_mean(name, STAGES)}; stages are: "
+                          + ", ".join(STAGES), file=file, key=f"stages[{index}]", line=line,
+                          column=col)
+    cls = stage_class(name)
+    try:
+        return name, cls.Options.model_validate(options or {})
+    except ValidationError as exc:
+        raise _recipe_error(exc, cls.Options, where + (name,), file, positions) from None
+
+
+def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
+    """Reject stages that need torch once the model is ONNX (known before anything runs)."""
+    from mcomp.compressors.registry import stage_class
+    from mcomp.model.state import ModelKind
+
+    is_onnx = _model_is_onnx(loaded)
+    kind = ModelKind.ONNX if is_onnx else ModelKind.TORCH
+    for index, (name, _) in enumerate(loaded.stages):
+        cls = stage_class(name)
+        if cls.consumes == ModelKind.TORCH and kind == ModelKind.ONNX:
+            line, col = position_of(positions, ("stages", index, name))
+            why = ("the model file is ONNX" if index == 0 or is_onnx
+                   else "an earlier stage turned the model into ONNX")
+            raise RecipeError(f"stage {name!r} works on torch models, but {why}; put it "
+                              "before quantize/export, or start from a torch model",
+                              file=str(loaded.file), key=f"stages[{index}].{name}", line=line,
+                              column=col)
+        if cls.produces != ModelKind.ANY:
+            kind = cls.produces
+
+
+def _model_is_onnx(loaded: LoadedRecipe) -> bool:
+    """The recipe's `model.format`, else the file's content as `load_model` will detect it (a
+    state_dict named .onnx is torch, an ONNX file named .bin is not); the name if unreadable."""
+    from mcomp.errors import MCompError
+    from mcomp.model.load import detect_format
+
+    spec = loaded.recipe.model
+    if spec.format != "auto":
+        return spec.format == "onnx"
+    named_onnx = (spec.path or "").lower().endswith(".onnx")
+    path = loaded.base_dir / (spec.path or "")
+    if spec.path is None or not path.is_file():
+        return named_onnx
+    try:
+        return detect_format(path) == "onnx"
+    except (MCompError, OSError):
+        # Unreadable: not known to be ONNX, so no stage-order error claims it is one;
+        # load_model reports the damaged file before any stage runs.
+        return False
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, file: str,
+                  positions: Positions) -> RecipeError:
+    errors = exc.errors()
+    # A misspelt key also makes the real one "missing": report the unknown key (with its
+    # did-you-mean) rather than the "Field required" it causes.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc: KeyPath = prefix + tuple(p for p in first["loc"] if not _is_union_tag(p))
+    line, col = position_of(positions, loc)
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(model.model_json_schema(), loc[len(prefix):-1])
+        message = f"unknown key {loc[-1]!r}{_did_you_mean(loc[-1], known)}"
+        if known:
+            message += "; allowed: " + ", ".join(sorted(known))
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] not in ("missing",) and "input" in first:
+            message += f" (got {first['input']!r})"
+    if len(errors) > 1:
+        message += f" [and {len(errors) - 1} more error(s)]"
+    return RecipeError(message, file=file, key=_format_key(loc), line=line, column=col)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic puts the chosen union member in the location, e.g. ('threads', 'int').
+    return isinstance(part, str) and (part in ("int", "str", "float", "bool") or
+                                      part.startswith(("literal[", "function-")))
+
+
+def _known_keys(schema: dict[str, Any], loc: KeyPath) -> list[str]:
+    """Keys allowed at `loc`, found by walking the JSON Schema (follows $ref, items, anyOf)."""
+    defs = schema.get("$defs", {})
+
+    def deref(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            node = defs[node["$ref"].split("/")[-1]]
+        return node
+
+    def candidates(node: dict[str, Any]) -> list[dict[str, Any]]:
+        node = deref(node)
+        nodes = [node]
+        for key in ("anyOf", "oneOf", "allOf"):
+            for sub in node.get(key, []):
+                nodes.extend(candidates(sub))
+        return nodes
+
+    current = [schema]
+    for part in loc:
+        nxt = []
+        for node in (n for c in current for n in candidates(c)):
+            if isinstance(part, int) and "items" in node:
+                nxt.append(node["items"])
+            elif isinstance(part, str) and part in node.get("properties", {}):
+                nxt.append(node["properties"][part])
+        current = nxt
+    return sorted({k for c in current for n in candidates(c) for k in n.get("properties", {})})
+
+
+def _format_key(loc: KeyPath) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,1 @@
+"""The run's report: building it, JSON, Markdown, and the constraint checks."""

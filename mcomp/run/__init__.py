@@ -1,0 +1,1 @@
+"""Running a recipe: preparation, the pipeline, threads and seeds, torchrun."""

@@ -1,0 +1,107 @@
+"""The stage contract: what every compressor stage declares and the one method it runs.
+
+A stage is a class with four class attributes and one method. A complete example:
+
+    class ScaleWeights(Stage):
+        '''Multiply every weight by a factor.  YAML: `- scale: {factor: 2.0}`'''
+
+        name = "scale"
+        consumes = ModelKind.TORCH
+        produces = ModelKind.TORCH
+
+        class Options(StageOptions):
+            factor: float = 2.0
+
+        def run(self, model: ModelState, ctx: StageContext) -> ModelState:
+            import torch
+            with torch.no_grad():
+                for p in model.module.parameters():
+                    p.mul_(self.options.factor)
+            return model
+
+Register it with one line in `mcomp.compressors.registry.STAGES`. Keep torch/onnxruntime
+imports inside functions: the module is imported to validate recipes, which must stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from mcomp.model.state import ModelKind, ModelState
+from mcomp.progress import Progress
+from mcomp.recipe.schema import Task
+
+if TYPE_CHECKING:
+    from mcomp.data.load import Datasets
+    from mcomp.run.distributed import DistContext
+    from mcomp.measure.metrics import MetricSpec
+
+
+class StageOptions(BaseModel):
+    """Base of every stage's options: strict, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the model: data, seed, threads, evaluation, progress.
+
+    `shared` carries facts from one stage to a later one (e.g. the pruning masks that
+    finetune keeps); keys are documented where they are written.
+    """
+
+    datasets: Datasets
+    seed: int
+    threads: int
+    metric: MetricSpec
+    task: Task
+    batch_size: int
+    original: ModelState
+    workdir: Path
+    progress: Progress
+    shared: dict[str, Any] = field(default_factory=dict)
+    recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
+    device: str = "cpu"  # where training stages run ("cpu" | "cuda")
+    dist: DistContext | None = None  # set under torchrun with several processes
+    # the recipe's `constraints.max_accuracy_drop` (vs the run's baseline): stages that can
+    # trade accuracy for size/speed (quantize's fallback) aim for it when given no budget
+    accuracy_budget: float | None = None
+
+    def evaluate(self, model: ModelState) -> float:
+        """The task metric of `model` on the eval split (torch or onnxruntime)."""
+        from mcomp.measure.evaluate import evaluate_metric
+
+        return evaluate_metric(model, self)
+
+
+class Stage:
+    """Base class of compressor stages; see the module docstring for a complete example."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[StageOptions]]
+    consumes: ClassVar[ModelKind]
+    produces: ClassVar[ModelKind]
+
+    def __init__(self, options: StageOptions) -> None:
+        self.options = options
+        self.details: dict[str, Any] = {}  # stage-specific facts for the report
+        self.notes: list[str] = []  # short remarks shown in the report (and table footnotes)
+
+    def runs_on_all_ranks(self) -> bool:
+        """Under torchrun: True for training stages (every rank trains its shard under DDP);
+        False runs the stage once on rank 0 and broadcasts the result."""
+        return False
+
+    def check(self, model: ModelState, ctx: StageContext) -> None:
+        """Optional: reject options that cannot work, before any stage runs.
+
+        Called once, with the model as loaded (a later stage may see another form of it).
+        """
+
+    def run(self, model: ModelState, ctx: StageContext) -> ModelState:
+        raise NotImplementedError(f"stage {self.name!r} does not implement run()")

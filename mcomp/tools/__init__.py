@@ -1,0 +1,1 @@
+"""The cores of the companion commands: bench, compare, inspect, eval, sensitivity."""

@@ -1,0 +1,197 @@
+"""The one training loop of mcomp: finetune (and later gradual pruning, distillation, QAT) call
+it with hooks instead of copying it.
+
+It trains on the train split with a seeded shuffle, keeps pruned weights at zero (masks are
+applied to gradients and weights at every step), evaluates after each epoch and restores the
+best checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mcomp.errors import StageError
+from mcomp.model.state import ModelState
+from mcomp.recipe.schema import Task
+
+if TYPE_CHECKING:
+    import torch
+
+    from mcomp.stage import StageContext
+
+Hook = Callable[..., None]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    keep_best: bool = True
+    # Epochs before this one are not candidates for the best checkpoint (gradual pruning: the
+    # model is not at its final sparsity yet).
+    best_from_epoch: int = 0
+
+
+@dataclass
+class TrainResult:
+    train_loss: list[float] = field(default_factory=list)
+    eval_metric: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
+                 masks: dict[str, torch.Tensor], label: str = "finetune",
+                 loss_fn: Callable[..., torch.Tensor] | None = None,
+                 on_step: Hook | None = None,
+                 extra_parameters: list[torch.Tensor] | None = None) -> TrainResult:
+    """Train `state.module` in place; returns per-epoch loss and eval metric.
+
+    `extra_parameters` are trained beside the module's own but are not part of it (e.g. the
+    projections of distillation hints); they are not saved in the best checkpoint.
+    """
+    import torch
+
+    split = ctx.datasets.train
+    if split is None:
+        raise StageError(f"{label}: needs `data.train`; the recipe names no train split")
+    if split.labels is None and loss_fn is None:
+        raise StageError(f"{label}: the train split has no labels; add them (`labels: y`) or "
+                         "train against a teacher with distillation")
+    module = state.module.to(ctx.device)
+    params = dict(module.named_parameters())
+    for mask in masks.values():
+        # moved in place (not copied): callers such as gradual pruning update the same tensors
+        mask.data = mask.data.to(ctx.device)
+    masked = [(params[name], mask) for name, mask in masks.items() if name in params]
+    runner = _distributed(module, ctx)
+    optimizer = _optimizer(module, config, extra_parameters or [])
+    samples = len(split) if ctx.dist is None else -(-len(split) // ctx.dist.world_size)
+    steps_per_epoch = math.ceil(samples / config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    loss_fn = loss_fn or _task_loss(ctx.task)
+    inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
+    labels = torch.from_numpy(np.asarray(split.labels)) if split.labels is not None else None
+    generator = torch.Generator().manual_seed(ctx.seed)
+    result, best, best_value = TrainResult(), None, None
+    ctx.progress.start(label, total=config.epochs * steps_per_epoch)
+    for epoch in range(config.epochs):
+        module.train()
+        # the same permutation on every rank (same generator), then this rank's shard of it
+        order = torch.randperm(len(split), generator=generator)
+        if ctx.dist is not None:
+            order = ctx.dist.shard(order, len(split))
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            index = order[start:start + config.batch_size]
+            batch = [t[index].to(ctx.device) for t in inputs]
+            optimizer.zero_grad(set_to_none=True)
+            outputs = runner(*batch)
+            target = None if labels is None else labels[index].to(ctx.device)
+            loss = loss_fn(outputs, target, batch)
+            loss.backward()
+            for param, mask in masked:
+                if param.grad is not None:
+                    param.grad.mul_(mask)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                for param, mask in masked:
+                    param.mul_(mask)
+            if on_step is not None:
+                on_step(epoch=epoch, step=start // config.batch_size)
+            total += loss.item() * len(index)
+            count += len(index)
+            ctx.progress.advance()
+        module.eval()
+        total, count = _reduce_loss(total, count, ctx)
+        value = _evaluate(state, ctx)
+        result.train_loss.append(round(total / count, 6))
+        result.eval_metric.append(value)
+        ctx.progress.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
+                         f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}")
+        eligible = epoch >= config.best_from_epoch
+        if eligible and (best_value is None
+                         or _better(value, best_value, ctx.metric.higher_is_better)):
+            best_value, result.best_epoch = value, epoch
+            best = copy.deepcopy(module.state_dict()) if config.keep_best else None
+    ctx.progress.finish()
+    if config.keep_best and best is not None:
+        module.load_state_dict(best)
+    module.to("cpu").eval()  # measurement, quantization and export run on the CPU
+    return result
+
+
+def _distributed(module, ctx):
+    """The module wrapped in DistributedDataParallel under torchrun, else the module itself.
+    Stages keep working on `module`: the wrapper only syncs gradients."""
+    if ctx.dist is None:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.dist.local_rank] if ctx.device == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def _reduce_loss(total: float, count: int, ctx) -> tuple[float, int]:
+    if ctx.dist is None:
+        return total, count
+    parts = ctx.dist.all_gather((total, count))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _evaluate(state: ModelState, ctx) -> float:
+    if ctx.dist is None:
+        return ctx.evaluate(state)
+    from mcomp.run.distributed import evaluate_sharded
+
+    return evaluate_sharded(state, ctx)
+
+
+def _better(value: float, best: float, higher: bool) -> bool:
+    return value > best if higher else value < best
+
+
+def _task_loss(task: Task) -> Callable[..., Any]:
+    import torch.nn.functional as F
+
+    if task == Task.CLASSIFICATION:
+        return lambda outputs, labels, _: F.cross_entropy(_first(outputs), labels.long())
+    return lambda outputs, labels, _: F.mse_loss(_first(outputs),
+                                                 labels.to(_first(outputs).dtype).view_as(_first(outputs)))
+
+
+def _first(outputs):
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def _optimizer(module, config: TrainConfig, extra_parameters: list):
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad] + list(extra_parameters)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    import torch
+
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
