@@ -59,9 +59,9 @@ def recipe(stages: list[dict], threads: int) -> dict[str, Any]:
 
 def run(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Run one recipe through the pipeline; the report."""
-    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"

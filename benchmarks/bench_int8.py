@@ -32,7 +32,8 @@ calibration samples. NNCF runs in its own venv (NNCF_VENV, default /tmp/mcomp-nn
 created with `pip install nncf onnx onnxruntime` when missing; nothing is installed into
 mcomp's venv); the int8 model it writes is timed here like the others.
 
-Every session uses the same options (mcomp.measure.ort_session.create_session) and is timed in its own
+Every session uses the same options (mcomp.measure.ort_session.create_session) and is timed in
+its own
 block (warm-up, then timed runs), the variants in rotating order over ROUNDS rounds; a figure
 is the lowest of the per-round medians. The noise on these shared 2-core machines only adds
 time, and in bursts: the same int8 session of the digits model ran 0.89 ms in one block and

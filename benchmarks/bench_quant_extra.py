@@ -53,9 +53,9 @@ stages:
 
 
 def run(folder: Path, text: str) -> dict:
-    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.yaml").write_text(text)

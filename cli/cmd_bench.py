@@ -41,8 +41,8 @@ def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: in
       mcomp bench model.onnx --json | jq '.batches[0].p50_ms'
       mcomp bench mcomp-out/model.onnx --batch 64 --profile   # where int8 time goes
     """
-    from mcomp.tools.bench import bench_model
     from mcomp.cli.companion_render import render_bench
+    from mcomp.tools.bench import bench_model
 
     result = bench_model(model, batches=list(batches) or [1, 32], threads=threads_from(threads),
                          warmup=warmup, runs=runs, profile=profile)

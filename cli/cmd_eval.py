@@ -44,8 +44,8 @@ def eval_command(model: Path, data: str | None, input_arrays: tuple[str, ...],
     """
     from mcomp.cli.companion_render import render_eval
     from mcomp.data.open import fit_split
-    from mcomp.tools.eval import evaluate_model
     from mcomp.model.open import open_model
+    from mcomp.tools.eval import evaluate_model
 
     if data is None:
         raise click.UsageError("--data is required (an .npz file or `digits`)")

@@ -36,8 +36,8 @@ def init(model: Path | None, factory: str | None, data: str | None, task: str, o
       mcomp init --model model.pt --factory mypkg.nets:mlp --data train.npz --out r.yaml
       mcomp init --model model.onnx --task regression --force
     """
-    from mcomp.recipe.starter import write_starter_recipe
     from mcomp.recipe.schema import Task
+    from mcomp.recipe.starter import write_starter_recipe
 
     written = write_starter_recipe(out, force=force, model=model, task=Task(task),
                                    factory=factory, data=data)

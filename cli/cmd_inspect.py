@@ -32,8 +32,8 @@ def inspect(model: Path, factory: str | None, python_path: tuple[Path, ...],
       mcomp inspect model.onnx --json | jq .totals
     """
     from mcomp.cli.companion_render import render_inspect
-    from mcomp.tools.inspect import inspect_model
     from mcomp.model.open import open_model
+    from mcomp.tools.inspect import inspect_model
 
     state = open_model(model_ref(model, factory, python_path, input_shapes, allow_pickle))
     result = inspect_model(state)

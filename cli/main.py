@@ -66,9 +66,9 @@ def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bo
     """
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.run_extras import write_run_extras
-    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
 
     loaded = load_recipe(recipe, overrides)
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)

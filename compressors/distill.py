@@ -12,7 +12,8 @@
         epochs: 5
         lr: 0.001
 
-The loss and hint machinery live in `mcomp.training.distillation` (shared with `finetune: {distill:}`);
+The loss and hint machinery live in `mcomp.training.distillation` (shared with
+`finetune: {distill:}`);
 training is the one loop, `mcomp.training.loop.train_module`. When the student is the current
 model, weights zeroed by an earlier prune stay zero; a new student architecture starts without
 masks. The best eval checkpoint is kept.
@@ -26,10 +27,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mcomp.training.distillation import DistillSettings
 from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
+from mcomp.training.distillation import DistillSettings
 
 MASKS_KEY = "sparsity_masks"  # ctx.shared, written by prune (see prune.py)
 

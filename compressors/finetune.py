@@ -7,13 +7,14 @@
         schedule: cosine       # constant | cosine | step
         batch_size: 64
         distill: {temperature: 4, alpha: 0.9}   # optional: train against the original model
-        qat: false             # true: fake int8 (mcomp.compressors.qat.stage); quantize uses the ranges
+        qat: false             # true: fake int8 (see the qat stage); quantize uses the ranges
 
 Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
 every optimizer step; weights already zero in a loaded model are kept at zero too), so the
 sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
 metric are reported, and the best eval checkpoint is restored at the end. With `distill:` the
-loss is the distillation loss of `mcomp.training.distillation` (teacher, temperature, alpha, hints), the
+loss is the distillation loss of `mcomp.training.distillation` (teacher, temperature, alpha,
+hints), the
 same code as the `distill` stage.
 """
 
@@ -23,9 +24,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mcomp.training.distillation import DistillSettings
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
+from mcomp.training.distillation import DistillSettings
 
 MASKS_KEY = "sparsity_masks"  # written by the prune stage: {parameter name: kept-weights mask}
 MASKED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
@@ -63,7 +64,12 @@ class FinetuneStage(Stage):
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.distill is not None:
-            from mcomp.training.distillation import check_hints, check_outputs, check_task, load_teacher
+            from mcomp.training.distillation import (
+                check_hints,
+                check_outputs,
+                check_task,
+                load_teacher,
+            )
 
             check_task(ctx, self.name)
             teacher = load_teacher(self.options.distill, ctx, self.name)

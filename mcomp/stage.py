@@ -37,8 +37,8 @@ from mcomp.recipe.schema import Task
 
 if TYPE_CHECKING:
     from mcomp.data.load import Datasets
-    from mcomp.run.distributed import DistContext
     from mcomp.measure.metrics import MetricSpec
+    from mcomp.run.distributed import DistContext
 
 
 class StageOptions(BaseModel):

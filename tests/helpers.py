@@ -61,9 +61,9 @@ def mlp_recipe(folder: Path, stages: str, extra: str = "") -> Path:
 
 def run_recipe(path: Path, out: Path, overrides: tuple[str, ...] = ()):
     """Run a recipe in-process; returns (RunResult, NullProgress)."""
-    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
 
     progress = NullProgress()
     result = run_pipeline(load_recipe(str(path), overrides), RunOptions(out_dir=out), progress)

@@ -20,14 +20,14 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from mcomp.report.constraints import check_constraints
 from mcomp.data.load import load_datasets
 from mcomp.errors import DataError
 from mcomp.measure.metrics import BUILTIN, resolve_metric
-from mcomp.run.pipeline import RunOptions, run_pipeline
 from mcomp.progress import NullProgress
-from mcomp.recipe.schema import ConstraintsSpec, DataSpec, Recipe
 from mcomp.recipe.load import load_recipe
+from mcomp.recipe.schema import ConstraintsSpec, DataSpec, Recipe
+from mcomp.report.constraints import check_constraints
+from mcomp.run.pipeline import RunOptions, run_pipeline
 
 MODULE_NAME = "data_inputs_factories"  # written into each test's tmp_path
 

@@ -125,8 +125,8 @@ def test_teacher_is_in_eval_mode_and_frozen():
 
     import torch
 
-    from mcomp.training.distillation import DistillSettings, load_teacher
     from mcomp.model.state import ModelState
+    from mcomp.training.distillation import DistillSettings, load_teacher
 
     module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
                                  torch.nn.Linear(8, 3)).train()

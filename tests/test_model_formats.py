@@ -24,10 +24,10 @@ from torch import nn
 
 from mcomp.errors import ModelLoadError, RecipeError
 from mcomp.model.load import detect_format
-from mcomp.run.pipeline import RunOptions, run_pipeline
 from mcomp.progress import NullProgress
-from mcomp.recipe.schema import ModelFormat
 from mcomp.recipe.load import load_recipe
+from mcomp.recipe.schema import ModelFormat
+from mcomp.run.pipeline import RunOptions, run_pipeline
 
 MODULE_NAME = "fmt_tinynet"  # the factory module each test writes into its tmp_path
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mcomp.errors import StageError
 from mcomp.compressors.prune.sensitivity import allocate_sparsity
+from mcomp.errors import StageError
 from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
 
 

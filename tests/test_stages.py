@@ -57,9 +57,9 @@ def test_prune_include_exclude_and_unmatched_pattern_warning(project):
 
 def test_prune_excluding_every_layer_fails_before_any_work(project):
     recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - prune: {exclude: ['*']}\n")
-    from mcomp.run.pipeline import RunOptions, run_pipeline
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
 
     progress = NullProgress()
     with pytest.raises(StageError, match="no layer left to prune"):
@@ -128,11 +128,11 @@ def test_parity_error_names_the_output_and_difference(project, monkeypatch):
 
 
 def test_onnx_macs_match_torch_flop_counter():
-    from mcomp.model.convert import torch_to_onnx
     from mcomp.measure.figures import _torch_macs
+    from mcomp.measure.onnx_macs import count_onnx_macs
+    from mcomp.model.convert import torch_to_onnx
     from mcomp.model.state import ModelState
     from mcomp.models.digits_cnn import digits_cnn
-    from mcomp.measure.onnx_macs import count_onnx_macs
     from mcomp.recipe.schema import InputSpec
 
     state = ModelState.from_torch(digits_cnn().eval(), [InputSpec(name="x", shape=[1, 8, 8])])

@@ -100,9 +100,9 @@ class ClusterStage(Stage):
         """The float export with the clustered weights index-coded; its outputs must equal the
         float export's (same weights, so the same numbers up to onnxruntime's own rounding)."""
         from mcomp.compressors.cluster.storage import index_code
-        from mcomp.model.convert import torch_to_onnx
         from mcomp.errors import StageError
         from mcomp.measure.inference import predict_batch
+        from mcomp.model.convert import torch_to_onnx
 
         exported = torch_to_onnx(state)
         coded, facts = index_code(exported, names=set(weights) or None)

@@ -29,8 +29,8 @@ from pydantic import Field
 
 from mcomp.compressors.prune.gradual import GradualOptions
 from mcomp.errors import StageError
-from mcomp.model.state import ModelKind, ModelState
 from mcomp.model.module_names import strip_wrapper_prefix
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
 MASKS_KEY = "sparsity_masks"  # ctx.shared: {parameter name: bool mask of kept weights}

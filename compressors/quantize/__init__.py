@@ -1,1 +1,2 @@
-"""The `quantize` stage: onnxruntime int8 (static, dynamic, auto, weight4), calibration, fallback."""
+"""The `quantize` stage: onnxruntime int8 (static, dynamic, auto, weight4), calibration,
+fallback."""

@@ -23,7 +23,7 @@ onnxruntime 1.32, unsigned activations with signed weights (U8S8) in QDQ ran a R
 faster than fp32, while signed activations (S8S8) left most convolutions in float (0.95x).
 ORT's pre-processing (shape inference and graph optimisation) runs first. Calibration reads
 the calibration split (default: a fixed sample of the train split) batch by batch. After
-quantizing, `mcomp.compressors.quantize.int8_check` proves which nodes run in int8, times int8 against
+quantizing, `int8_check` proves which nodes run in int8, times int8 against
 the fp32 input and compares their outputs.
 """
 

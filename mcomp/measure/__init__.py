@@ -1,1 +1,2 @@
-"""Measuring models: metrics, evaluation, inference, MACs, onnxruntime sessions and profiles, CPU features."""
+"""Measuring models: metrics, evaluation, inference, MACs, onnxruntime sessions and profiles,
+CPU features."""

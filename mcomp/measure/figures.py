@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcomp.measure.evaluate import evaluate_all
-from mcomp.model.state import ModelKind, ModelState
 from mcomp.measure.onnx_macs import count_onnx_macs
+from mcomp.model.state import ModelKind, ModelState
 from mcomp.recipe.schema import LatencySpec
 
 if TYPE_CHECKING:

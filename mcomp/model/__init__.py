@@ -1,1 +1,2 @@
-"""The model the pipeline carries: its state, loading by format, conversion to ONNX, input signatures."""
+"""The model the pipeline carries: its state, loading by format, conversion to ONNX, input
+signatures."""

@@ -15,8 +15,8 @@ from pathlib import Path
 from mcomp.errors import MCompError, ModelLoadError
 from mcomp.factory import import_factory
 from mcomp.model.state import ModelState
-from mcomp.recipe.schema import InputSpec, ModelFormat, ModelSpec
 from mcomp.model.tensor_types import onnx_inputs
+from mcomp.recipe.schema import InputSpec, ModelFormat, ModelSpec
 
 PICKLE_REFUSED = (
     "{path} holds a whole pickled torch module; unpickling runs code stored in the file. "

@@ -1,1 +1,2 @@
-"""The recipe: typed schema, YAML with positions, loading and validation, JSON Schema, starter recipes."""
+"""The recipe: typed schema, YAML with positions, loading and validation, JSON Schema,
+starter recipes."""

@@ -152,8 +152,8 @@ def _broadcast_state(state, ctx):
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
-    from mcomp.model.convert import DEFAULT_OPSET, check_parity
     from mcomp.measure.figures import onnx_form
+    from mcomp.model.convert import DEFAULT_OPSET, check_parity
     from mcomp.model.state import ModelKind
 
     if stage.consumes != ModelKind.ONNX or state.kind != ModelKind.TORCH:
@@ -170,9 +170,9 @@ def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
     import yaml
 
     from mcomp.atomic import write_bytes_atomic, write_text_atomic
-    from mcomp.report.constraints import check_constraints
     from mcomp.measure.figures import onnx_form
     from mcomp.report.build import build_report, environment
+    from mcomp.report.constraints import check_constraints
 
     state, last_torch = states
     if ctx.dist is not None and not ctx.dist.is_main:

@@ -21,9 +21,9 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     from mcomp.measure.inference import predict_split
     from mcomp.measure.metrics import resolve_metric
     from mcomp.model.load import load_model
+    from mcomp.model.signature import conform_datasets, probe, resolve_inputs
     from mcomp.run.pipeline import require_eval
     from mcomp.run.threads import apply_threads, resolve_threads, seed_everything
-    from mcomp.model.signature import conform_datasets, probe, resolve_inputs
     from mcomp.stage import StageContext
 
     recipe = loaded.recipe

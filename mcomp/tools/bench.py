@@ -22,11 +22,11 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
     `profile`: also the kernel time per op type at the largest batch, from onnxruntime's
     profiler in a session of its own (after the timing, so it changes none of the figures).
     """
-    from mcomp.measure.cpu_features import cpu_features
     from mcomp.data.open import random_inputs
-    from mcomp.model.open import ModelRef, detect_model_format, open_model
+    from mcomp.measure.cpu_features import cpu_features
     from mcomp.measure.ort_session import create_session
     from mcomp.measure.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from mcomp.model.open import ModelRef, detect_model_format, open_model
 
     if detect_model_format(path) != ModelFormat.ONNX:
         raise ModelLoadError(f"{path}: bench times ONNX models and this is a torch file; "

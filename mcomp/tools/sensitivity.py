@@ -18,10 +18,10 @@ from mcomp.recipe.load import load_recipe
 def run_sensitivity(recipe: str, overrides: tuple[str, ...], ratios: tuple[float, ...],
                     out_dir: Path, progress: Progress) -> dict[str, Any]:
     """Analyse, then write sensitivity.json / .csv / .png into `out_dir`."""
+    from mcomp.compressors.prune.sensitivity import analyze_sensitivity
     from mcomp.compressors.prune.stage import PruneOptions
     from mcomp.run.distributed import launched_by_torchrun
     from mcomp.run.pipeline import RunOptions
-    from mcomp.compressors.prune.sensitivity import analyze_sensitivity
     from mcomp.run.prepare import prepare_run
 
     if launched_by_torchrun():
