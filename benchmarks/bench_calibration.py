@@ -37,8 +37,11 @@ def rows(threads: int) -> list[str]:
     from mcomp.model.state import ModelState
     from mcomp.recipe.schema import InputSpec
 
-    out = ["| model | method | rel. L2 error | top-1 agree | accuracy (labels) | quantize s |"
-           " auto chose |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| model | method | rel. L2 error | top-1 agree | accuracy (labels) | quantize s |"
+        " auto chose |",
+        "|---|---|---|---|---|---|---|",
+    ]
     rng = np.random.default_rng(0)
     for name, module, shape, mode in build_models():
         if mode != "static":
@@ -51,16 +54,19 @@ def rows(threads: int) -> list[str]:
         for method in METHODS:
             with tempfile.TemporaryDirectory() as tmp:
                 started = time.perf_counter()
-                int8, details = mcomp_quantize(fp32, calib, "static", Path(tmp), threads,
-                                               calibration={"method": method})
+                int8, details = mcomp_quantize(
+                    fp32, calib, "static", Path(tmp), threads, calibration={"method": method}
+                )
                 seconds = time.perf_counter() - started
             got = outputs(int8, evaluation, threads)
             error = np.linalg.norm(got - reference) / np.linalg.norm(reference)
             agree = np.mean(got.argmax(axis=1) == reference.argmax(axis=1))
             accuracy = "-" if labels is None else f"{np.mean(got.argmax(axis=1) == labels):.4f}"
             chose = details["calibration"]["method"] if method == "auto" else ""
-            out.append(f"| {name} | {method} | {error:.3e} | {agree:.3f} | {accuracy} | "
-                       f"{seconds:.1f} | {chose} |")
+            out.append(
+                f"| {name} | {method} | {error:.3e} | {agree:.3f} | {accuracy} | "
+                f"{seconds:.1f} | {chose} |"
+            )
     return out
 
 
@@ -68,8 +74,9 @@ def outputs(model, evaluation: np.ndarray, threads: int) -> np.ndarray:
     from mcomp.measure.ort_session import create_session
 
     session = create_session(model.SerializeToString(), threads)
-    return np.concatenate([session.run(None, {"x": evaluation[i:i + 64]})[0]
-                           for i in range(0, len(evaluation), 64)])
+    return np.concatenate(
+        [session.run(None, {"x": evaluation[i : i + 64]})[0] for i in range(0, len(evaluation), 64)]
+    )
 
 
 def main() -> None:
@@ -82,15 +89,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     table = rows(args.threads)
-    section = "\n".join([
-        HEADING, "",
-        f"- Command: `python benchmarks/bench_calibration.py --threads {args.threads}`",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
-        f"{os.cpu_count()} CPUs; onnxruntime {onnxruntime.__version__}", "",
-        "Same 128 calibration samples per model; error and top-1 agreement vs fp32 on "
-        f"{EVAL_SAMPLES} evaluation inputs (the digits model: held-out digits, with accuracy "
-        "against their labels). `quantize s`: the whole quantize stage, int8 checks included.",
-        "", *table, ""])
+    section = "\n".join(
+        [
+            HEADING,
+            "",
+            f"- Command: `python benchmarks/bench_calibration.py --threads {args.threads}`",
+            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+            f"{os.cpu_count()} CPUs; onnxruntime {onnxruntime.__version__}",
+            "",
+            "Same 128 calibration samples per model; error and top-1 agreement vs fp32 on "
+            f"{EVAL_SAMPLES} evaluation inputs (the digits model: held-out digits, with accuracy "
+            "against their labels). `quantize s`: the whole quantize stage, int8 checks included.",
+            "",
+            *table,
+            "",
+        ]
+    )
     print(section)
     update_results(args.out, section)
 

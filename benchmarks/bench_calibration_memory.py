@@ -55,9 +55,12 @@ print(json.dumps({{"before_mib": before / 1024, "peak_mib": peak / 1024}}))
 
 def measure(samples: int, method: str, mode: str) -> dict:
     script = CHILD.format(bench=str(REPO / "benchmarks"))
-    done = subprocess.run([sys.executable, "-c", script, str(samples), method, mode],
-                          capture_output=True, text=True, env={**os.environ,
-                                                               "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(samples), method, mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,29 +69,39 @@ def measure(samples: int, method: str, mode: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default="256,1024")
-    parser.add_argument("--method", default="percentile",
-                        choices=["minmax", "percentile", "entropy"])
+    parser.add_argument(
+        "--method", default="percentile", choices=["minmax", "percentile", "entropy"]
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     counts = [int(s) for s in args.samples.split(",")]
-    rows = {(n, mode): measure(n, args.method, mode) for n in counts
-            for mode in ("chunked", "whole")}
-    lines = [HEADING, "",
-             f"- Command: `python benchmarks/bench_calibration_memory.py --samples "
-             f"{args.samples} --method {args.method}`",
-             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
-             "- Model: bench_int8's ResNet-style CNN, 3x32x32, calibration batch 32 (a chunk "
-             "is at most 8 batches = 256 samples); peak RSS of a fresh process per cell", "",
-             "| samples | chunked (mcomp) peak MiB | whole split (ORT alone) peak MiB | "
-             "whole / chunked |", "|---|---|---|---|"]
+    rows = {
+        (n, mode): measure(n, args.method, mode) for n in counts for mode in ("chunked", "whole")
+    }
+    lines = [
+        HEADING,
+        "",
+        f"- Command: `python benchmarks/bench_calibration_memory.py --samples "
+        f"{args.samples} --method {args.method}`",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
+        "- Model: bench_int8's ResNet-style CNN, 3x32x32, calibration batch 32 (a chunk "
+        "is at most 8 batches = 256 samples); peak RSS of a fresh process per cell",
+        "",
+        "| samples | chunked (mcomp) peak MiB | whole split (ORT alone) peak MiB | "
+        "whole / chunked |",
+        "|---|---|---|---|",
+    ]
     for n in counts:
         chunked, whole = rows[(n, "chunked")]["peak_mib"], rows[(n, "whole")]["peak_mib"]
         lines.append(f"| {n} | {chunked:.0f} | {whole:.0f} | {whole / chunked:.2f}x |")
     first, last = counts[0], counts[-1]
     growth = rows[(last, "chunked")]["peak_mib"] - rows[(first, "chunked")]["peak_mib"]
     whole_growth = rows[(last, "whole")]["peak_mib"] - rows[(first, "whole")]["peak_mib"]
-    lines += ["", f"- From {first} to {last} samples, peak memory grew by {growth:.0f} MiB "
-              f"chunked and {whole_growth:.0f} MiB with the whole split in one collection."]
+    lines += [
+        "",
+        f"- From {first} to {last} samples, peak memory grew by {growth:.0f} MiB "
+        f"chunked and {whole_growth:.0f} MiB with the whole split in one collection.",
+    ]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     update_results(args.out, text)

@@ -45,16 +45,26 @@ REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Distillation, low-rank, clustering"
 STUDENT = {"factory": "mcomp.models.digits_cnn:digits_cnn", "factory_args": {"width": 8}}
 ARMS = {"scratch": 0.0, "kd05": 0.5, "kd09": 0.9}  # alpha; labels only at 0
-DISTILL = {"student": STUDENT, "lr": 0.003, "temperature": 4.0, "schedule": "cosine",
-           "keep_best": False}
+DISTILL = {
+    "student": STUDENT,
+    "lr": 0.003,
+    "temperature": 4.0,
+    "schedule": "cosine",
+    "keep_best": False,
+}
 # name: (train samples or None for all 1437, epochs, seeds)
 BUDGETS = {"transfer": (200, 100, (0, 1, 2, 3, 4)), "full": (None, 30, (0, 1, 2))}
 
 
 def recipe(stages: list[dict], threads: int) -> dict[str, Any]:
-    return {"version": 1, "seed": 0, "model": {"builtin": "digits_cnn"},
-            "data": {"train": "digits", "eval": "digits"},
-            "runtime": {"threads": threads, "latency": {"enabled": False}}, "stages": stages}
+    return {
+        "version": 1,
+        "seed": 0,
+        "model": {"builtin": "digits_cnn"},
+        "data": {"train": "digits", "eval": "digits"},
+        "runtime": {"threads": threads, "latency": {"enabled": False}},
+        "stages": stages,
+    }
 
 
 def run(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -66,8 +76,9 @@ def run(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return run_pipeline(load_recipe(str(path)), RunOptions(out_dir=folder / "out"),
-                        NullProgress()).report
+    return run_pipeline(
+        load_recipe(str(path)), RunOptions(out_dir=folder / "out"), NullProgress()
+    ).report
 
 
 def experiments(scratch: Path, threads: int) -> dict[str, dict[str, Any]]:
@@ -75,11 +86,26 @@ def experiments(scratch: Path, threads: int) -> dict[str, dict[str, Any]]:
     chain["runtime"] = {"threads": threads, "latency": {"enabled": False}}
     chain.pop("constraints", None)
     plans = {
-        "lowrank": recipe([{"lowrank": {"params_ratio": 0.5, "layer_types": ["Linear"]}},
-                           {"finetune": {"epochs": 3}}], threads),
-        "lowrank_all": recipe([{"lowrank": {"params_ratio": 0.5, "layer_types": ["Linear"],
-                                            "keep_output_layer": False}},
-                               {"finetune": {"epochs": 3}}], threads),
+        "lowrank": recipe(
+            [
+                {"lowrank": {"params_ratio": 0.5, "layer_types": ["Linear"]}},
+                {"finetune": {"epochs": 3}},
+            ],
+            threads,
+        ),
+        "lowrank_all": recipe(
+            [
+                {
+                    "lowrank": {
+                        "params_ratio": 0.5,
+                        "layer_types": ["Linear"],
+                        "keep_output_layer": False,
+                    }
+                },
+                {"finetune": {"epochs": 3}},
+            ],
+            threads,
+        ),
         "cluster": recipe([{"cluster": {"clusters": 16}}], threads),
         "cluster_float": recipe([{"cluster": {"clusters": 16, "storage": "float"}}], threads),
         "chain": chain,
@@ -87,11 +113,12 @@ def experiments(scratch: Path, threads: int) -> dict[str, dict[str, Any]]:
     for budget, (samples, epochs, seeds) in BUDGETS.items():
         for seed in seeds:
             for arm, alpha in ARMS.items():
-                plan = recipe([{"distill": {**DISTILL, "epochs": epochs, "alpha": alpha}}],
-                              threads)
+                plan = recipe([{"distill": {**DISTILL, "epochs": epochs, "alpha": alpha}}], threads)
                 if samples is not None:
-                    plan["data"] = {**plan["data"],
-                                    "train": {"builtin": "digits", "samples": samples}}
+                    plan["data"] = {
+                        **plan["data"],
+                        "train": {"builtin": "digits", "samples": samples},
+                    }
                 plans[f"{budget}_{arm}_{seed}"] = {**plan, "seed": seed}
     reports = {}
     for name, data in plans.items():
@@ -105,22 +132,32 @@ def pct(value: float) -> str:
 
 
 def accuracies(reports: dict[str, dict[str, Any]], budget: str, arm: str) -> list[float]:
-    return [reports[f"{budget}_{arm}_{seed}"]["stages"][0]["metrics"]["metric"]
-            for seed in BUDGETS[budget][2]]
+    return [
+        reports[f"{budget}_{arm}_{seed}"]["stages"][0]["metrics"]["metric"]
+        for seed in BUDGETS[budget][2]
+    ]
 
 
 def distill_lines(reports: dict[str, dict[str, Any]], acc: float) -> list[str]:
-    labels = {"scratch": "labels only (alpha=0)", "kd05": "distilled, T=4, alpha=0.5",
-              "kd09": "distilled, T=4, alpha=0.9"}
-    titles = {"transfer": "200-sample transfer set, 100 epochs",
-              "full": "full train split (1437 samples), 30 epochs"}
+    labels = {
+        "scratch": "labels only (alpha=0)",
+        "kd05": "distilled, T=4, alpha=0.5",
+        "kd09": "distilled, T=4, alpha=0.9",
+    }
+    titles = {
+        "transfer": "200-sample transfer set, 100 epochs",
+        "full": "full train split (1437 samples), 30 epochs",
+    }
     lines: list[str] = []
     means: dict[str, dict[str, float]] = {}
     for budget, (_, _, seeds) in BUDGETS.items():
         scratch = accuracies(reports, budget, "scratch")
-        lines += [f"| half-width student (18,346 params), {titles[budget]} | accuracy per seed "
-                  f"{', '.join(map(str, seeds))} | mean (min–max) | paired difference vs labels "
-                  "only, per seed | mean | wins/ties/losses |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| half-width student (18,346 params), {titles[budget]} | accuracy per seed "
+            f"{', '.join(map(str, seeds))} | mean (min–max) | paired difference vs labels "
+            "only, per seed | mean | wins/ties/losses |",
+            "|---|---|---|---|---|---|",
+        ]
         means[budget] = {}
         for arm, label in labels.items():
             values = accuracies(reports, budget, arm)
@@ -132,23 +169,28 @@ def distill_lines(reports: dict[str, dict[str, Any]], acc: float) -> list[str]:
                 f"| {label} | {', '.join(pct(v) for v in values)} | {pct(mean)} "
                 f"({pct(min(values))}–{pct(max(values))}) | "
                 f"{', '.join(f'{d:+.2f}' for d in diffs)} | {sum(diffs) / len(diffs):+.2f} "
-                f"points | {wins[0]}/{wins[1]}/{len(diffs) - wins[0] - wins[1]} |")
+                f"points | {wins[0]}/{wins[1]}/{len(diffs) - wins[0] - wins[1]} |"
+            )
         lines.append("")
     verdicts = []
     for budget in BUDGETS:
         best = max(means[budget]["kd05"], means[budget]["kd09"])
-        verdicts.append(f"{titles[budget]}: distillation "
-                        f"{'beats' if best > means[budget]['scratch'] else 'does not beat'} "
-                        f"labels only (best distilled mean {pct(best)} vs "
-                        f"{pct(means[budget]['scratch'])})")
+        verdicts.append(
+            f"{titles[budget]}: distillation "
+            f"{'beats' if best > means[budget]['scratch'] else 'does not beat'} "
+            f"labels only (best distilled mean {pct(best)} vs "
+            f"{pct(means[budget]['scratch'])})"
+        )
     return lines + [
         f"Teacher (the baseline, trained on all 1437 train samples): {pct(acc)}. "
-        + "; ".join(verdicts) + ". With 200 labelled samples the teacher's soft targets "
+        + "; ".join(verdicts)
+        + ". With 200 labelled samples the teacher's soft targets "
         "carry what it learned from the rest of the data (Hinton et al. 2015, section 6: soft "
         "targets as regularizers); on the full split a half-width student trained on labels "
         "already matches its teacher, and the differences are within one or two eval samples "
         "(0.28 points each). KD also needs the longer budget: on 200 samples with 30 epochs it "
-        "lost to labels in a separate run of the same recipes (89.4 % vs 87.8 %, seeds 0-4)."]
+        "lost to labels in a separate run of the same recipes (89.4 % vs 87.8 %, seeds 0-4)."
+    ]
 
 
 def render(reports: dict[str, dict[str, Any]], command: str, date: str) -> str:
@@ -161,11 +203,16 @@ def render(reports: dict[str, dict[str, Any]], command: str, date: str) -> str:
     cluster_float = reports["cluster_float"]["stages"][0]
     chain_final = reports["chain"]["stages"][-1]["metrics"]
     chain_names = " → ".join(s["name"] for s in reports["chain"]["stages"])
-    chain_opts = {name: opts for item in yaml.safe_load(
-        (REPO / "recipes" / "prune_distill_cluster.yaml").read_text())["stages"]
-        for name, opts in item.items()}
+    chain_opts = {
+        name: opts
+        for item in yaml.safe_load((REPO / "recipes" / "prune_distill_cluster.yaml").read_text())[
+            "stages"
+        ]
+        for name, opts in item.items()
+    }
     lines = [
-        HEADING, "",
+        HEADING,
+        "",
         f"- Command: `{command}`",
         f"- Date: {date}",
         f"- mcomp {reports['cluster']['mcomp_version']}, torch {env['torch']}, onnxruntime "
@@ -180,24 +227,39 @@ def render(reports: dict[str, dict[str, Any]], command: str, date: str) -> str:
 
     def row(label: str, metrics: dict[str, Any]) -> str:
         ratio = base["size_compressed_bytes"] / metrics["size_compressed_bytes"]
-        return (f"| {label} | {pct(metrics['metric'])} | {(metrics['metric'] - acc) * 100:+.2f} "
-                f"points | {metrics['params']:,} | {metrics['size_compressed_bytes']:,} B | "
-                f"{ratio:.2f}x |")
+        return (
+            f"| {label} | {pct(metrics['metric'])} | {(metrics['metric'] - acc) * 100:+.2f} "
+            f"points | {metrics['params']:,} | {metrics['size_compressed_bytes']:,} B | "
+            f"{ratio:.2f}x |"
+        )
 
     lines += [
         row("baseline (fp32)", base),
-        row("lowrank Linear layers to 50 % params (output layer kept, the default), before "
-            "finetune", lowrank["metrics"]),
-        row("lowrank Linear layers to 50 % params (output layer kept, the default), + finetune "
-            "3 epochs", finetune["metrics"]),
-        row("lowrank Linear layers to 50 % params incl. the output layer "
-            "(keep_output_layer: false), + finetune 3 epochs", finetune_all["metrics"]),
-        row("cluster 16 values per layer, no finetune, `storage: indices` (default)",
-            cluster["metrics"]),
-        row("cluster 16 values per layer, no finetune, `storage: float`",
-            cluster_float["metrics"]),
-        row(f"chain {chain_names} (int8; prune {chain_opts['prune']['sparsity']:.0%}, "
-            f"{chain_opts['cluster']['clusters']} clusters)", chain_final),
+        row(
+            "lowrank Linear layers to 50 % params (output layer kept, the default), before "
+            "finetune",
+            lowrank["metrics"],
+        ),
+        row(
+            "lowrank Linear layers to 50 % params (output layer kept, the default), + finetune "
+            "3 epochs",
+            finetune["metrics"],
+        ),
+        row(
+            "lowrank Linear layers to 50 % params incl. the output layer "
+            "(keep_output_layer: false), + finetune 3 epochs",
+            finetune_all["metrics"],
+        ),
+        row(
+            "cluster 16 values per layer, no finetune, `storage: indices` (default)",
+            cluster["metrics"],
+        ),
+        row("cluster 16 values per layer, no finetune, `storage: float`", cluster_float["metrics"]),
+        row(
+            f"chain {chain_names} (int8; prune {chain_opts['prune']['sparsity']:.0%}, "
+            f"{chain_opts['cluster']['clusters']} clusters)",
+            chain_final,
+        ),
         "",
         *distill_lines(reports, acc),
         "",

@@ -36,8 +36,9 @@ def run(folder: Path, procs: int) -> dict:
     args = ["-m", "mcomp", "run", "recipe.yaml", "--out", f"out{procs}", "--quiet"]
     if procs > 1:
         args = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), *args]
-    result = subprocess.run([sys.executable, *args], cwd=folder, capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, *args], cwd=folder, capture_output=True, text=True, env=env
+    )
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
     return json.loads((folder / f"out{procs}" / "report.json").read_text())
@@ -55,25 +56,42 @@ def main() -> None:
         for procs in (1, 2):
             report = run(folder, procs)
             stage = report["stages"][0]
-            rows.append((procs, stage["seconds"], args.epochs * TRAIN_SAMPLES / stage["seconds"],
-                         stage["metrics"]["metric"]))
+            rows.append(
+                (
+                    procs,
+                    stage["seconds"],
+                    args.epochs * TRAIN_SAMPLES / stage["seconds"],
+                    stage["metrics"]["metric"],
+                )
+            )
     heading = "## Distributed finetune throughput"
-    lines = [heading, "",
-             f"- Command: `python benchmarks/bench_distributed.py --epochs {args.epochs}`",
-             f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"{os.cpu_count()} CPUs; load average at end "
-             f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}", "",
-             "| processes | finetune s | samples/s | vs 1 process | final accuracy |",
-             "|---|---|---|---|---|"]
+    lines = [
+        heading,
+        "",
+        f"- Command: `python benchmarks/bench_distributed.py --epochs {args.epochs}`",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{os.cpu_count()} CPUs; load average at end "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        "",
+        "| processes | finetune s | samples/s | vs 1 process | final accuracy |",
+        "|---|---|---|---|---|",
+    ]
     for procs, seconds, throughput, metric in rows:
-        lines.append(f"| {procs} | {seconds:.2f} | {throughput:.0f} | "
-                     f"{throughput / rows[0][2]:.2f}x | {metric:.4f} |")
-    lines += ["", "Each process runs one intra-op thread; under torchrun each rank trains its "
-              "shard with DistributedDataParallel (gloo all-reduce of the gradients) and the "
-              "eval split is predicted in shards and gathered.", ""]
+        lines.append(
+            f"| {procs} | {seconds:.2f} | {throughput:.0f} | "
+            f"{throughput / rows[0][2]:.2f}x | {metric:.4f} |"
+        )
+    lines += [
+        "",
+        "Each process runs one intra-op thread; under torchrun each rank trains its "
+        "shard with DistributedDataParallel (gloo all-reduce of the gradients) and the "
+        "eval split is predicted in shards and gathered.",
+        "",
+    ]
     section = "\n".join(lines)
     print(section)
     update_results(args.out, section)
+
 
 if __name__ == "__main__":
     main()

@@ -94,39 +94,70 @@ def build_models():
         def __init__(self, cin: int, cout: int, stride: int) -> None:
             super().__init__()
             self.body = nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-            self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+            self.skip = (
+                nn.Identity()
+                if stride == 1 and cin == cout
+                else nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
+            )
 
         def forward(self, x):
             return torch.relu(self.body(x) + self.skip(x))
 
     torch.manual_seed(0)
-    resnet = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                           Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2),
-                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    resnet = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 1, 1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        Block(32, 32, 1),
+        Block(32, 64, 2),
+        Block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
     # ResNet-18 for 3x32x32 (CIFAR stem: 3x3 conv, no max-pool), the issue's reference model
     stages, cin = [], 64
     for index, cout in enumerate((64, 128, 256, 512)):
         stride = 1 if index == 0 else 2
         stages += [Block(cin, cout, stride), Block(cout, cout, 1)]
         cin = cout
-    resnet18 = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                             nn.ReLU(), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(512, 10))
-    mlp = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                        nn.Linear(1024, 10))
-    models = [("digits ResNet (trained, bundled)", _bundled("digits_resnet"), [1, 8, 8],
-               "static"),
-              ("resnet-ish CNN", resnet.eval(), [3, 32, 32], "static"),
-              ("ResNet-18 (3x32x32)", resnet18.eval(), [3, 32, 32], "static"),
-              ("MLP 512-1024-1024-10", mlp.eval(), [512], "static")]
+    resnet18 = nn.Sequential(
+        nn.Conv2d(3, 64, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        *stages,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, 10),
+    )
+    mlp = nn.Sequential(
+        nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
+    models = [
+        ("digits ResNet (trained, bundled)", _bundled("digits_resnet"), [1, 8, 8], "static"),
+        ("resnet-ish CNN", resnet.eval(), [3, 32, 32], "static"),
+        ("ResNet-18 (3x32x32)", resnet18.eval(), [3, 32, 32], "static"),
+        ("MLP 512-1024-1024-10", mlp.eval(), [512], "static"),
+    ]
     for width, ff, tokens in ((128, 256, 32), (256, 1024, 64), (512, 2048, 64)):
         layer = nn.TransformerEncoderLayer(width, 4, ff, dropout=0.0, batch_first=True)
         encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        models.append((f"transformer encoder (2x d{width}, ff{ff}, seq {tokens})",
-                       encoder.eval(), [tokens, width], "dynamic"))
+        models.append(
+            (
+                f"transformer encoder (2x d{width}, ff{ff}, seq {tokens})",
+                encoder.eval(),
+                [tokens, width],
+                "dynamic",
+            )
+        )
     return models
 
 
@@ -145,8 +176,9 @@ def model_data(name: str, shape: list[int], rng) -> tuple:
         from mcomp.data.load import load_datasets
         from mcomp.recipe.schema import DataSpec
 
-        digits = load_datasets(DataSpec(train="digits", eval="digits", calibration_samples=128),
-                               base_dir=REPO, seed=0)
+        digits = load_datasets(
+            DataSpec(train="digits", eval="digits", calibration_samples=128), base_dir=REPO, seed=0
+        )
         x = digits.eval.inputs["x"]
         return digits.calibration.inputs["x"], x[:64], x, digits.eval.labels
     calib = rng.normal(size=(128, *shape)).astype(np.float32)
@@ -154,8 +186,7 @@ def model_data(name: str, shape: list[int], rng) -> tuple:
     return calib, x, rng.normal(size=(EVAL_SAMPLES, *shape)).astype(np.float32), None
 
 
-def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int,
-                   **options):
+def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int, **options):
     from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
     from mcomp.data.load import Datasets, Split
     from mcomp.model.state import ModelState
@@ -165,9 +196,17 @@ def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: i
 
     split = Split("calibration", {"x": calib}, None)
     state = ModelState.from_onnx(fp32, [InputSpec(name="x", shape=list(calib.shape[1:]))])
-    ctx = StageContext(datasets=Datasets(None, split, split), seed=0, threads=threads,
-                       metric=None, task=None, batch_size=32, original=state, workdir=workdir,
-                       progress=NullProgress())
+    ctx = StageContext(
+        datasets=Datasets(None, split, split),
+        seed=0,
+        threads=threads,
+        metric=None,
+        task=None,
+        batch_size=32,
+        original=state,
+        workdir=workdir,
+        progress=NullProgress(),
+    )
     stage = QuantizeStage(QuantizeOptions(mode=mode, **options))
     # no metric and no accuracy budget here: no fallback goal (QuantizeStage._goal reads
     # ctx.metric before it knows whether a budget exists, and fails on metric=None)
@@ -181,7 +220,7 @@ def plain_ort_quantize(fp32, calib: np.ndarray, workdir: Path):
 
     class Reader:
         def __init__(self) -> None:
-            self.batches = iter([{"x": calib[i:i + 32]} for i in range(0, len(calib), 32)])
+            self.batches = iter([{"x": calib[i : i + 32]} for i in range(0, len(calib), 32)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -202,12 +241,14 @@ def nncf_python() -> Path:
     python = NNCF_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run(["python3", "-m", "venv", str(NNCF_VENV)], check=True)
-    probe = subprocess.run([str(python), "-c", "import nncf, onnx, onnxruntime"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [str(python), "-c", "import nncf, onnx, onnxruntime"], capture_output=True
+    )
     if probe.returncode:
         # nncf's ONNX backend needs no torch; the check below makes sure none was pulled in
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"],
-                       check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"], check=True
+        )
     torch_in = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
     if torch_in.returncode == 0:
         sys.stderr.write(f"note: {NNCF_VENV} has torch installed\n")
@@ -223,16 +264,25 @@ def nncf_quantize(fp32, calib: np.ndarray, workdir: Path):
     onnx.save(fp32, source)
     np.savez(samples, x=calib)
     script.write_text(NNCF_SCRIPT)
-    done = subprocess.run([str(nncf_python()), str(script), str(source), str(samples),
-                           str(target)], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(nncf_python()), str(script), str(source), str(samples), str(target)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise RuntimeError(f"nncf.quantize failed:\n{done.stderr[-3000:]}")
     version = [ln for ln in done.stdout.splitlines() if ln.startswith("nncf ")]
     return onnx.load(str(target)), (version[-1].split()[1] if version else "?")
 
 
-def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
-            evaluation: np.ndarray, threads: int, labels: np.ndarray | None = None):
+def measure(
+    fp32_bytes: bytes,
+    variants: dict[str, bytes],
+    x: np.ndarray,
+    evaluation: np.ndarray,
+    threads: int,
+    labels: np.ndarray | None = None,
+):
     from mcomp.measure.ort_session import batch_feed, create_session, time_session
 
     models = {"fp32": fp32_bytes, **variants}
@@ -240,10 +290,16 @@ def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
     # thread), the fused SkipLayerNormalization kernel made the fp32 encoders 1.1x (d256) to
     # 1.4x (d128) slower than Add + LayerNormalization, so this is the fairer baseline; int8
     # static models have no such fusion (their Adds are QLinearAdd)
-    sessions = {label: create_session(b, threads, ["SkipLayerNormFusion"] if label == NO_SLN
-                                      else None) for label, b in models.items()}
-    reference = np.concatenate([sessions["fp32"].run(None, {"x": evaluation[i:i + 64]})[0]
-                                for i in range(0, len(evaluation), 64)])
+    sessions = {
+        label: create_session(b, threads, ["SkipLayerNormFusion"] if label == NO_SLN else None)
+        for label, b in models.items()
+    }
+    reference = np.concatenate(
+        [
+            sessions["fp32"].run(None, {"x": evaluation[i : i + 64]})[0]
+            for i in range(0, len(evaluation), 64)
+        ]
+    )
     ref_top = reference.reshape(len(reference), -1).argmax(axis=1)
     feeds = {batch: batch_feed({"x": x}, batch) for batch in (1, 64)}
     per_round = {label: {1: [], 64: []} for label in models}
@@ -254,27 +310,37 @@ def measure(fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
         runs[batch] = max(least, min(400, int(250 / max(fp32_ms, 1e-3))))
     names = list(models)
     for r in range(ROUNDS):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for label in order:  # each session in its own block
             for batch in (1, 64):
                 per_round[label][batch].append(
-                    time_session(sessions[label], feeds[batch], warmup=3, runs=runs[batch]))
+                    time_session(sessions[label], feeds[batch], warmup=3, runs=runs[batch])
+                )
                 time.sleep(0.1)
             time.sleep(0.2)
     rows = {}
     for label, model_bytes in models.items():
-        out = np.concatenate([sessions[label].run(None, {"x": evaluation[i:i + 64]})[0]
-                              for i in range(0, len(evaluation), 64)])
+        out = np.concatenate(
+            [
+                sessions[label].run(None, {"x": evaluation[i : i + 64]})[0]
+                for i in range(0, len(evaluation), 64)
+            ]
+        )
         rel = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
         predicted = out.reshape(len(out), -1).argmax(axis=1)
         agree = predicted == ref_top
         # per-sample vectors for the paired test in `verdict`: agreement with fp32's argmax,
         # and correctness against the labels where the data has them
         correct = predicted == labels if labels is not None else None
-        rows[label] = {"bytes": len(model_bytes), "rel": rel, "top1": float(agree.mean()),
-                       "agree": agree, "correct": correct,
-                       "acc": float(correct.mean()) if correct is not None else None,
-                       **{f"b{b}": min(per_round[label][b]) for b in (1, 64)}}
+        rows[label] = {
+            "bytes": len(model_bytes),
+            "rel": rel,
+            "top1": float(agree.mean()),
+            "agree": agree,
+            "correct": correct,
+            "acc": float(correct.mean()) if correct is not None else None,
+            **{f"b{b}": min(per_round[label][b]) for b in (1, 64)},
+        }
     return rows, runs
 
 
@@ -283,9 +349,11 @@ def run(threads: int, with_nncf: bool, only: str | None = None) -> tuple[list[st
     from mcomp.model.state import ModelState
     from mcomp.recipe.schema import InputSpec
 
-    lines = ["| model | variant | size KiB | b1 ms | b64 ms | fp32/int8 b1 | fp32/int8 b64 | "
-             "rel. L2 error | top-1 agree | accuracy (labels) | int8 MACs share |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | variant | size KiB | b1 ms | b64 ms | fp32/int8 b1 | fp32/int8 b64 | "
+        "rel. L2 error | top-1 agree | accuracy (labels) | int8 MACs share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     notes: list[str] = []
     verdicts: list[str] = []
     targets: list[dict] = []
@@ -315,29 +383,33 @@ def run(threads: int, with_nncf: bool, only: str | None = None) -> tuple[list[st
                     variants[label] = quantized.SerializeToString()
                     shares[label] = _share(quantized, threads, tmp)
             if name.startswith("MLP"):  # what `mode: auto` gives an MLP
-                dynamic, dynamic_details = mcomp_quantize(fp32, calib, "dynamic", Path(tmp),
-                                                          threads)
+                dynamic, dynamic_details = mcomp_quantize(
+                    fp32, calib, "dynamic", Path(tmp), threads
+                )
                 variants["mcomp dynamic"] = dynamic.SerializeToString()
                 shares["mcomp dynamic"] = dynamic_details["int8_macs_share"]
             if mode == "dynamic":
                 variants[NO_SLN] = fp32.SerializeToString()
-                for label, options in (("mcomp static", {}),
-                                       ("mcomp static, float_attention: false",
-                                        {"float_attention": False}),
-                                       (MATMUL_ONLY, {"op_types": ["MatMul", "Gemm"]})):
-                    static, static_details = mcomp_quantize(fp32, calib, "static", Path(tmp),
-                                                            threads, **options)
+                for label, options in (
+                    ("mcomp static", {}),
+                    ("mcomp static, float_attention: false", {"float_attention": False}),
+                    (MATMUL_ONLY, {"op_types": ["MatMul", "Gemm"]}),
+                ):
+                    static, static_details = mcomp_quantize(
+                        fp32, calib, "static", Path(tmp), threads, **options
+                    )
                     variants[label] = static.SerializeToString()
                     shares[label] = static_details["int8_macs_share"]
                     model_notes.append(
                         f"{name} ({label}): int8 compute nodes "
                         f"{static_details['int8_compute_nodes']}, float compute nodes "
-                        f"{static_details['float_compute_nodes']}")
-            rows, runs = measure(fp32.SerializeToString(), variants, x, evaluation, threads,
-                                 labels)
+                        f"{static_details['float_compute_nodes']}"
+                    )
+            rows, runs = measure(fp32.SerializeToString(), variants, x, evaluation, threads, labels)
             if mode == "dynamic":
-                model_notes.extend(float_bounds(name, fp32.SerializeToString(), variants, x,
-                                                threads))
+                model_notes.extend(
+                    float_bounds(name, fp32.SerializeToString(), variants, x, threads)
+                )
         base = rows["fp32"]
         for label, row in rows.items():
             lines.append(
@@ -345,11 +417,14 @@ def run(threads: int, with_nncf: bool, only: str | None = None) -> tuple[list[st
                 f"{row['b64']:.2f} | {base['b1'] / row['b1']:.2f} | {base['b64'] / row['b64']:.2f}"
                 f" | {row['rel']:.2e} | {row['top1']:.3f} | "
                 f"{'-' if row['acc'] is None else format(row['acc'], '.4f')} | "
-                f"{shares.get(label, '-')} |")
-        notes.append(f"{name} (mcomp {mode}): int8 compute nodes "
-                     f"{details['int8_compute_nodes']}, float compute nodes "
-                     f"{details['float_compute_nodes']}; timed runs per block b1 {runs[1]}, "
-                     f"b64 {runs[64]}")
+                f"{shares.get(label, '-')} |"
+            )
+        notes.append(
+            f"{name} (mcomp {mode}): int8 compute nodes "
+            f"{details['int8_compute_nodes']}, float compute nodes "
+            f"{details['float_compute_nodes']}; timed runs per block b1 {runs[1]}, "
+            f"b64 {runs[64]}"
+        )
         notes.extend(model_notes)
         verdicts.extend(verdict(name, f"mcomp {mode}", rows))
         if mode == "dynamic":
@@ -360,8 +435,11 @@ def run(threads: int, with_nncf: bool, only: str | None = None) -> tuple[list[st
 
 
 SPEED_TARGET, SIZE_TARGET = 2.5, 3.9
-KINDS = (("convolutional", ("CNN", "ResNet")), ("MLP", ("MLP",)),
-         ("small transformer encoder", ("transformer",)))
+KINDS = (
+    ("convolutional", ("CNN", "ResNet")),
+    ("MLP", ("MLP",)),
+    ("small transformer encoder", ("transformer",)),
+)
 
 
 def auto_mode(fp32) -> str:
@@ -376,10 +454,17 @@ def target_rows(name: str, auto: str, rows: dict) -> list[dict]:
     mcomp's int8 variants of one model; `auto` is the variant `mode: auto` gives."""
     base = rows["fp32"]
     kind = next(kind for kind, words in KINDS if any(word in name for word in words))
-    return [{"kind": kind, "model": name, "variant": label + (" (mode: auto's choice)"
-                                                              if label == auto else ""),
-             "speedup": base["b64"] / row["b64"], "smaller": base["bytes"] / row["bytes"]}
-            for label, row in rows.items() if label.startswith("mcomp")]
+    return [
+        {
+            "kind": kind,
+            "model": name,
+            "variant": label + (" (mode: auto's choice)" if label == auto else ""),
+            "speedup": base["b64"] / row["b64"],
+            "smaller": base["bytes"] / row["bytes"],
+        }
+        for label, row in rows.items()
+        if label.startswith("mcomp")
+    ]
 
 
 def targets_table(targets: list[dict]) -> list[str]:
@@ -388,25 +473,38 @@ def targets_table(targets: list[dict]) -> list[str]:
     if not targets:
         return []
     mark = {True: "holds", False: "FAILS"}
-    out = [f"Targets: int8 >= {SPEED_TARGET}x fp32 at batch 64 and >= {SIZE_TARGET}x smaller "
-           "(fp32 at onnxruntime's default session options).", "",
-           "| kind | model | mcomp int8 variant | fp32/int8 b64 | smaller | speed target | "
-           "size target |", "|---|---|---|---|---|---|---|"]
+    out = [
+        f"Targets: int8 >= {SPEED_TARGET}x fp32 at batch 64 and >= {SIZE_TARGET}x smaller "
+        "(fp32 at onnxruntime's default session options).",
+        "",
+        "| kind | model | mcomp int8 variant | fp32/int8 b64 | smaller | speed target | "
+        "size target |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in targets:
         # three decimals: a ratio that fails by 0.001 must not print as the target itself
-        out.append(f"| {t['kind']} | {t['model']} | {t['variant']} | {t['speedup']:.3f}x | "
-                   f"{t['smaller']:.3f}x | {mark[t['speedup'] >= SPEED_TARGET]} | "
-                   f"{mark[t['smaller'] >= SIZE_TARGET]} |")
+        out.append(
+            f"| {t['kind']} | {t['model']} | {t['variant']} | {t['speedup']:.3f}x | "
+            f"{t['smaller']:.3f}x | {mark[t['speedup'] >= SPEED_TARGET]} | "
+            f"{mark[t['smaller'] >= SIZE_TARGET]} |"
+        )
     out.append("")
     for kind, _ in KINDS:
         rows = [t for t in targets if t["kind"] == kind]
         if not rows:
             continue
         both = [t for t in rows if t["speedup"] >= SPEED_TARGET and t["smaller"] >= SIZE_TARGET]
-        text = "; ".join(f"{t['model']}, {t['variant']} ({t['speedup']:.3f}x, "
-                         f"{t['smaller']:.3f}x smaller)" for t in both) or "none"
-        out.append(f"- **{kind}: both targets hold for {len(both)} of the {len(rows)} "
-                   f"model/variant pairs**: {text}")
+        text = (
+            "; ".join(
+                f"{t['model']}, {t['variant']} ({t['speedup']:.3f}x, {t['smaller']:.3f}x smaller)"
+                for t in both
+            )
+            or "none"
+        )
+        out.append(
+            f"- **{kind}: both targets hold for {len(both)} of the {len(rows)} "
+            f"model/variant pairs**: {text}"
+        )
     return out
 
 
@@ -416,29 +514,39 @@ def verdict(name: str, ours: str, rows: dict) -> list[str]:
     base, me = rows["fp32"], rows[ours]
     out = []
     if name.startswith("digits"):
-        out = [f"{name}: the task-metric comparison (held-out labels); at 45K parameters it is "
-               f"too small for the speed and size targets ({base['b64'] / me['b64']:.2f}x, "
-               f"{base['bytes'] / me['bytes']:.2f}x)"]
+        out = [
+            f"{name}: the task-metric comparison (held-out labels); at 45K parameters it is "
+            f"too small for the speed and size targets ({base['b64'] / me['b64']:.2f}x, "
+            f"{base['bytes'] / me['bytes']:.2f}x)"
+        ]
     for label, row in rows.items():
         if label.startswith("fp32") or label == ours:
             continue
         top1 = paired_test(me["agree"], row["agree"])
-        checks = {"rel. error": me["rel"] <= row["rel"], "top-1": not top1["worse"],
-                  "b1 speed": me["b1"] <= row["b1"] * (1 + TIE),
-                  "b64 speed": me["b64"] <= row["b64"] * (1 + TIE)}
+        checks = {
+            "rel. error": me["rel"] <= row["rel"],
+            "top-1": not top1["worse"],
+            "b1 speed": me["b1"] <= row["b1"] * (1 + TIE),
+            "b64 speed": me["b64"] <= row["b64"] * (1 + TIE),
+        }
         accuracy = ""
         if me["correct"] is not None:
             task = paired_test(me["correct"], row["correct"])
             checks["accuracy"] = not task["worse"]
             accuracy = f", accuracy {me['acc']:.4f} vs {row['acc']:.4f} ({task['text']})"
         lost = [k for k, ok in checks.items() if not ok]
-        out.append(f"{name}: {ours} vs {label}: "
-                   + (f"at least as accurate and as fast (speed within {TIE:.0%} counts as a tie;"
-                      " top-1/accuracy: not significantly worse, paired exact test)"
-                      if not lost else "loses on " + ", ".join(lost))
-                   + f" (error {me['rel']:.2e} vs {row['rel']:.2e}, top-1 {me['top1']:.3f} vs "
-                   f"{row['top1']:.3f} ({top1['text']}){accuracy}, b1 {me['b1']:.3f} vs "
-                   f"{row['b1']:.3f} ms, b64 {me['b64']:.2f} vs {row['b64']:.2f} ms)")
+        out.append(
+            f"{name}: {ours} vs {label}: "
+            + (
+                f"at least as accurate and as fast (speed within {TIE:.0%} counts as a tie;"
+                " top-1/accuracy: not significantly worse, paired exact test)"
+                if not lost
+                else "loses on " + ", ".join(lost)
+            )
+            + f" (error {me['rel']:.2e} vs {row['rel']:.2e}, top-1 {me['top1']:.3f} vs "
+            f"{row['top1']:.3f} ({top1['text']}){accuracy}, b1 {me['b1']:.3f} vs "
+            f"{row['b1']:.3f} ms, b64 {me['b64']:.2f} vs {row['b64']:.2f} ms)"
+        )
     return out
 
 
@@ -452,9 +560,11 @@ def paired_test(ours: np.ndarray, theirs: np.ndarray, alpha: float = 0.05) -> di
     only_ours = int(np.sum(ours & ~theirs))
     only_theirs = int(np.sum(~ours & theirs))
     n, k = only_ours + only_theirs, min(only_ours, only_theirs)
-    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"worse": only_theirs > only_ours and p < alpha,
-            "text": f"{only_ours} vs {only_theirs} samples only one gets right, p={p:.2f}"}
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {
+        "worse": only_theirs > only_ours and p < alpha,
+        "text": f"{only_ours} vs {only_theirs} samples only one gets right, p={p:.2f}",
+    }
 
 
 def transformer_verdicts(name: str, rows: dict) -> list[str]:
@@ -464,16 +574,19 @@ def transformer_verdicts(name: str, rows: dict) -> list[str]:
         if not label.startswith("mcomp"):
             continue
         default, fair = rows["fp32"]["b64"] / row["b64"], rows[NO_SLN]["b64"] / row["b64"]
-        out.append(f"{name}: {label}: {default:.2f}x fp32 at b64 ({fair:.2f}x fp32 with "
-                   f"SkipLayerNormFusion off): target "
-                   f"{'HOLDS' if default >= SPEED_TARGET else 'FAILS'} against fp32 at ORT's "
-                   f"defaults, {'HOLDS' if fair >= SPEED_TARGET else 'FAILS'} "
-                   "against the faster fp32")
+        out.append(
+            f"{name}: {label}: {default:.2f}x fp32 at b64 ({fair:.2f}x fp32 with "
+            f"SkipLayerNormFusion off): target "
+            f"{'HOLDS' if default >= SPEED_TARGET else 'FAILS'} against fp32 at ORT's "
+            f"defaults, {'HOLDS' if fair >= SPEED_TARGET else 'FAILS'} "
+            "against the faster fp32"
+        )
     return out
 
 
-def float_bounds(name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray,
-                 threads: int) -> list[str]:
+def float_bounds(
+    name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np.ndarray, threads: int
+) -> list[str]:
     """Amdahl's bound for each int8 variant of a transformer: the time its graph still
     spends outside int8 kernels (float LayerNorm, Softmax, Transpose, Q/DQ, ...) caps its
     speed-up, however fast the int8 MatMuls are. Shows whether the 2.5x target is reachable
@@ -482,13 +595,17 @@ def float_bounds(name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np
 
     feed = {"x": x}
     base = op_times(fp32_bytes, feed, threads, runs=10, warmup=3)
-    fair = op_times(fp32_bytes, feed, threads, runs=10, warmup=3,
-                    disabled_optimizers=["SkipLayerNormFusion"])
+    fair = op_times(
+        fp32_bytes, feed, threads, runs=10, warmup=3, disabled_optimizers=["SkipLayerNormFusion"]
+    )
     fair_ms = sum(fair.values())
-    out = [f"{name}: profiled fp32 kernel time at b64 {sum(base.values()):.1f} ms "
-           f"({fair_ms:.1f} ms with SkipLayerNormFusion off); largest: "
-           + ", ".join(f"{op} {ms:.1f}" for op, ms in sorted(base.items(),
-                                                             key=lambda item: -item[1])[:4])]
+    out = [
+        f"{name}: profiled fp32 kernel time at b64 {sum(base.values()):.1f} ms "
+        f"({fair_ms:.1f} ms with SkipLayerNormFusion off); largest: "
+        + ", ".join(
+            f"{op} {ms:.1f}" for op, ms in sorted(base.items(), key=lambda item: -item[1])[:4]
+        )
+    ]
     for label, model_bytes in variants.items():
         if not label.startswith("mcomp"):
             continue
@@ -497,50 +614,58 @@ def float_bounds(name: str, fp32_bytes: bytes, variants: dict[str, bytes], x: np
         rest = split["other_ms"]
         out.append(
             f"{name} ({label}): {rest:.1f} of {sum(times.values()):.1f} ms outside int8 kernels"
-            " (largest: " + ", ".join(f"{op} {ms:.1f}" for op, ms in
-                                      split["largest_other_ops_ms"].items())
+            " (largest: "
+            + ", ".join(f"{op} {ms:.1f}" for op, ms in split["largest_other_ops_ms"].items())
             + f"); even with free int8 kernels it could run at most {split['speedup_bound']:.2f}x"
-            f" fp32 ({fair_ms / rest:.2f}x the faster fp32)")
+            f" fp32 ({fair_ms / rest:.2f}x the faster fp32)"
+        )
     return out
 
 
 def _share(model, threads: int, tmp: str) -> float:
     from mcomp.compressors.quantize.int8_check import count_compute_nodes, save_optimized_graph
 
-    optimized = save_optimized_graph(model.SerializeToString(), Path(tmp) / "plain.opt.onnx",
-                                     threads)
+    optimized = save_optimized_graph(
+        model.SerializeToString(), Path(tmp) / "plain.opt.onnx", threads
+    )
     return count_compute_nodes(optimized, [model])["int8_macs_share"]
 
 
-def section(threads: int, lines: list[str], notes: list[str], load: tuple,
-            with_nncf: bool) -> str:
+def section(threads: int, lines: list[str], notes: list[str], load: tuple, with_nncf: bool) -> str:
     import onnxruntime
     import torch
 
     from mcomp.measure.cpu_features import cpu_features
 
     command = f"python benchmarks/bench_int8.py --threads {threads}" + (
-        " --nncf" if with_nncf else "")
-    head = [heading(threads), "", f"- Command: `{command}`",
-            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
-            f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; ISA: "
-            f"{', '.join(cpu_features())}; threads {threads}",
-            f"- Load average (1 min) start {load[0]:.2f}, end {os.getloadavg()[0]:.2f} "
-            "(shared machine: absolute ms are noisy, compare ratios within a row group)",
-            f"- python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
-            f"{onnxruntime.__version__}", "",
-            "fp32/int8 > 1 means int8 is faster. ms: the lowest over "
-            f"{ROUNDS} rounds (variants in rotating order, each session in its own block) of "
-            "the median of N runs (N in the notes: at least 40 at b1 / 10 at b64, more for fast "
-            "models). Relative L2 error: ||y_int8 - y_fp32|| / ||y_fp32|| on "
-            f"{EVAL_SAMPLES} random inputs (random weights, calibration on 128 other random "
-            "inputs); top-1 agree: share of those inputs whose argmax matches fp32's (the "
-            "task-metric proxy, there being no labels). The digits ResNet is the bundled "
-            "trained model: calibration on 128 train digits, error, agreement and accuracy "
-            "(against the labels) on the 360 held-out eval digits. Comparisons of top-1 and "
-            "accuracy use an exact paired (McNemar) test on the samples where exactly one of "
-            "the two models is right. int8 MACs share: from the graph onnxruntime runs "
-            "(mcomp.compressors.quantize.int8_check).", ""]
+        " --nncf" if with_nncf else ""
+    )
+    head = [
+        heading(threads),
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
+        f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; ISA: "
+        f"{', '.join(cpu_features())}; threads {threads}",
+        f"- Load average (1 min) start {load[0]:.2f}, end {os.getloadavg()[0]:.2f} "
+        "(shared machine: absolute ms are noisy, compare ratios within a row group)",
+        f"- python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}",
+        "",
+        "fp32/int8 > 1 means int8 is faster. ms: the lowest over "
+        f"{ROUNDS} rounds (variants in rotating order, each session in its own block) of "
+        "the median of N runs (N in the notes: at least 40 at b1 / 10 at b64, more for fast "
+        "models). Relative L2 error: ||y_int8 - y_fp32|| / ||y_fp32|| on "
+        f"{EVAL_SAMPLES} random inputs (random weights, calibration on 128 other random "
+        "inputs); top-1 agree: share of those inputs whose argmax matches fp32's (the "
+        "task-metric proxy, there being no labels). The digits ResNet is the bundled "
+        "trained model: calibration on 128 train digits, error, agreement and accuracy "
+        "(against the labels) on the 360 held-out eval digits. Comparisons of top-1 and "
+        "accuracy use an exact paired (McNemar) test on the samples where exactly one of "
+        "the two models is right. int8 MACs share: from the graph onnxruntime runs "
+        "(mcomp.compressors.quantize.int8_check).",
+        "",
+    ]
     return "\n".join(head + lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
@@ -551,12 +676,18 @@ def heading(threads: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--nncf", action="store_true",
-                        help="also quantize with NNCF (nncf.quantize, in its own venv)")
+    parser.add_argument(
+        "--nncf",
+        action="store_true",
+        help="also quantize with NNCF (nncf.quantize, in its own venv)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    parser.add_argument("--only", metavar="TEXT",
-                        help="only the models whose name contains TEXT (e.g. d128, digits); "
-                        "the section is printed, the results file is left as it is")
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="only the models whose name contains TEXT (e.g. d128, digits); "
+        "the section is printed, the results file is left as it is",
+    )
     args = parser.parse_args()
     import torch
 

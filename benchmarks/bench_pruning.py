@@ -73,9 +73,24 @@ def run_recipe(folder: Path, text: str, threads: int) -> dict:
     recipe = folder / "recipe.yaml"
     recipe.write_text(text)
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "mcomp", "run", str(recipe), "--quiet",
-                             "--json", "--out", str(folder / "out"), "--threads", str(threads)],
-                            capture_output=True, text=True, cwd=folder)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcomp",
+            "run",
+            str(recipe),
+            "--quiet",
+            "--json",
+            "--out",
+            str(folder / "out"),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     if result.returncode not in (0, 1):
         raise SystemExit(result.stderr)
     report = json.loads(result.stdout)
@@ -87,24 +102,28 @@ def run_recipe(folder: Path, text: str, threads: int) -> dict:
 def summarize(name: str, report: dict) -> list[str]:
     base, final = report["baseline"]["metrics"], report["final"]["metrics"]
     delta = report["final"]["delta"]
-    return [f"### {name}", "",
-            "| | baseline | after | ratio / delta |", "|---|---|---|---|",
-            f"| params | {base['params']:,} | {final['params']:,} | {delta['params_ratio']}x |",
-            f"| non-zero params | {base['nonzero_params']:,} | {final['nonzero_params']:,} | "
-            f"{base['nonzero_params'] / final['nonzero_params']:.2f}x |",
-            f"| MACs | {base['macs']:,} | {final['macs']:,} | {delta['macs_ratio']}x |",
-            f"| ONNX size, bytes | {base['size_bytes']:,} | {final['size_bytes']:,} | "
-            f"{delta['size_ratio']}x |",
-            f"| compressed, bytes | {base['size_compressed_bytes']:,} | "
-            f"{final['size_compressed_bytes']:,} | {delta['size_compressed_ratio']}x |",
-            f"| ORT fp32 latency b1, ms | {base['latency_ms_b1']} | {final['latency_ms_b1']} | "
-            f"{delta['speedup_b1']}x faster |",
-            f"| ORT fp32 latency b{base['latency_batch']}, ms | {base['latency_ms_batch']} | "
-            f"{final['latency_ms_batch']} | {delta['speedup_batch']}x faster |",
-            f"| accuracy | {base['metric']:.4f} | {final['metric']:.4f} | "
-            f"{(final['metric'] - base['metric']) * 100:+.2f} points |",
-            f"| `mcomp run` exit code, wall s | | | {report['exit_code']}, "
-            f"{report['wall_s']:.1f} |", ""]
+    return [
+        f"### {name}",
+        "",
+        "| | baseline | after | ratio / delta |",
+        "|---|---|---|---|",
+        f"| params | {base['params']:,} | {final['params']:,} | {delta['params_ratio']}x |",
+        f"| non-zero params | {base['nonzero_params']:,} | {final['nonzero_params']:,} | "
+        f"{base['nonzero_params'] / final['nonzero_params']:.2f}x |",
+        f"| MACs | {base['macs']:,} | {final['macs']:,} | {delta['macs_ratio']}x |",
+        f"| ONNX size, bytes | {base['size_bytes']:,} | {final['size_bytes']:,} | "
+        f"{delta['size_ratio']}x |",
+        f"| compressed, bytes | {base['size_compressed_bytes']:,} | "
+        f"{final['size_compressed_bytes']:,} | {delta['size_compressed_ratio']}x |",
+        f"| ORT fp32 latency b1, ms | {base['latency_ms_b1']} | {final['latency_ms_b1']} | "
+        f"{delta['speedup_b1']}x faster |",
+        f"| ORT fp32 latency b{base['latency_batch']}, ms | {base['latency_ms_batch']} | "
+        f"{final['latency_ms_batch']} | {delta['speedup_batch']}x faster |",
+        f"| accuracy | {base['metric']:.4f} | {final['metric']:.4f} | "
+        f"{(final['metric'] - base['metric']) * 100:+.2f} points |",
+        f"| `mcomp run` exit code, wall s | | | {report['exit_code']}, {report['wall_s']:.1f} |",
+        "",
+    ]
 
 
 def main() -> None:
@@ -124,15 +143,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gradual = run_recipe(Path(tmp), GRADUAL_RECIPE, args.threads)
     command = f"python benchmarks/bench_pruning.py --threads {args.threads}"
-    lines = [f"## Pruning (threads={args.threads})", "",
-             f"- Command: `{command}`",
-             f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- CPU ISA: {', '.join(resnet['environment']['cpu_isa'])}; load average at end: "
-             f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}", ""]
-    lines += summarize("ResNet 3x32x32 (digits upsampled): 50 % channel pruning (round_to 8) "
-                       "+ 6 epochs finetune", resnet)
-    lines += summarize("digits CNN: 90 % unstructured, gradual AGP (8 steps, 12 epochs)",
-                       gradual)
+    lines = [
+        f"## Pruning (threads={args.threads})",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- CPU ISA: {', '.join(resnet['environment']['cpu_isa'])}; load average at end: "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        "",
+    ]
+    lines += summarize(
+        "ResNet 3x32x32 (digits upsampled): 50 % channel pruning (round_to 8) + 6 epochs finetune",
+        resnet,
+    )
+    lines += summarize("digits CNN: 90 % unstructured, gradual AGP (8 steps, 12 epochs)", gradual)
     section = "\n".join(lines)
     print(section)
     update_results(args.out, section)

@@ -59,8 +59,11 @@ def run(folder: Path, text: str) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.yaml").write_text(text)
-    result = run_pipeline(load_recipe(str(folder / "recipe.yaml"), ()),
-                          RunOptions(out_dir=folder / "out"), NullProgress())
+    result = run_pipeline(
+        load_recipe(str(folder / "recipe.yaml"), ()),
+        RunOptions(out_dir=folder / "out"),
+        NullProgress(),
+    )
     return result.report
 
 
@@ -70,20 +73,31 @@ def fallback_rows(work: Path, threads: int) -> list[str]:
 
     work.mkdir(parents=True, exist_ok=True)
     build_outlier_mlp(work)
+
     def recipe(options: str) -> str:
-        return (OUTLIER % (threads, options)).replace(
-            "path: mlp.onnx", f"path: {work / 'mlp.onnx'}").replace(
-            "train.npz", str(work / "train.npz")).replace("eval.npz", str(work / "eval.npz"))
+        return (
+            (OUTLIER % (threads, options))
+            .replace("path: mlp.onnx", f"path: {work / 'mlp.onnx'}")
+            .replace("train.npz", str(work / "train.npz"))
+            .replace("eval.npz", str(work / "eval.npz"))
+        )
 
     plain = run(work / "plain", recipe("{}"))
     base = plain["baseline"]["metrics"]["metric"]
-    rows = ["| outlier MLP (16-32-32-4) | search | fp32 accuracy | plain int8 | after fallback | "
-            "chosen | float nodes | trials | all-int8 ms | chosen ms (batch 64) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for index, (search, options) in enumerate((
+    rows = [
+        "| outlier MLP (16-32-32-4) | search | fp32 accuracy | plain int8 | after fallback | "
+        "chosen | float nodes | trials | all-int8 ms | chosen ms (batch 64) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, (search, options) in enumerate(
+        (
             ("alternatives first (default)", "{max_accuracy_drop: 0.01}"),
-            ("float nodes only (`alternatives: false`)",
-             "{max_accuracy_drop: 0.01, fallback: {alternatives: false}}"))):
+            (
+                "float nodes only (`alternatives: false`)",
+                "{max_accuracy_drop: 0.01, fallback: {alternatives: false}}",
+            ),
+        )
+    ):
         budget = run(work / f"budget{index}", recipe(options))
         fallback = budget["stages"][0]["details"]["fallback"]
         cost = fallback["latency_cost"]
@@ -92,29 +106,37 @@ def fallback_rows(work: Path, threads: int) -> list[str]:
             f"{budget['stages'][0]['metrics']['metric']:.4f} | {fallback['chosen']} | "
             f"{len(fallback['float_nodes'])} ({', '.join(fallback['float_nodes'])}) | "
             f"{len(fallback['trials'])} ({fallback['seconds']} s) | {cost['all_int8_ms']} | "
-            f"{cost['chosen_ms']} ({cost['chosen_over_all_int8']}x) |")
+            f"{cost['chosen_ms']} ({cost['chosen_over_all_int8']}x) |"
+        )
     return rows
 
 
 def digits_rows(work: Path, threads: int, epochs: int) -> list[str]:
     ptq = "  - quantize: {symmetric_weights: true}"
-    cases = [("PTQ (model as shipped)", ptq),
-             (f"fp32 finetune {epochs} ep (lr 1e-4) → PTQ",
-              f"  - finetune: {{epochs: {epochs}, lr: 0.0001}}\n{ptq}"),
-             (f"QAT {epochs} ep (lr 1e-4)", f"  - qat: {{epochs: {epochs}, lr: 0.0001}}"),
-             ("PTQ, scale: pow2", "  - quantize: {symmetric_weights: true, scale: pow2}"),
-             ("weight4 (Linear layers, block 32)", "  - quantize: {mode: weight4}")]
+    cases = [
+        ("PTQ (model as shipped)", ptq),
+        (
+            f"fp32 finetune {epochs} ep (lr 1e-4) → PTQ",
+            f"  - finetune: {{epochs: {epochs}, lr: 0.0001}}\n{ptq}",
+        ),
+        (f"QAT {epochs} ep (lr 1e-4)", f"  - qat: {{epochs: {epochs}, lr: 0.0001}}"),
+        ("PTQ, scale: pow2", "  - quantize: {symmetric_weights: true, scale: pow2}"),
+        ("weight4 (Linear layers, block 32)", "  - quantize: {mode: weight4}"),
+    ]
     rows = ["| digits CNN | accuracy | Δ vs fp32 | compressed bytes |", "|---|---|---|---|"]
     for index, (label, stages) in enumerate(cases):
         report = run(work / f"digits{index}", DIGITS % (threads, stages))
         base = report["baseline"]["metrics"]
         final = report["stages"][-1]["metrics"]
         if index == 0:
-            rows.append(f"| fp32 baseline | {base['metric']:.4f} | | "
-                        f"{base['size_compressed_bytes']} |")
-        rows.append(f"| {label} | {final['metric']:.4f} | "
-                    f"{final['metric'] - base['metric']:+.4f} | "
-                    f"{final['size_compressed_bytes']} |")
+            rows.append(
+                f"| fp32 baseline | {base['metric']:.4f} | | {base['size_compressed_bytes']} |"
+            )
+        rows.append(
+            f"| {label} | {final['metric']:.4f} | "
+            f"{final['metric'] - base['metric']:+.4f} | "
+            f"{final['size_compressed_bytes']} |"
+        )
     return rows
 
 
@@ -129,14 +151,25 @@ def main() -> None:
         fallback = fallback_rows(Path(tmp) / "fallback", args.threads)
         digits = digits_rows(Path(tmp), args.threads, args.epochs)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    section = "\n".join([
-        HEADING, "",
-        f"`python benchmarks/bench_quant_extra.py --threads {args.threads} --epochs "
-        f"{args.epochs}` — {datetime.date.today().isoformat()}, {platform.processor() or ''} "
-        f"{os.cpu_count()} CPUs, load {load:.2f}, onnxruntime CPU.", "",
-        "Accuracy-aware fallback (`quantize: {max_accuracy_drop: 0.01}`):", "", *fallback, "",
-        "QAT vs PTQ and low-bit variants (eval split: 360 held-out digits, so one sample is "
-        "0.0028):", "", *digits, ""])
+    section = "\n".join(
+        [
+            HEADING,
+            "",
+            f"`python benchmarks/bench_quant_extra.py --threads {args.threads} --epochs "
+            f"{args.epochs}` — {datetime.date.today().isoformat()}, {platform.processor() or ''} "
+            f"{os.cpu_count()} CPUs, load {load:.2f}, onnxruntime CPU.",
+            "",
+            "Accuracy-aware fallback (`quantize: {max_accuracy_drop: 0.01}`):",
+            "",
+            *fallback,
+            "",
+            "QAT vs PTQ and low-bit variants (eval split: 360 held-out digits, so one sample is "
+            "0.0028):",
+            "",
+            *digits,
+            "",
+        ]
+    )
     print(section)
     if args.out is not None:
         update_results(args.out, section)

@@ -40,8 +40,14 @@ from results_file import update_results  # benchmarks/ is the script's folder
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "RESULTS.md"
 # Figures that do not depend on timing: every repeat of the same recipe must give the same.
-DETERMINISTIC = ("params", "nonzero_params", "size_bytes", "size_compressed_bytes", "macs",
-                 "metric")
+DETERMINISTIC = (
+    "params",
+    "nonzero_params",
+    "size_bytes",
+    "size_compressed_bytes",
+    "macs",
+    "metric",
+)
 SIDE_BY_SIDE_ROUNDS = 3
 
 
@@ -87,27 +93,35 @@ def run_once(workdir: Path, threads: int | None) -> Run:
     # Exit 1 means a recipe limit was broken: the report is still complete and worth keeping.
     if proc.returncode not in (0, 1) or not report_file.is_file():
         stderr_tail = (workdir / "stderr.txt").read_text(errors="replace")[-2000:]
-        raise SystemExit(f"mcomp failed (exit {proc.returncode}): {shlex.join(command)}\n"
-                         f"{stderr_tail}")
+        raise SystemExit(
+            f"mcomp failed (exit {proc.returncode}): {shlex.join(command)}\n{stderr_tail}"
+        )
     report = json.loads(report_file.read_text())
-    return Run(wall_s=wall_s, peak_rss_kib=usage.ru_maxrss, exit_code=proc.returncode,
-               report=report, model_path=workdir / report["artifacts"]["model"])
+    return Run(
+        wall_s=wall_s,
+        peak_rss_kib=usage.ru_maxrss,
+        exit_code=proc.returncode,
+        report=report,
+        model_path=workdir / report["artifacts"]["model"],
+    )
 
 
 # --- figures from the reports ---------------------------------------------------------------
 
 
-def latency_pairs(report: dict[str, Any], before: dict[str, Any] | None = None
-                  ) -> dict[str, tuple[float, float]]:
+def latency_pairs(
+    report: dict[str, Any], before: dict[str, Any] | None = None
+) -> dict[str, tuple[float, float]]:
     """fp32 and int8 final latency (ms) at batch 1 and at the recipe's batch.
 
     fp32 is the baseline unless `before` names other metrics of the same run.
     """
     before = before or report["baseline"]["metrics"]
     after = report["final"]["metrics"]
-    return {"b1": (before["latency_ms_b1"], after["latency_ms_b1"]),
-            f"b{after['latency_batch']}": (before["latency_ms_batch"],
-                                           after["latency_ms_batch"])}
+    return {
+        "b1": (before["latency_ms_b1"], after["latency_ms_b1"]),
+        f"b{after['latency_batch']}": (before["latency_ms_batch"], after["latency_ms_batch"]),
+    }
 
 
 def pre_quantize_metrics(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -169,12 +183,15 @@ def eval_feeds(model_path: Path, batch: int) -> dict[str, dict[str, np.ndarray]]
         raise SystemExit(f"expected a one-input model, {model_path} has {len(inputs)}")
     name = inputs[0].name
     # np.resize repeats samples when the split is smaller than the batch, like mcomp does.
-    return {"b1": {name: x_eval[:1]},
-            f"b{batch}": {name: np.resize(x_eval, (batch, *x_eval.shape[1:]))}}
+    return {
+        "b1": {name: x_eval[:1]},
+        f"b{batch}": {name: np.resize(x_eval, (batch, *x_eval.shape[1:]))},
+    }
 
 
-def plain_ort_ms(model_path: Path, threads: int, feed: dict[str, np.ndarray], warmup: int,
-                 runs: int) -> float:
+def plain_ort_ms(
+    model_path: Path, threads: int, feed: dict[str, np.ndarray], warmup: int, runs: int
+) -> float:
     """Median ms of a plain onnxruntime session: default options but the thread count.
 
     The timing loop is written here on purpose rather than borrowed from mcomp, so that a
@@ -195,8 +212,9 @@ def plain_ort_ms(model_path: Path, threads: int, feed: dict[str, np.ndarray], wa
     return statistics.median(timings)
 
 
-def mcomp_session_ms(model_path: Path, threads: int, feed: dict[str, np.ndarray], warmup: int,
-                     runs: int) -> float:
+def mcomp_session_ms(
+    model_path: Path, threads: int, feed: dict[str, np.ndarray], warmup: int, runs: int
+) -> float:
     """Median ms of mcomp's own session settings and timer, in this process."""
     from mcomp.measure.ort_session import create_session, time_session
 
@@ -213,8 +231,10 @@ def side_by_side(model_path: Path, report: dict[str, Any], threads: int) -> list
     """
     spec = report["recipe"]["runtime"]["latency"]
     final = report["final"]["metrics"]
-    reported = {"b1": final["latency_ms_b1"], f"b{final['latency_batch']}":
-                final["latency_ms_batch"]}
+    reported = {
+        "b1": final["latency_ms_b1"],
+        f"b{final['latency_batch']}": final["latency_ms_batch"],
+    }
     rows = []
     for label, feed in eval_feeds(model_path, final["latency_batch"]).items():
         # The same counts as mcomp's measure._latency, so both medians mean the same thing.
@@ -225,10 +245,15 @@ def side_by_side(model_path: Path, report: dict[str, Any], threads: int) -> list
             for which in order:
                 timer = plain_ort_ms if which == "plain" else mcomp_session_ms
                 timed[which].append(timer(model_path, threads, feed, spec["warmup"], runs))
-        rows.append({"batch": label, "shape": next(iter(feed.values())).shape,
-                     "reported": reported[label],
-                     "mcomp": statistics.median(timed["mcomp"]),
-                     "plain": statistics.median(timed["plain"])})
+        rows.append(
+            {
+                "batch": label,
+                "shape": next(iter(feed.values())).shape,
+                "reported": reported[label],
+                "mcomp": statistics.median(timed["mcomp"]),
+                "plain": statistics.median(timed["plain"]),
+            }
+        )
     return rows
 
 
@@ -277,12 +302,17 @@ def cpu_snapshot() -> CpuSnapshot | None:
         return None
     tick = os.sysconf("SC_CLK_TCK")
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    own = sum(getattr(resource.getrusage(who), field) for who in
-              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for field in ("ru_utime", "ru_stime"))
-    return CpuSnapshot(wall_s=time.monotonic(),
-                       busy_s=(user + nice + system + irq + softirq) / tick,
-                       steal_s=steal / tick, own_s=own)
+    own = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    return CpuSnapshot(
+        wall_s=time.monotonic(),
+        busy_s=(user + nice + system + irq + softirq) / tick,
+        steal_s=steal / tick,
+        own_s=own,
+    )
 
 
 def contention(start: CpuSnapshot | None, end: CpuSnapshot | None) -> dict[str, float] | None:
@@ -295,9 +325,12 @@ def contention(start: CpuSnapshot | None, end: CpuSnapshot | None) -> dict[str, 
         return None
     capacity = (end.wall_s - start.wall_s) * (os.cpu_count() or 1)
     others = max(0.0, (end.busy_s - start.busy_s) - (end.own_s - start.own_s))
-    return {"others_cpu_s": others, "others_share": others / capacity,
-            "steal_share": (end.steal_s - start.steal_s) / capacity,
-            "wall_s": end.wall_s - start.wall_s}
+    return {
+        "others_cpu_s": others,
+        "others_share": others / capacity,
+        "steal_share": (end.steal_s - start.steal_s) / capacity,
+        "wall_s": end.wall_s - start.wall_s,
+    }
 
 
 def utc_date() -> str:
@@ -351,42 +384,82 @@ def model_table(report: dict[str, Any]) -> list[str]:
     """Baseline against final: size, parameters, MACs, the task metric."""
     before, after = report["baseline"]["metrics"], report["final"]["metrics"]
     rows = []
-    for label, field in (("size raw, bytes", "size_bytes"),
-                         ("size compressed (deflate), bytes", "size_compressed_bytes"),
-                         ("params", "params"), ("nonzero params", "nonzero_params"),
-                         ("MACs", "macs")):
-        rows.append([label, f"{before[field]:,}", f"{after[field]:,}",
-                     f"{fmt(ratio(before[field], after[field]), 2)}x"])
-    rows.append([before["metric_name"], fmt(before["metric"], 4), fmt(after["metric"], 4),
-                 f"{(after['metric'] - before['metric']) * 100:+.2f} points"])
+    for label, field in (
+        ("size raw, bytes", "size_bytes"),
+        ("size compressed (deflate), bytes", "size_compressed_bytes"),
+        ("params", "params"),
+        ("nonzero params", "nonzero_params"),
+        ("MACs", "macs"),
+    ):
+        rows.append(
+            [
+                label,
+                f"{before[field]:,}",
+                f"{after[field]:,}",
+                f"{fmt(ratio(before[field], after[field]), 2)}x",
+            ]
+        )
+    rows.append(
+        [
+            before["metric_name"],
+            fmt(before["metric"], 4),
+            fmt(after["metric"], 4),
+            f"{(after['metric'] - before['metric']) * 100:+.2f} points",
+        ]
+    )
     return table(["", "baseline (fp32)", "final (int8)", "baseline/final"], rows)
 
 
 def side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
-    body = [[row["batch"], fmt(row["reported"], 4), fmt(row["mcomp"], 4), fmt(row["plain"], 4),
-             fmt(ratio(row["reported"], row["plain"])), fmt(ratio(row["mcomp"], row["plain"]))]
-            for row in rows]
-    return table(["batch", "mcomp report ms", "mcomp session here ms", "plain ORT ms",
-                  "report/plain", "session/plain"], body)
+    body = [
+        [
+            row["batch"],
+            fmt(row["reported"], 4),
+            fmt(row["mcomp"], 4),
+            fmt(row["plain"], 4),
+            fmt(ratio(row["reported"], row["plain"])),
+            fmt(ratio(row["mcomp"], row["plain"])),
+        ]
+        for row in rows
+    ]
+    return table(
+        [
+            "batch",
+            "mcomp report ms",
+            "mcomp session here ms",
+            "plain ORT ms",
+            "report/plain",
+            "session/plain",
+        ],
+        body,
+    )
 
 
-def notes(runs: list[Run], check: list[dict[str, Any]], threads: int,
-          busy: dict[str, float] | None) -> list[str]:
+def notes(
+    runs: list[Run], check: list[dict[str, Any]], threads: int, busy: dict[str, float] | None
+) -> list[str]:
     """Observations derived from the figures, so they stay true when the figures change."""
     found = [int8_note(runs, check[0]["shape"][1:])]
-    off = [f"{row['batch']} {ratio(row['reported'], row['plain']):.2f}x" for row in check
-           if abs((ratio(row["reported"], row["plain"]) or 1) - 1) > 0.25]
+    off = [
+        f"{row['batch']} {ratio(row['reported'], row['plain']):.2f}x"
+        for row in check
+        if abs((ratio(row["reported"], row["plain"]) or 1) - 1) > 0.25
+    ]
     if off:
-        found.append("mcomp's reported latency differs from plain onnxruntime by more than 25 % "
-                     f"({', '.join(off)}); the report figure comes from another process and "
-                     "moment, compare the session/plain column, timed side by side here.")
+        found.append(
+            "mcomp's reported latency differs from plain onnxruntime by more than 25 % "
+            f"({', '.join(off)}); the report figure comes from another process and "
+            "moment, compare the session/plain column, timed side by side here."
+        )
     varying = varying_fields(runs)
     if varying:
         found.append(f"Figures that should repeat varied between runs: {', '.join(varying)}.")
     if busy is not None and (busy["others_share"] > 0.10 or busy["steal_share"] > 0.05):
-        found.append("Other processes or the hypervisor took a noticeable share of the CPUs "
-                     "during the benchmark (see 'Other load meanwhile'): latencies are noisier "
-                     "than usual.")
+        found.append(
+            "Other processes or the hypervisor took a noticeable share of the CPUs "
+            "during the benchmark (see 'Other load meanwhile'): latencies are noisier "
+            "than usual."
+        )
     if threads > usable_cpus():
         found.append(f"{threads} threads on {usable_cpus()} usable CPUs: oversubscribed.")
     return found
@@ -416,47 +489,64 @@ def int8_note(runs: list[Run], sample_shape: tuple[int, ...]) -> str:
     for label, value in against_baseline.items():
         other = adjacent.get(label)
         pair = [value] if other is None else [value, other]
-        shown = f"{value:.2f}x vs baseline" + ("" if other is None else
-                                                 f", {other:.2f}x vs pre-quantize fp32")
+        shown = f"{value:.2f}x vs baseline" + (
+            "" if other is None else f", {other:.2f}x vs pre-quantize fp32"
+        )
         parts.append(f"{label}: {shown} ({speed_verdict(min(pair), max(pair))})")
     text = "int8 vs fp32 latency, fp32/int8 medians over runs: " + "; ".join(parts) + "."
     if any("int8 faster" not in part for part in parts):
         params = report["baseline"]["metrics"]["params"]
         shape = "x".join(map(str, sample_shape))
-        text += (f" At this model size ({params:,} params, {shape} inputs) per-op overhead "
-                 "(quantizing activations, kernel dispatch) costs as much as the cheaper "
-                 "int8 arithmetic saves where there is little arithmetic; quantization's "
-                 "clear win here is size.")
+        text += (
+            f" At this model size ({params:,} params, {shape} inputs) per-op overhead "
+            "(quantizing activations, kernel dispatch) costs as much as the cheaper "
+            "int8 arithmetic saves where there is little arithmetic; quantization's "
+            "clear win here is size."
+        )
     return text
 
 
-def render(runs: list[Run], check: list[dict[str, Any]], context: dict[str, Any],
-           threads: int) -> str:
+def render(
+    runs: list[Run], check: list[dict[str, Any]], context: dict[str, Any], threads: int
+) -> str:
     """The whole Markdown section of one benchmark invocation."""
     env = runs[0].report["environment"]
-    lines = [f"## quickstart: threads={threads}", "",
-             f"- Command: `{context['command']}`",
-             f"- Date: {context['date']}",
-             f"- CPU: {cpu_model()}, {usable_cpus()} usable CPUs; ISA: "
-             f"{', '.join(env['cpu_isa']) or 'none reported'}",
-             f"- Load average (1/5/15 min, includes this benchmark): start "
-             f"{context['load_start']}, end {context['load_end']}",
-             f"- Other load meanwhile: {busy_line(context['contention'])}",
-             f"- mcomp {runs[0].report['mcomp_version']}, python {env['python']}, "
-             f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-             f"threads in report: {env['threads']}",
-             "", f"### Runs ({len(runs)} x `mcomp run quickstart`)", "",
-             *runs_table(runs), "",
-             "Latency: onnxruntime CPU medians from each run's report; fp32 is the baseline "
-             "(the torch model's ONNX export), int8 the final model; fp32/int8 > 1 means "
-             "int8 is faster. Wall time includes interpreter start and imports.", "",
-             "### Model: baseline vs final (first run)", "", *model_table(runs[0].report), "",
-             "### mcomp latency vs plain onnxruntime (final model.onnx of the last run)", "",
-             *side_by_side_table(check), "",
-             f"Plain ORT: `InferenceSession` with default options and intra_op_num_threads="
-             f"{threads}; each session timed in its own block, {SIDE_BY_SIDE_ROUNDS} rounds "
-             "alternating the order, medians. Ratios near 1 mean mcomp's figure is what "
-             "onnxruntime gives.", ""]
+    lines = [
+        f"## quickstart: threads={threads}",
+        "",
+        f"- Command: `{context['command']}`",
+        f"- Date: {context['date']}",
+        f"- CPU: {cpu_model()}, {usable_cpus()} usable CPUs; ISA: "
+        f"{', '.join(env['cpu_isa']) or 'none reported'}",
+        f"- Load average (1/5/15 min, includes this benchmark): start "
+        f"{context['load_start']}, end {context['load_end']}",
+        f"- Other load meanwhile: {busy_line(context['contention'])}",
+        f"- mcomp {runs[0].report['mcomp_version']}, python {env['python']}, "
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+        f"threads in report: {env['threads']}",
+        "",
+        f"### Runs ({len(runs)} x `mcomp run quickstart`)",
+        "",
+        *runs_table(runs),
+        "",
+        "Latency: onnxruntime CPU medians from each run's report; fp32 is the baseline "
+        "(the torch model's ONNX export), int8 the final model; fp32/int8 > 1 means "
+        "int8 is faster. Wall time includes interpreter start and imports.",
+        "",
+        "### Model: baseline vs final (first run)",
+        "",
+        *model_table(runs[0].report),
+        "",
+        "### mcomp latency vs plain onnxruntime (final model.onnx of the last run)",
+        "",
+        *side_by_side_table(check),
+        "",
+        f"Plain ORT: `InferenceSession` with default options and intra_op_num_threads="
+        f"{threads}; each session timed in its own block, {SIDE_BY_SIDE_ROUNDS} rounds "
+        "alternating the order, medians. Ratios near 1 mean mcomp's figure is what "
+        "onnxruntime gives.",
+        "",
+    ]
     found = notes(runs, check, threads, context["contention"])
     if found:
         lines += ["### Notes", "", *[f"- {note}" for note in found], ""]
@@ -466,9 +556,11 @@ def render(runs: list[Run], check: list[dict[str, Any]], context: dict[str, Any]
 def busy_line(busy: dict[str, float] | None) -> str:
     if busy is None:
         return "unknown (no /proc/stat)"
-    return (f"other processes used {busy['others_cpu_s']:.1f} CPU-s "
-            f"({busy['others_share']:.0%} of {os.cpu_count()} CPUs over {busy['wall_s']:.0f} s), "
-            f"steal {busy['steal_share']:.0%}")
+    return (
+        f"other processes used {busy['others_cpu_s']:.1f} CPU-s "
+        f"({busy['others_share']:.0%} of {os.cpu_count()} CPUs over {busy['wall_s']:.0f} s), "
+        f"steal {busy['steal_share']:.0%}"
+    )
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -477,10 +569,18 @@ def busy_line(busy: dict[str, float] | None) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of mcomp (default 3)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for mcomp and plain onnxruntime (default: mcomp's auto)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="results file to update (default benchmarks/RESULTS.md)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for mcomp and plain onnxruntime (default: mcomp's auto)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="results file to update (default benchmarks/RESULTS.md)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--repeat and --threads must be at least 1")
@@ -490,8 +590,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    context: dict[str, Any] = {"command": shlex.join([sys.executable, sys.argv[0], *argv]),
-                               "date": utc_date(), "load_start": load_average()}
+    context: dict[str, Any] = {
+        "command": shlex.join([sys.executable, sys.argv[0], *argv]),
+        "date": utc_date(),
+        "load_start": load_average(),
+    }
     cpu_start = cpu_snapshot()
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as scratch:
         runs = []

@@ -20,8 +20,9 @@ def update_results(path: Path, section: str) -> None:
     lines = text.splitlines()
     if heading in lines:
         start = lines.index(heading)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
         lines[start:end] = section.rstrip("\n").splitlines() + [""]
     else:
         lines += ["", *section.rstrip("\n").splitlines()]

@@ -15,21 +15,47 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing, unreadable or non-ONNX mod
 
 @click.command(epilog=EPILOG)
 @model_argument
-@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
-              help="Batch size to time (repeatable; default: 1 and 32).")
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="Batch size to time (repeatable; default: 1 and 32).",
+)
 @threads_option
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed runs before each batch size.")
-@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Timed runs per batch size.")
-@click.option("--profile", is_flag=True,
-              help="Also the kernel time per op type at the largest batch (onnxruntime's "
-              "profiler) and the share spent in int8 kernels.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed runs before each batch size.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Timed runs per batch size.",
+)
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also the kernel time per op type at the largest batch (onnxruntime's "
+    "profiler) and the share spent in int8 kernels.",
+)
 @json_option
 @debug_option
 @error_boundary
-def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: int, runs: int,
-          profile: bool, as_json: bool, debug: bool) -> None:
+def bench(
+    model: Path,
+    batches: tuple[int, ...],
+    threads: int | None,
+    warmup: int,
+    runs: int,
+    profile: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Time MODEL (ONNX) with onnxruntime on the CPU: latency p50/p90/mean per batch size,
     samples/s, the session's peak memory and the CPU's instruction sets. Inputs are random
     data of the model's input signature (integer inputs: zeros).
@@ -44,8 +70,14 @@ def bench(model: Path, batches: tuple[int, ...], threads: int | None, warmup: in
     from mcomp.cli.companion_render import render_bench
     from mcomp.tools.bench import bench_model
 
-    result = bench_model(model, batches=list(batches) or [1, 32], threads=threads_from(threads),
-                         warmup=warmup, runs=runs, profile=profile)
+    result = bench_model(
+        model,
+        batches=list(batches) or [1, 32],
+        threads=threads_from(threads),
+        warmup=warmup,
+        runs=runs,
+        profile=profile,
+    )
     if as_json:
         echo_json(result)
     else:

@@ -18,8 +18,10 @@ from mcomp.cli.model_options import (
 )
 from mcomp.cli.options import debug_option, json_option
 
-EPILOG = ("\b\nExit codes: 0 ok, 2 bad input (missing model, data that does not fit, models "
-          "with different input signatures).")
+EPILOG = (
+    "\b\nExit codes: 0 ok, 2 bad input (missing model, data that does not fit, models "
+    "with different input signatures)."
+)
 
 
 @click.command(epilog=EPILOG)
@@ -28,19 +30,48 @@ EPILOG = ("\b\nExit codes: 0 ok, 2 bad input (missing model, data that does not 
 @data_options
 @model_options
 @threads_option
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size of the latency runs.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="A,B timing rounds; the medians are compared.")
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Timed runs per model per round.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batch size of the latency runs.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="A,B timing rounds; the medians are compared.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Timed runs per model per round.",
+)
 @json_option
 @debug_option
 @error_boundary
-def compare(model_a: Path, model_b: Path, data: str | None, input_arrays: tuple[str, ...],
-            labels: str | None, metric: str, factory: str | None, python_path: tuple[Path, ...],
-            input_shapes: tuple[str, ...], allow_pickle: bool, threads: int | None, batch: int,
-            rounds: int, runs: int, as_json: bool, debug: bool) -> None:
+def compare(
+    model_a: Path,
+    model_b: Path,
+    data: str | None,
+    input_arrays: tuple[str, ...],
+    labels: str | None,
+    metric: str,
+    factory: str | None,
+    python_path: tuple[Path, ...],
+    input_shapes: tuple[str, ...],
+    allow_pickle: bool,
+    threads: int | None,
+    batch: int,
+    rounds: int,
+    runs: int,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Compare model B with model A: size, parameters, MACs, onnxruntime latency (timed side
     by side in one run), the metric (with --data) and output agreement. Ratios are B / A.
 
@@ -54,10 +85,12 @@ def compare(model_a: Path, model_b: Path, data: str | None, input_arrays: tuple[
     from mcomp.cli.companion_render import render_compare
     from mcomp.tools.compare import CompareOptions, compare_models
 
-    refs = [model_ref(m, factory, python_path, input_shapes, allow_pickle)
-            for m in (model_a, model_b)]
-    options = CompareOptions(threads=threads_from(threads), batch=batch, rounds=rounds,
-                             runs=runs, metric=metric)
+    refs = [
+        model_ref(m, factory, python_path, input_shapes, allow_pickle) for m in (model_a, model_b)
+    ]
+    options = CompareOptions(
+        threads=threads_from(threads), batch=batch, rounds=rounds, runs=runs, metric=metric
+    )
     result = compare_models(*refs, load_data(data, input_arrays, labels), options)
     if as_json:
         echo_json(result)

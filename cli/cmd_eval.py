@@ -30,10 +30,20 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (model or data missing, data that do
 @json_option
 @debug_option
 @error_boundary
-def eval_command(model: Path, data: str | None, input_arrays: tuple[str, ...],
-                 labels: str | None, metric: str, factory: str | None,
-                 python_path: tuple[Path, ...], input_shapes: tuple[str, ...],
-                 allow_pickle: bool, threads: int | None, as_json: bool, debug: bool) -> None:
+def eval_command(
+    model: Path,
+    data: str | None,
+    input_arrays: tuple[str, ...],
+    labels: str | None,
+    metric: str,
+    factory: str | None,
+    python_path: tuple[Path, ...],
+    input_shapes: tuple[str, ...],
+    allow_pickle: bool,
+    threads: int | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Compute the task metric of MODEL on labelled data (onnxruntime for ONNX, else torch).
 
     \b
@@ -50,8 +60,9 @@ def eval_command(model: Path, data: str | None, input_arrays: tuple[str, ...],
     if data is None:
         raise click.UsageError("--data is required (an .npz file or `digits`)")
     n_threads = threads_from(threads)
-    state = open_model(model_ref(model, factory, python_path, input_shapes, allow_pickle),
-                       n_threads)
+    state = open_model(
+        model_ref(model, factory, python_path, input_shapes, allow_pickle), n_threads
+    )
     split = fit_split(state, load_data(data, input_arrays, labels), n_threads)
     result = evaluate_model(state, split, metric=metric, threads=n_threads)
     if as_json:

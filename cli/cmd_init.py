@@ -14,20 +14,40 @@ EPILOG = "\b\nExit codes: 0 written, 2 bad input (the file exists without --forc
 
 
 @click.command(epilog=EPILOG)
-@click.option("--model", type=click.Path(path_type=Path),
-              help="Model file the recipe names (default: the bundled digits CNN).")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    help="Model file the recipe names (default: the bundled digits CNN).",
+)
 @click.option("--factory", metavar="PKG.MOD:FN", help="For a state_dict: the module factory.")
 @click.option("--data", metavar="FILE.npz|digits", help="Train and eval data the recipe names.")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
-              default="classification", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("recipe.yaml"),
-              show_default=True, help="Where to write the recipe.")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    default="classification",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("recipe.yaml"),
+    show_default=True,
+    help="Where to write the recipe.",
+)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @json_option
 @debug_option
 @error_boundary
-def init(model: Path | None, factory: str | None, data: str | None, task: str, out: Path,
-         force: bool, as_json: bool, debug: bool) -> None:
+def init(
+    model: Path | None,
+    factory: str | None,
+    data: str | None,
+    task: str,
+    out: Path,
+    force: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Write a commented starter recipe (no prompts) that `mcomp validate` accepts.
 
     \b
@@ -39,8 +59,9 @@ def init(model: Path | None, factory: str | None, data: str | None, task: str, o
     from mcomp.recipe.schema import Task
     from mcomp.recipe.starter import write_starter_recipe
 
-    written = write_starter_recipe(out, force=force, model=model, task=Task(task),
-                                   factory=factory, data=data)
+    written = write_starter_recipe(
+        out, force=force, model=model, task=Task(task), factory=factory, data=data
+    )
     if as_json:
         echo_json({"file": str(written), "model": str(model) if model else "builtin:digits_cnn"})
     else:

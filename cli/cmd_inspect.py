@@ -19,9 +19,15 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing or unreadable model)."
 @json_option
 @debug_option
 @error_boundary
-def inspect(model: Path, factory: str | None, python_path: tuple[Path, ...],
-            input_shapes: tuple[str, ...], allow_pickle: bool, as_json: bool,
-            debug: bool) -> None:
+def inspect(
+    model: Path,
+    factory: str | None,
+    python_path: tuple[Path, ...],
+    input_shapes: tuple[str, ...],
+    allow_pickle: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Show each layer of MODEL (torch or ONNX): type, weight shape, parameters, non-zeros,
     sparsity, MACs and dtype (int8 for quantized ONNX layers), with totals.
 

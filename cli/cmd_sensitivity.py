@@ -22,17 +22,34 @@ def _ratios(value: str) -> tuple[float, ...]:
 
 @click.command()
 @recipe_argument
-@click.option("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,
-              help="Pruning ratios tried on each layer.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("mcomp-out"),
-              show_default=True, help="Where sensitivity.json/.csv/.png are written.")
+@click.option(
+    "--ratios",
+    default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    show_default=True,
+    help="Pruning ratios tried on each layer.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("mcomp-out"),
+    show_default=True,
+    help="Where sensitivity.json/.csv/.png are written.",
+)
 @json_option
 @quiet_option
 @debug_option
 @set_option
 @error_boundary
-def sensitivity(recipe: str, ratios: str, out_dir: Path, as_json: bool, quiet: bool, debug: bool,
-                overrides: tuple[str, ...]) -> None:
+def sensitivity(
+    recipe: str,
+    ratios: str,
+    out_dir: Path,
+    as_json: bool,
+    quiet: bool,
+    debug: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Prune each prunable layer alone at several ratios and measure the eval metric.
 
     Uses the model, data and the first `prune` stage's method and include/exclude patterns of
@@ -65,14 +82,15 @@ def sensitivity(recipe: str, ratios: str, out_dir: Path, as_json: bool, quiet: b
 def _render(analysis: dict, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{analysis['metric_name']} drop when one layer is pruned alone "
-                  f"({analysis['method']}; baseline {analysis['baseline']:.4f})",
-                  title_justify="left")
+    table = Table(
+        title=f"{analysis['metric_name']} drop when one layer is pruned alone "
+        f"({analysis['method']}; baseline {analysis['baseline']:.4f})",
+        title_justify="left",
+    )
     table.add_column("layer")
     table.add_column("params", justify="right")
     for ratio in analysis["ratios"]:
         table.add_column(f"{ratio:g}", justify="right")
     for name, entry in analysis["layers"].items():
-        table.add_row(name, str(entry["params"]),
-                      *[f"{p['drop']:+.3f}" for p in entry["points"]])
+        table.add_row(name, str(entry["params"]), *[f"{p['drop']:+.3f}" for p in entry["points"]])
     console.print(table)

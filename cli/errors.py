@@ -37,8 +37,11 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if debug:
                 raise
-            _fail(f"unexpected error: {type(exc).__name__}: {exc} "
-                  "(run again with --debug for the traceback)", EXIT_BAD_INPUT)
+            _fail(
+                f"unexpected error: {type(exc).__name__}: {exc} "
+                "(run again with --debug for the traceback)",
+                EXIT_BAD_INPUT,
+            )
 
     return wrapper
 

@@ -34,25 +34,52 @@ def cli() -> None:
 
 @cli.command(epilog=EPILOG)
 @recipe_argument
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
-              help="Output directory (default: output.dir of the recipe, else ./mcomp-out).")
-@click.option("--report", "report_file", type=click.Path(path_type=Path),
-              help="Also write the JSON report to this file.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Output directory (default: output.dir of the recipe, else ./mcomp-out).",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(path_type=Path),
+    help="Also write the JSON report to this file.",
+)
 @json_option
 @quiet_option
 @debug_option
 @click.option("--seed", type=int, help="Override the recipe's seed.")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="Threads for torch and onnxruntime (default: runtime.threads, MCOMP_THREADS).")
-@click.option("--allow-pickle", is_flag=True,
-              help="Allow loading a whole pickled module (runs code from the file).")
-@click.option("--summary-md", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for torch and onnxruntime (default: runtime.threads, MCOMP_THREADS).",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow loading a whole pickled module (runs code from the file).",
+)
+@click.option(
+    "--summary-md",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set).",
+)
 @set_option
 @error_boundary
-def run(recipe: str, out_dir: Path | None, report_file: Path | None, as_json: bool, quiet: bool,
-        debug: bool, seed: int | None, threads: int | None, allow_pickle: bool,
-        summary_md: Path | None, overrides: tuple[str, ...]) -> None:
+def run(
+    recipe: str,
+    out_dir: Path | None,
+    report_file: Path | None,
+    as_json: bool,
+    quiet: bool,
+    debug: bool,
+    seed: int | None,
+    threads: int | None,
+    allow_pickle: bool,
+    summary_md: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Run the recipe's stages and write the compressed ONNX model and the report.
 
     RECIPE is a YAML file or the name of a bundled recipe (quickstart).

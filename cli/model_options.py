@@ -9,32 +9,56 @@ import click
 
 model_argument = click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 factory_option = click.option(
-    "--factory", metavar="PKG.MOD:FN",
-    help="For a state_dict: the function that builds the module, e.g. mypkg.models:resnet.")
+    "--factory",
+    metavar="PKG.MOD:FN",
+    help="For a state_dict: the function that builds the module, e.g. mypkg.models:resnet.",
+)
 python_path_option = click.option(
-    "--python-path", "python_path", multiple=True, metavar="DIR",
+    "--python-path",
+    "python_path",
+    multiple=True,
+    metavar="DIR",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Folder put on sys.path so --factory imports (repeatable).")
+    help="Folder put on sys.path so --factory imports (repeatable).",
+)
 input_shape_option = click.option(
-    "--input-shape", "input_shapes", multiple=True, metavar="D1,D2,...",
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="D1,D2,...",
     help="Shape of one sample without the batch axis, e.g. 1,8,8 (repeat per input), when "
-         "neither the file nor the data says.")
+    "neither the file nor the data says.",
+)
 allow_pickle_option = click.option(
-    "--allow-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code).")
+    "--allow-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code)."
+)
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1),
-    help="Threads for torch and onnxruntime (default: MCOMP_THREADS, else CPU count ≤ 8).")
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for torch and onnxruntime (default: MCOMP_THREADS, else CPU count ≤ 8).",
+)
 data_option = click.option(
-    "--data", metavar="FILE.npz|digits",
-    help="Evaluation data: an .npz file (arrays x and y by default) or `digits`.")
+    "--data",
+    metavar="FILE.npz|digits",
+    help="Evaluation data: an .npz file (arrays x and y by default) or `digits`.",
+)
 inputs_option = click.option(
-    "--inputs", "input_arrays", multiple=True, metavar="NAME",
-    help="Array(s) of --data fed to the model inputs, in order (default: x).")
+    "--inputs",
+    "input_arrays",
+    multiple=True,
+    metavar="NAME",
+    help="Array(s) of --data fed to the model inputs, in order (default: x).",
+)
 labels_option = click.option(
-    "--labels", metavar="NAME", help="Array of --data holding the labels (default: y if present).")
+    "--labels", metavar="NAME", help="Array of --data holding the labels (default: y if present)."
+)
 metric_option = click.option(
-    "--metric", type=click.Choice(["accuracy", "mse", "mae"]), default="accuracy",
-    show_default=True, help="Task metric computed against the labels.")
+    "--metric",
+    type=click.Choice(["accuracy", "mse", "mae"]),
+    default="accuracy",
+    show_default=True,
+    help="Task metric computed against the labels.",
+)
 
 
 def model_options(command):
@@ -51,14 +75,23 @@ def data_options(command):
     return command
 
 
-def model_ref(path: Path, factory: str | None, python_path: tuple[Path, ...],
-              input_shapes: tuple[str, ...], allow_pickle: bool):
+def model_ref(
+    path: Path,
+    factory: str | None,
+    python_path: tuple[Path, ...],
+    input_shapes: tuple[str, ...],
+    allow_pickle: bool,
+):
     """A `ModelRef` from the shared options."""
     from mcomp.model.open import ModelRef, parse_input_shape
 
-    return ModelRef(path=path, factory=factory, python_path=list(python_path),
-                    input_shapes=[parse_input_shape(s) for s in input_shapes],
-                    allow_pickle=allow_pickle)
+    return ModelRef(
+        path=path,
+        factory=factory,
+        python_path=list(python_path),
+        input_shapes=[parse_input_shape(s) for s in input_shapes],
+        allow_pickle=allow_pickle,
+    )
 
 
 def load_data(data: str | None, input_arrays: tuple[str, ...], labels: str | None):

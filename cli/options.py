@@ -7,12 +7,22 @@ import click
 recipe_argument = click.argument("recipe", metavar="RECIPE")
 
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override a recipe value, e.g. --set stages.0.prune.sparsity=0.7 (repeatable).")
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe value, e.g. --set stages.0.prune.sparsity=0.7 (repeatable).",
+)
 json_option = click.option(
-    "--json", "as_json", is_flag=True,
-    help="Print the result as JSON on stdout (logs stay on stderr).")
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON on stdout (logs stay on stderr).",
+)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
 debug_option = click.option(
-    "--debug", is_flag=True, envvar="MCOMP_DEBUG",
-    help="Show Python tracebacks on errors (also MCOMP_DEBUG=1).")
+    "--debug",
+    is_flag=True,
+    envvar="MCOMP_DEBUG",
+    help="Show Python tracebacks on errors (also MCOMP_DEBUG=1).",
+)

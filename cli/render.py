@@ -50,31 +50,54 @@ def _row(name: str, m: dict[str, Any], base: dict[str, Any], seconds: float | No
     def lat(key: str) -> str:
         return "-" if m[key] is None else f"{m[key]:.3g}" + _ratio(base[key], m[key])
 
-    return [name, human_count(m["params"]), f"{m['sparsity'] * 100:.0f}%",
-            human_bytes(m["size_bytes"]) + _ratio(base["size_bytes"], m["size_bytes"]),
-            human_bytes(m["size_compressed_bytes"])
-            + _ratio(base["size_compressed_bytes"], m["size_compressed_bytes"]),
-            human_count(m["macs"]) + _ratio(base["macs"], m["macs"]), metric,
-            lat("latency_ms_b1"), lat("latency_ms_batch"),
-            "-" if seconds is None else f"{seconds:.1f}"]
+    return [
+        name,
+        human_count(m["params"]),
+        f"{m['sparsity'] * 100:.0f}%",
+        human_bytes(m["size_bytes"]) + _ratio(base["size_bytes"], m["size_bytes"]),
+        human_bytes(m["size_compressed_bytes"])
+        + _ratio(base["size_compressed_bytes"], m["size_compressed_bytes"]),
+        human_count(m["macs"]) + _ratio(base["macs"], m["macs"]),
+        metric,
+        lat("latency_ms_b1"),
+        lat("latency_ms_batch"),
+        "-" if seconds is None else f"{seconds:.1f}",
+    ]
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
     """The before/after table and the constraint results."""
     base = report["baseline"]["metrics"]
-    table = Table(title="mcomp: before/after each stage (×N = N times smaller/faster than the "
-                  "baseline)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title="mcomp: before/after each stage (×N = N times smaller/faster than the baseline)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     batch = base.get("latency_batch", "N")
     # the stage time column is dropped on narrow terminals so the figures stay readable
     narrow = console.width < 100
-    headers = ["stage", "params", "sparse", "size", "deflated", "MACs", base["metric_name"],
-               "ms b1", f"ms b{batch}"] + ([] if narrow else ["s"])
+    headers = [
+        "stage",
+        "params",
+        "sparse",
+        "size",
+        "deflated",
+        "MACs",
+        base["metric_name"],
+        "ms b1",
+        f"ms b{batch}",
+    ] + ([] if narrow else ["s"])
     for header in headers:
-        table.add_column(header, justify="left" if header == "stage" else "right",
-                         no_wrap=header in ("stage", "params", "MACs"))
+        table.add_column(
+            header,
+            justify="left" if header == "stage" else "right",
+            no_wrap=header in ("stage", "params", "MACs"),
+        )
     rows = [_row("baseline", base, base, report["baseline"].get("seconds"))]
-    rows += [_row(entry["name"], entry["metrics"], base, entry["seconds"])
-             for entry in report["stages"]]
+    rows += [
+        _row(entry["name"], entry["metrics"], base, entry["seconds"]) for entry in report["stages"]
+    ]
     for row in rows:
         table.add_row(*row[: len(headers)])
     console.print(table)
@@ -83,5 +106,6 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  {entry['name']}: {note}", highlight=False)
     for check in report["constraints"]:
         mark = "[green]ok[/green]" if check["ok"] else "[red]BROKEN[/red]"
-        console.print(f"  {mark} {check['name']}: {check['value']} (limit {check['limit']})",
-                      highlight=False)
+        console.print(
+            f"  {mark} {check['name']}: {check['value']} (limit {check['limit']})", highlight=False
+        )

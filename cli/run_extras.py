@@ -32,13 +32,24 @@ def write_run_extras(report: dict[str, Any], summary_md: Path | None) -> None:
             with open(step_summary, "a", encoding="utf-8") as handle:
                 handle.write(text + "\n")
     except OSError as exc:
-        raise OutputError(f"cannot write the run summary: {exc.filename or ''}: "
-                          f"{exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write the run summary: {exc.filename or ''}: {exc.strerror or exc}"
+        ) from None
 
 
 def _provenance(report: dict[str, Any]) -> str:
     argv = ["mcomp", *sys.argv[1:]]
-    return json.dumps({"command": shlex.join(argv), "argv": argv, "cwd": os.getcwd(),
-                       "mcomp_version": report["mcomp_version"],
-                       "recipe_file": report["recipe_file"],
-                       "artifacts": report["artifacts"]}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "command": shlex.join(argv),
+                "argv": argv,
+                "cwd": os.getcwd(),
+                "mcomp_version": report["mcomp_version"],
+                "recipe_file": report["recipe_file"],
+                "artifacts": report["artifacts"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )

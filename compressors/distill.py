@@ -40,8 +40,9 @@ class StudentSpec(StageOptions):
 
     factory: str = Field(description="'package.module:function' returning an untrained module.")
     factory_args: dict[str, Any] = Field(default_factory=dict)
-    init_from_teacher: bool = Field(False, description="Copy teacher weights whose names and "
-                                    "shapes match.")
+    init_from_teacher: bool = Field(
+        False, description="Copy teacher weights whose names and shapes match."
+    )
 
 
 class TrainingOptions(StageOptions):
@@ -95,11 +96,12 @@ class DistillStage(Stage):
         config = TrainConfig(**opts.model_dump(include=set(TrainingOptions.model_fields)))
         self.details = distill_train(model, ctx, config, opts, masks=masks, label=self.name)
         if opts.student is not None:
-            self.details["student"] = {"factory": opts.student.factory,
-                                       "factory_args": opts.student.factory_args,
-                                       "params": sum(p.numel() for p in
-                                                     model.module.parameters()),
-                                       "init_from_teacher": copied or None}
+            self.details["student"] = {
+                "factory": opts.student.factory,
+                "factory_args": opts.student.factory_args,
+                "params": sum(p.numel() for p in model.module.parameters()),
+                "init_from_teacher": copied or None,
+            }
         return model.with_module(model.module)
 
     def _build_student(self):
@@ -112,11 +114,15 @@ class DistillStage(Stage):
         try:
             module = build(**spec.factory_args)
         except Exception as exc:
-            raise StageError(f"{self.name}.student: {spec.factory}(**{spec.factory_args}) "
-                             f"failed: {type(exc).__name__}: {exc}") from None
+            raise StageError(
+                f"{self.name}.student: {spec.factory}(**{spec.factory_args}) "
+                f"failed: {type(exc).__name__}: {exc}"
+            ) from None
         if not isinstance(module, torch.nn.Module):
-            raise StageError(f"{self.name}.student: {spec.factory} returned "
-                             f"{type(module).__name__}, not a torch.nn.Module")
+            raise StageError(
+                f"{self.name}.student: {spec.factory} returned "
+                f"{type(module).__name__}, not a torch.nn.Module"
+            )
         return module
 
 
@@ -130,5 +136,8 @@ def copy_matching(teacher, student) -> dict[str, list[str]]:
     mismatched = [k for k, v in target.items() if k in source and source[k].shape != v.shape]
     with torch.no_grad():
         student.load_state_dict({**target, **{k: source[k].clone() for k in copied}})
-    return {"copied": copied, "shape_mismatch": mismatched,
-            "missing_in_teacher": [k for k in target if k not in source]}
+    return {
+        "copied": copied,
+        "shape_mismatch": mismatched,
+        "missing_in_teacher": [k for k in target if k not in source],
+    }

@@ -51,10 +51,19 @@ class ExportStage(Stage):
         # weights) is kept rather than exported again as plain float weights.
         reuse = model.onnx_cache is not None and self.options.opset == DEFAULT_OPSET
         exported = model.onnx_cache if reuse else torch_to_onnx(model, opset=self.options.opset)
-        diff = check_parity(model, exported, sample, threads=ctx.threads,
-                            atol=self.options.atol, rtol=self.options.rtol)
-        self.details = {"opset": self.options.opset, "parity_max_abs_diff": diff,
-                        "parity_samples": len(next(iter(sample.values())))}
+        diff = check_parity(
+            model,
+            exported,
+            sample,
+            threads=ctx.threads,
+            atol=self.options.atol,
+            rtol=self.options.rtol,
+        )
+        self.details = {
+            "opset": self.options.opset,
+            "parity_max_abs_diff": diff,
+            "parity_samples": len(next(iter(sample.values()))),
+        }
         return model.with_onnx(exported)
 
     def _verify_onnx(self, model: ModelState, sample, ctx: StageContext) -> ModelState:
@@ -66,11 +75,17 @@ class ExportStage(Stage):
             onnx.checker.check_model(model.onnx_model)
             outputs = predict_batch(model, sample, threads=ctx.threads)
         except Exception as exc:
-            raise StageError(f"export: the ONNX model does not pass onnx.checker / onnxruntime: "
-                             f"{str(exc).splitlines()[0][:300]}") from None
+            raise StageError(
+                f"export: the ONNX model does not pass onnx.checker / onnxruntime: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from None
         if not all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f"):
             raise StageError("export: onnxruntime produced NaN/inf outputs on eval samples")
-        self.details = {"verified": "onnx.checker + onnxruntime run",
-                        "opset": next((o.version for o in model.onnx_model.opset_import
-                                       if o.domain in ("", "ai.onnx")), None)}
+        self.details = {
+            "verified": "onnx.checker + onnxruntime run",
+            "opset": next(
+                (o.version for o in model.onnx_model.opset_import if o.domain in ("", "ai.onnx")),
+                None,
+            ),
+        }
         return model

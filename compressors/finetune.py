@@ -41,11 +41,15 @@ class FinetuneOptions(StageOptions):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
     keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
-    distill: DistillSettings | None = Field(None, description="Train against a teacher "
-                                            "(knowledge distillation) instead of labels only.")
-    qat: bool = Field(False, description="Quantization-aware: train with fake int8 and hand "
-                      "the learned activation ranges to a later `quantize` stage (see the "
-                      "`qat` stage).")
+    distill: DistillSettings | None = Field(
+        None, description="Train against a teacher (knowledge distillation) instead of labels only."
+    )
+    qat: bool = Field(
+        False,
+        description="Quantization-aware: train with fake int8 and hand "
+        "the learned activation ranges to a later `quantize` stage (see the "
+        "`qat` stage).",
+    )
 
     @model_validator(mode="after")
     def _qat_without_distill(self) -> FinetuneOptions:
@@ -92,12 +96,17 @@ class FinetuneStage(Stage):
         if self.options.distill is not None:
             from mcomp.training.distillation import distill_train
 
-            self.details = distill_train(model, ctx, config, self.options.distill, masks=masks,
-                                         label=self.name)
+            self.details = distill_train(
+                model, ctx, config, self.options.distill, masks=masks, label=self.name
+            )
             return model.with_module(model.module)
         result = train_module(model, ctx, config, masks=masks)
-        self.details = {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
-                        "best_epoch": result.best_epoch + 1, "masked_tensors": len(masks)}
+        self.details = {
+            "train_loss": result.train_loss,
+            "eval_metric": result.eval_metric,
+            "best_epoch": result.best_epoch + 1,
+            "masked_tensors": len(masks),
+        }
         return model.with_module(model.module)
 
 

@@ -43,18 +43,30 @@ RANK_CHOICES = ("rank", "rank_ratio", "energy", "params_ratio")
 
 class LowRankOptions(StageOptions):
     rank: int | None = Field(None, ge=1, description="One rank for every chosen layer.")
-    rank_ratio: float | None = Field(None, gt=0, le=1, description="Fraction of each layer's "
-                                     "full rank (default 0.5 when no rank option is given).")
-    energy: float | None = Field(None, gt=0, le=1, description="Fraction of the squared "
-                                 "singular values kept.")
-    params_ratio: float | None = Field(None, gt=0, lt=1, description="Largest rank whose two "
-                                       "factors hold at most this fraction of the parameters.")
+    rank_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Fraction of each layer's "
+        "full rank (default 0.5 when no rank option is given).",
+    )
+    energy: float | None = Field(
+        None, gt=0, le=1, description="Fraction of the squared singular values kept."
+    )
+    params_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Largest rank whose two factors hold at most this fraction of the parameters.",
+    )
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     layer_types: list[Literal["Linear", "Conv2d"]] = Field(
-        default_factory=lambda: ["Linear", "Conv2d"])
-    keep_output_layer: bool = Field(True, description="Leave the model's last Linear/Conv2d "
-                                    "(the output layer) unfactorized.")
+        default_factory=lambda: ["Linear", "Conv2d"]
+    )
+    keep_output_layer: bool = Field(
+        True, description="Leave the model's last Linear/Conv2d (the output layer) unfactorized."
+    )
 
     @model_validator(mode="after")
     def _one_rank_rule(self) -> LowRankOptions:
@@ -83,9 +95,11 @@ class LowRankStage(Stage):
                     continue
                 limit = full_rank(module)
                 if self.options.rank > limit:
-                    raise StageError(f"lowrank: rank {self.options.rank} is above the limit "
-                                     f"{limit} of layer {name!r} (min of its output and input "
-                                     "sizes); use a smaller rank, rank_ratio, or exclude it")
+                    raise StageError(
+                        f"lowrank: rank {self.options.rank} is above the limit "
+                        f"{limit} of layer {name!r} (min of its output and input "
+                        "sizes); use a smaller rank, rank_ratio, or exclude it"
+                    )
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
         module = model.module
@@ -104,27 +118,38 @@ class LowRankStage(Stage):
             before = layer.weight.numel()
             after = factored_params(layer, rank)
             if after >= before:
-                skipped[name] = (f"rank {rank} of {full_rank(layer)} would not reduce "
-                                 f"parameters ({after} >= {before})")
+                skipped[name] = (
+                    f"rank {rank} of {full_rank(layer)} would not reduce "
+                    f"parameters ({after} >= {before})"
+                )
                 continue
             positions = spatial.get(id(layer), 1)
             _replace(module, layer, factorize(layer, rank))
-            layers[name] = {"rank": rank, "full_rank": full_rank(layer),
-                            "energy_kept": round(_energy(singular, rank), 4),
-                            "params_before": before + _bias(layer), "params_after": after
-                            + _bias(layer), "macs_before": before * positions,
-                            "macs_after": after * positions}
+            layers[name] = {
+                "rank": rank,
+                "full_rank": full_rank(layer),
+                "energy_kept": round(_energy(singular, rank), 4),
+                "params_before": before + _bias(layer),
+                "params_after": after + _bias(layer),
+                "macs_before": before * positions,
+                "macs_after": after * positions,
+            }
             _drop_mask(ctx, name)
         if not layers:
-            raise StageError("lowrank: no layer was factorized: "
-                             + "; ".join(f"{n}: {why}" for n, why in skipped.items())
-                             + " (choose a smaller rank, other layers, or "
-                             "keep_output_layer: false)")
-        self.details = {"layers": layers, "skipped": skipped,
-                        "params_before": sum(v["params_before"] for v in layers.values()),
-                        "params_after": sum(v["params_after"] for v in layers.values()),
-                        "macs_before": sum(v["macs_before"] for v in layers.values()),
-                        "macs_after": sum(v["macs_after"] for v in layers.values())}
+            raise StageError(
+                "lowrank: no layer was factorized: "
+                + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+                + " (choose a smaller rank, other layers, or "
+                "keep_output_layer: false)"
+            )
+        self.details = {
+            "layers": layers,
+            "skipped": skipped,
+            "params_before": sum(v["params_before"] for v in layers.values()),
+            "params_after": sum(v["params_after"] for v in layers.values()),
+            "macs_before": sum(v["macs_before"] for v in layers.values()),
+            "macs_after": sum(v["macs_after"] for v in layers.values()),
+        }
         self.notes.append(f"{len(layers)} layer(s) factorized into two; {len(skipped)} skipped")
         return model.with_module(module)
 
@@ -139,7 +164,7 @@ class LowRankStage(Stage):
         elif opts.rank_ratio is not None:
             rank = max(1, round(opts.rank_ratio * limit))
         elif opts.energy is not None:
-            share = torch.cumsum(singular ** 2, 0) / (singular ** 2).sum()
+            share = torch.cumsum(singular**2, 0) / (singular**2).sum()
             rank = int((share < opts.energy - 1e-12).sum()) + 1
         else:
             out, inp = _matrix(layer).shape
@@ -152,9 +177,14 @@ class LowRankStage(Stage):
         from mcomp.compressors.select import select_layers
 
         opts = self.options
-        return select_layers(root, include=opts.include, exclude=opts.exclude,
-                             layer_types=opts.layer_types, label=self.name,
-                             progress=ctx.progress if warn else None)
+        return select_layers(
+            root,
+            include=opts.include,
+            exclude=opts.exclude,
+            layer_types=opts.layer_types,
+            label=self.name,
+            progress=ctx.progress if warn else None,
+        )
 
 
 def output_layer(root):
@@ -192,9 +222,16 @@ def factorize(layer, rank: int):
         second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
         second_shape = second_w.shape
     else:
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride,
-                          padding=layer.padding, dilation=layer.dilation, bias=False,
-                          padding_mode=layer.padding_mode)
+        first = nn.Conv2d(
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=False,
+            padding_mode=layer.padding_mode,
+        )
         second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None)
         second_shape = (layer.out_channels, rank, 1, 1)
     with torch.no_grad():
@@ -214,7 +251,7 @@ def _bias(layer) -> int:
 
 
 def _energy(singular, rank: int) -> float:
-    squared = singular ** 2
+    squared = singular**2
     return float(squared[:rank].sum() / squared.sum()) if float(squared.sum()) > 0 else 1.0
 
 
@@ -225,9 +262,13 @@ def _output_positions(model: ModelState, layers: list) -> dict[int, int]:
     from mcomp.model.convert import example_inputs
 
     positions: dict[int, int] = {}
-    handles = [layer.register_forward_hook(
-        lambda m, _i, out: positions.__setitem__(id(m), math.prod(out.shape[2:])))
-        for layer in layers if isinstance(layer, torch.nn.Conv2d)]
+    handles = [
+        layer.register_forward_hook(
+            lambda m, _i, out: positions.__setitem__(id(m), math.prod(out.shape[2:]))
+        )
+        for layer in layers
+        if isinstance(layer, torch.nn.Conv2d)
+    ]
     try:
         with torch.no_grad():
             model.module(*example_inputs(model, batch=1))

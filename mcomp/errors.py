@@ -17,8 +17,15 @@ class MCompError(Exception):
 class RecipeError(MCompError):
     """The recipe is malformed: YAML syntax, unknown key, wrong type, impossible stage order."""
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
-                 line: int | None = None, column: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         self.file, self.key, self.line, self.column = file, key, line, column
         where = file or "recipe"
         if line is not None:

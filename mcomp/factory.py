@@ -11,8 +11,9 @@ from typing import Any
 from mcomp.errors import MCompError
 
 
-def import_factory(ref: str, *, key: str,
-                   search_paths: list[Path] | None = None) -> Callable[..., Any]:
+def import_factory(
+    ref: str, *, key: str, search_paths: list[Path] | None = None
+) -> Callable[..., Any]:
     """Return the callable named by `ref` ("package.module:function")."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
@@ -23,11 +24,14 @@ def import_factory(ref: str, *, key: str,
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise MCompError(f"{key}: cannot import {module_name!r} ({exc}); install it, or add its "
-                         "folder to `model.python_path`") from None
+        raise MCompError(
+            f"{key}: cannot import {module_name!r} ({exc}); install it, or add its "
+            "folder to `model.python_path`"
+        ) from None
     except Exception as exc:  # the user's module raised while importing
-        raise MCompError(f"{key}: importing {module_name!r} failed: "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise MCompError(
+            f"{key}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
     target = getattr(module, attr, None)
     if not callable(target):
         raise MCompError(f"{key}: {module_name!r} has no callable {attr!r}")

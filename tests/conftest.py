@@ -30,9 +30,14 @@ def run_mcomp():
     """Run `python -m mcomp ARGS` in a real subprocess; returns the CompletedProcess."""
 
     def run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mcomp", *args], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "MCOMP_THREADS": "1"})
+        return subprocess.run(
+            [sys.executable, "-m", "mcomp", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "MCOMP_THREADS": "1"},
+        )
 
     return run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-FACTORY_MODULE = '''
+FACTORY_MODULE = """
 import torch
 from torch import nn
 
@@ -15,7 +15,7 @@ def mlp(inputs=16, hidden=32, classes=4):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU(), nn.Linear(hidden, classes))
-'''
+"""
 
 
 def write_mlp_project(folder: Path, samples: int = 256) -> None:
@@ -30,8 +30,13 @@ def write_mlp_project(folder: Path, samples: int = 256) -> None:
         x = centers[y] + rng.normal(0, 1.0, size=(count, 16)).astype(np.float32)
         np.savez(folder / f"{name}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 4),
+    )
     data = np.load(folder / "train.npz")
     x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -15,14 +15,22 @@ class ResidualConcatNet(nn.Module):
 
     def __init__(self, width: int = 16, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width),
-                                  nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
-                                   nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
-                                   nn.BatchNorm2d(width))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+        )
         self.branch_a = nn.Conv2d(width, width, 1)
-        self.branch_b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width),
-                                      nn.BatchNorm2d(width), nn.Conv2d(width, width, 1))
+        self.branch_b = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, groups=width),
+            nn.BatchNorm2d(width),
+            nn.Conv2d(width, width, 1),
+        )
         self.head = nn.Linear(2 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

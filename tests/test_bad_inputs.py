@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import FAST
 
-MODELS_PY = '''
+MODELS_PY = """
 import torch
 from torch import nn
 
@@ -25,7 +25,7 @@ from torch import nn
 def make(inputs=4, hidden=16, outputs=2):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,17 @@ def project(tmp_path_factory) -> Path:
     return folder
 
 
-def write_recipe(folder: Path, name: str, *, model: dict | None = None, data: str = "data.npz",
-                 stages: list | None = None) -> Path:
+def write_recipe(
+    folder: Path,
+    name: str,
+    *,
+    model: dict | None = None,
+    data: str = "data.npz",
+    stages: list | None = None,
+) -> Path:
     recipe = {
         "version": 1,
-        "model": model or {"path": "model.pt", "factory": "mymodels:make",
-                           "python_path": ["."]},
+        "model": model or {"path": "model.pt", "factory": "mymodels:make", "python_path": ["."]},
         "data": {"train": data, "eval": data, "batch_size": 32},
         "runtime": {"threads": 1},
         "stages": stages or [{"prune": {"sparsity": 0.5}}, {"export": {}}],
@@ -82,12 +87,27 @@ def allowed_run(project, tmp_path_factory):
     import subprocess
     import sys
 
-    recipe = write_recipe(project, "pickled_allowed", model={"path": "pickled.pt"},
-                          stages=[{"export": {}}])
+    recipe = write_recipe(
+        project, "pickled_allowed", model={"path": "pickled.pt"}, stages=[{"export": {}}]
+    )
     out = tmp_path_factory.mktemp("good-out")
-    result = subprocess.run([sys.executable, "-m", "mcomp", "run", str(recipe), "--out",
-                             str(out), "--allow-pickle", "--quiet", *FAST],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcomp",
+            "run",
+            str(recipe),
+            "--out",
+            str(out),
+            "--allow-pickle",
+            "--quiet",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return result, out
 
 
@@ -143,34 +163,40 @@ def test_pickled_module_runs_with_allow_pickle(allowed_run):
 
 
 def test_pickled_module_is_refused_without_opt_in(project, run_mcomp, out_dir, good_model):
-    recipe = write_recipe(project, "pickled", model={"path": "pickled.pt"},
-                          stages=[{"export": {}}])
+    recipe = write_recipe(project, "pickled", model={"path": "pickled.pt"}, stages=[{"export": {}}])
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    line = refused(result, out_dir, good_model, "model.path:", "pickled.pt",
-                   "allow_pickle", "--allow-pickle")
+    line = refused(
+        result, out_dir, good_model, "model.path:", "pickled.pt", "allow_pickle", "--allow-pickle"
+    )
     assert "state_dict" in line  # and the safer alternative
 
 
 def test_missing_model_file(project, run_mcomp, tmp_path, good_model):
-    recipe = write_recipe(project, "missing", model={"path": "nowhere/missing.pt",
-                                                     "factory": "mymodels:make"})
+    recipe = write_recipe(
+        project, "missing", model={"path": "nowhere/missing.pt", "factory": "mymodels:make"}
+    )
     out = tmp_path / "fresh-out"
     result = run_mcomp("run", str(recipe), "--out", str(out), *FAST)
     refused(result, out, good_model, "model.path:", "file not found", "missing.pt")
     assert not out.exists(), "a refused run creates no output directory"
 
 
-@pytest.mark.parametrize(("file", "expected"), [
-    ("truncated.pt", "corrupt or truncated"),
-    ("damaged.pt", "corrupt or truncated"),
-    ("random.pt", "is not a model file mcomp knows"),
-    ("garbage.onnx", "is not a model file mcomp knows"),
-])
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [
+        ("truncated.pt", "corrupt or truncated"),
+        ("damaged.pt", "corrupt or truncated"),
+        ("random.pt", "is not a model file mcomp knows"),
+        ("garbage.onnx", "is not a model file mcomp knows"),
+    ],
+)
 def test_corrupt_model_file(project, run_mcomp, out_dir, good_model, file, expected):
     # prune first: a garbage file named .onnx must not be reported as an ONNX model
-    recipe = write_recipe(project, f"corrupt_{file.replace('.', '_')}",
-                          model={"path": file, "factory": "mymodels:make",
-                                 "python_path": ["."]})
+    recipe = write_recipe(
+        project,
+        f"corrupt_{file.replace('.', '_')}",
+        model={"path": file, "factory": "mymodels:make", "python_path": ["."]},
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
     line = refused(result, out_dir, good_model, "model.path:", file, expected)
     assert "allow" not in line, "a damaged file is not a pickled module to opt in to"
@@ -186,18 +212,32 @@ def test_onnx_model_onnxruntime_cannot_load(project, run_mcomp, out_dir, good_mo
     model.opset_import.append(onnx.helper.make_opsetid("my.ops", 1))
     onnx.checker.check_model(model)
     onnx.save(model, project / "unknown_op.onnx")
-    recipe = write_recipe(project, "unknown_op", model={"path": "unknown_op.onnx"},
-                          stages=[{"quantize": {"mode": "dynamic"}}, {"export": {}}])
+    recipe = write_recipe(
+        project,
+        "unknown_op",
+        model={"path": "unknown_op.onnx"},
+        stages=[{"quantize": {"mode": "dynamic"}}, {"export": {}}],
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    line = refused(result, out_dir, good_model, "model.path:", "unknown_op.onnx",
-                   "onnxruntime cannot load", "my.ops")
+    line = refused(
+        result,
+        out_dir,
+        good_model,
+        "model.path:",
+        "unknown_op.onnx",
+        "onnxruntime cannot load",
+        "my.ops",
+    )
     assert "data." not in line
 
 
-@pytest.mark.parametrize(("file", "expected"), [
-    ("legacy_truncated.pt", "(EOFError); the file may be corrupt or truncated"),
-    ("empty.pt", "is not a model file mcomp knows"),
-])
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [
+        ("legacy_truncated.pt", "(EOFError); the file may be corrupt or truncated"),
+        ("empty.pt", "is not a model file mcomp knows"),
+    ],
+)
 def test_more_corrupt_files_are_typed_errors(project, file, expected):
     # In-process (no subprocess needed): an exception with an empty message (EOFError) used
     # to escape as "unexpected error: IndexError"; the boundary only words typed errors.
@@ -214,49 +254,87 @@ def test_more_corrupt_files_are_typed_errors(project, file, expected):
 
 def test_factory_module_outside_python_path(project, run_mcomp, out_dir, good_model, tmp_path):
     # mymodels.py sits beside the recipe, but the recipe forgot `python_path: ["."]`
-    recipe = write_recipe(project, "no_python_path",
-                          model={"path": "model.pt", "factory": "mymodels:make"})
+    recipe = write_recipe(
+        project, "no_python_path", model={"path": "model.pt", "factory": "mymodels:make"}
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST, cwd=tmp_path)
-    line = refused(result, out_dir, good_model, "model.factory:", "cannot import 'mymodels'",
-                   "model.python_path")
+    line = refused(
+        result,
+        out_dir,
+        good_model,
+        "model.factory:",
+        "cannot import 'mymodels'",
+        "model.python_path",
+    )
     assert "corrupt" not in line, "the model file is fine; the factory is not"
 
 
 def test_factory_function_that_does_not_exist(project, run_mcomp, out_dir, good_model):
-    recipe = write_recipe(project, "no_function", model={
-        "path": "model.pt", "factory": "mymodels:nothing", "python_path": ["."]})
+    recipe = write_recipe(
+        project,
+        "no_function",
+        model={"path": "model.pt", "factory": "mymodels:nothing", "python_path": ["."]},
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    line = refused(result, out_dir, good_model, "model.factory:", "mymodels",
-                   "no callable 'nothing'")
+    line = refused(
+        result, out_dir, good_model, "model.factory:", "mymodels", "no callable 'nothing'"
+    )
     assert "corrupt" not in line
 
 
-def test_state_dict_that_does_not_fit_the_factory_module(project, run_mcomp, out_dir,
-                                                         good_model):
-    recipe = write_recipe(project, "wrong_args",
-                          model={"path": "model.pt", "factory": "mymodels:make",
-                                 "python_path": ["."], "factory_args": {"inputs": 5}})
+def test_state_dict_that_does_not_fit_the_factory_module(project, run_mcomp, out_dir, good_model):
+    recipe = write_recipe(
+        project,
+        "wrong_args",
+        model={
+            "path": "model.pt",
+            "factory": "mymodels:make",
+            "python_path": ["."],
+            "factory_args": {"inputs": 5},
+        },
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
     # names the parameter whose shape differs, not only "Error(s) in loading state_dict"
-    refused(result, out_dir, good_model, "model.path:", "model.pt", "size mismatch for 0.weight",
-            "model.factory_args")
+    refused(
+        result,
+        out_dir,
+        good_model,
+        "model.path:",
+        "model.pt",
+        "size mismatch for 0.weight",
+        "model.factory_args",
+    )
 
 
 def test_factory_args_the_factory_does_not_take(project, run_mcomp, out_dir, good_model):
-    recipe = write_recipe(project, "unknown_args",
-                          model={"path": "model.pt", "factory": "mymodels:make",
-                                 "python_path": ["."], "factory_args": {"layers": 3}})
+    recipe = write_recipe(
+        project,
+        "unknown_args",
+        model={
+            "path": "model.pt",
+            "factory": "mymodels:make",
+            "python_path": ["."],
+            "factory_args": {"layers": 3},
+        },
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    line = refused(result, out_dir, good_model, "model.factory:", "'layers'",
-                   "model.factory_args")
+    line = refused(result, out_dir, good_model, "model.factory:", "'layers'", "model.factory_args")
     assert "corrupt" not in line
 
 
 def test_npz_without_the_named_arrays(project, run_mcomp, out_dir, good_model):
     recipe = write_recipe(project, "renamed", data="renamed.npz")
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    refused(result, out_dir, good_model, "data.train:", "renamed.npz", "['x', 'y']",
-            "['features', 'target']", "inputs: [...]")
+    refused(
+        result,
+        out_dir,
+        good_model,
+        "data.train:",
+        "renamed.npz",
+        "['x', 'y']",
+        "['features', 'target']",
+        "inputs: [...]",
+    )
 
 
 def test_data_shape_does_not_fit_the_model(project, run_mcomp, tmp_path, good_model):
@@ -267,30 +345,41 @@ def test_data_shape_does_not_fit_the_model(project, run_mcomp, tmp_path, good_mo
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("out", "expected"), [
-    ("somefile", "somefile exists and is a file"),
-    # refused at once, not by the final write after all the work
-    ("somefile/sub", "cannot create"),
-])
-def test_output_directory_that_is_a_file(project, run_mcomp, tmp_path, good_model, out,
-                                         expected):
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [
+        ("somefile", "somefile exists and is a file"),
+        # refused at once, not by the final write after all the work
+        ("somefile/sub", "cannot create"),
+    ],
+)
+def test_output_directory_that_is_a_file(project, run_mcomp, tmp_path, good_model, out, expected):
     target = tmp_path / "somefile"
     target.write_bytes(good_model)
     recipe = write_recipe(project, "out_is_file")
     result = run_mcomp("run", str(recipe), "--out", str(tmp_path / out), *FAST)
-    line = refused(result, tmp_path / "absent", good_model, "output.dir:", expected,
-                   "choose a directory (--out)")
+    line = refused(
+        result,
+        tmp_path / "absent",
+        good_model,
+        "output.dir:",
+        expected,
+        "choose a directory (--out)",
+    )
     assert str(target) in line
     assert "loading model" not in result.stderr, "refused before any work"
     assert target.read_bytes() == good_model
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("stages.0.prune.sparsty=0.3", ["stages[0].prune.sparsty", "did you mean 'sparsity'"]),
-    ("modle.path=x.pt", ["unknown key 'modle'", "did you mean 'model'"]),
-    ("stages.7.prune.sparsity=0.3", ["--set", "no element 'stages.7'"]),
-    ("seed", ["--set", "expected KEY=VALUE"]),
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("stages.0.prune.sparsty=0.3", ["stages[0].prune.sparsty", "did you mean 'sparsity'"]),
+        ("modle.path=x.pt", ["unknown key 'modle'", "did you mean 'model'"]),
+        ("stages.7.prune.sparsity=0.3", ["--set", "no element 'stages.7'"]),
+        ("seed", ["--set", "expected KEY=VALUE"]),
+    ],
+)
 def test_set_with_a_bad_key(project, run_mcomp, out_dir, good_model, override, expected):
     recipe = write_recipe(project, "set_bad_key")
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), "--set", override, *FAST)
@@ -298,20 +387,30 @@ def test_set_with_a_bad_key(project, run_mcomp, out_dir, good_model, override, e
 
 
 def test_quantize_op_type_onnxruntime_does_not_know(project, run_mcomp, out_dir, good_model):
-    recipe = write_recipe(project, "not_an_op", stages=[
-        {"quantize": {"mode": "static", "op_types": ["NotAnOp"]}}, {"export": {}}])
+    recipe = write_recipe(
+        project,
+        "not_an_op",
+        stages=[{"quantize": {"mode": "static", "op_types": ["NotAnOp"]}}, {"export": {}}],
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    refused(result, out_dir, good_model, "quantize.op_types:", "NotAnOp", "quantizable:",
-            "MatMul")
+    refused(result, out_dir, good_model, "quantize.op_types:", "NotAnOp", "quantizable:", "MatMul")
 
 
-def test_run_failing_mid_way_leaves_the_previous_model_untouched(project, run_mcomp, out_dir,
-                                                                 good_model):
+def test_run_failing_mid_way_leaves_the_previous_model_untouched(
+    project, run_mcomp, out_dir, good_model
+):
     # prune and finetune run, then onnxruntime quantizes nothing (an MLP has no Conv): the
     # failure comes from inside the third stage, after real work.
-    recipe = write_recipe(project, "mid_way", stages=[
-        {"prune": {"sparsity": 0.5}}, {"finetune": {"epochs": 1}},
-        {"quantize": {"mode": "static", "op_types": ["Conv"]}}, {"export": {}}])
+    recipe = write_recipe(
+        project,
+        "mid_way",
+        stages=[
+            {"prune": {"sparsity": 0.5}},
+            {"finetune": {"epochs": 1}},
+            {"quantize": {"mode": "static", "op_types": ["Conv"]}},
+            {"export": {}},
+        ],
+    )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
     refused(result, out_dir, good_model, "quantize:", "quantized no node", "op_types")
     assert "stage 2/4: finetune" in result.stderr, "the failure really came mid-way"

@@ -48,15 +48,22 @@ def test_kmeans_keeps_at_most_k_values_zeros_exact_and_is_deterministic(init):
 
 def test_cluster_then_export_leaves_k_values_per_layer_and_keeps_zeros(project):
     # setup
-    recipe = mlp_recipe(project, "  - prune: {sparsity: 0.5}\n"
-                                 "  - cluster: {clusters: 6, finetune_epochs: 2, lr: 0.001}\n"
-                                 "  - export: {}\n", extra=NO_LATENCY)
+    recipe = mlp_recipe(
+        project,
+        "  - prune: {sparsity: 0.5}\n"
+        "  - cluster: {clusters: 6, finetune_epochs: 2, lr: 0.001}\n"
+        "  - export: {}\n",
+        extra=NO_LATENCY,
+    )
     # act
     result, _ = run_recipe(recipe, project / "out")
     # check: the written ONNX weights themselves
     prune, cluster, _ = result.report["stages"]
-    weights = [numpy_helper.to_array(i) for i in onnx.load(str(project / "out" / "model.onnx"))
-               .graph.initializer if i.dims and len(i.dims) == 2]
+    weights = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(project / "out" / "model.onnx")).graph.initializer
+        if i.dims and len(i.dims) == 2
+    ]
     assert len(weights) == 3
     assert all(np.unique(w).size <= 6 for w in weights)
     assert cluster["metrics"]["nonzero_params"] == prune["metrics"]["nonzero_params"]
@@ -70,11 +77,14 @@ def test_cluster_then_export_leaves_k_values_per_layer_and_keeps_zeros(project):
 def test_cluster_then_int8_quantize_runs_in_onnxruntime(tmp_path):
     # setup: the digits CNN, clustered to 16 values, then static int8
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("version: 1\nmodel: {builtin: digits_cnn}\n"
-                      "data: {train: {builtin: digits, samples: 300}, "
-                      "eval: {builtin: digits, samples: 200}, calibration_samples: 64}\n"
-                      + NO_LATENCY + "stages:\n  - cluster: {clusters: 16, init: kmeans++}\n"
-                      "  - quantize: {mode: static}\n  - export: {}\n")
+    recipe.write_text(
+        "version: 1\nmodel: {builtin: digits_cnn}\n"
+        "data: {train: {builtin: digits, samples: 300}, "
+        "eval: {builtin: digits, samples: 200}, calibration_samples: 64}\n"
+        + NO_LATENCY
+        + "stages:\n  - cluster: {clusters: 16, init: kmeans++}\n"
+        "  - quantize: {mode: static}\n  - export: {}\n"
+    )
     # act
     result, _ = run_recipe(recipe, tmp_path / "out")
     # check
@@ -89,11 +99,13 @@ def test_cluster_then_int8_quantize_runs_in_onnxruntime(tmp_path):
     # the index-coded weights (the default storage) were folded back and quantized
     assert cluster["details"]["storage"]["tensors"]
     assert counts["Gather"] == 0
-    assert not any(i.data_type == onnx.TensorProto.UINT8 and len(i.dims) > 1
-                   for i in model.graph.initializer)
+    assert not any(
+        i.data_type == onnx.TensorProto.UINT8 and len(i.dims) > 1 for i in model.graph.initializer
+    )
     assert quantize["metrics"]["metric"] >= base["metric"] - 0.03
-    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     x = np.zeros((3, 1, 8, 8), dtype=np.float32)
     assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (3, 10)
 
@@ -116,9 +128,11 @@ def test_index_code_is_lossless_keeps_zeros_and_skips_many_valued_tensors():
     v = rng.standard_normal((16, 300)).astype(np.float32)
     graph = oh.make_graph(
         [oh.make_node("MatMul", ["x", "W"], ["h"]), oh.make_node("MatMul", ["h", "V"], ["y"])],
-        "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 8])],
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 8])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 300])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V")])
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V")],
+    )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
     # act
     coded, facts = index_code(model)
@@ -132,8 +146,12 @@ def test_index_code_is_lossless_keeps_zeros_and_skips_many_valued_tensors():
     assert np.count_nonzero(inits["W.index"]) == np.count_nonzero(w)
     assert [n.op_type for n in coded.graph.node] == ["Cast", "Gather", "MatMul", "MatMul"]
     x = rng.standard_normal((5, 8)).astype(np.float32)
-    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-               .run(None, {"x": x})[0] for m in (model, coded)]
+    outputs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        for m in (model, coded)
+    ]
     assert np.array_equal(outputs[0], outputs[1])
 
 
@@ -143,12 +161,15 @@ def test_index_coded_storage_is_smaller_and_computes_the_float_models_outputs(tm
     reports = {}
     for storage in ("indices", "float"):
         recipe = tmp_path / f"{storage}.yaml"
-        recipe.write_text("version: 1\nmodel: {builtin: digits_cnn}\n"
-                          "data: {train: {builtin: digits, samples: 200}, "
-                          "eval: {builtin: digits, samples: 120}}\n" + NO_LATENCY +
-                          f"stages:\n  - prune: {{sparsity: 0.5}}\n"
-                          f"  - cluster: {{clusters: 16, storage: {storage}}}\n"
-                          "  - export: {}\n")
+        recipe.write_text(
+            "version: 1\nmodel: {builtin: digits_cnn}\n"
+            "data: {train: {builtin: digits, samples: 200}, "
+            "eval: {builtin: digits, samples: 120}}\n"
+            + NO_LATENCY
+            + f"stages:\n  - prune: {{sparsity: 0.5}}\n"
+            f"  - cluster: {{clusters: 16, storage: {storage}}}\n"
+            "  - export: {}\n"
+        )
         # act
         reports[storage] = run_recipe(recipe, tmp_path / storage)[0].report
     # check: uint8 index tensors and Gathers in the file, none in the float one
@@ -166,7 +187,10 @@ def test_index_coded_storage_is_smaller_and_computes_the_float_models_outputs(tm
     assert indices["metrics"]["size_bytes"] < floats["metrics"]["size_bytes"] / 3
     assert indices["metrics"]["size_compressed_bytes"] < floats["metrics"]["size_compressed_bytes"]
     x = np.random.default_rng(1).standard_normal((7, 1, 8, 8)).astype(np.float32)
-    outputs = [ort.InferenceSession(files[s].SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {
-                                        files[s].graph.input[0].name: x})[0] for s in files]
+    outputs = [
+        ort.InferenceSession(files[s].SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {files[s].graph.input[0].name: x}
+        )[0]
+        for s in files
+    ]
     assert np.array_equal(outputs[0], outputs[1])

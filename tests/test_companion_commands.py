@@ -35,15 +35,20 @@ def _export(module: torch.nn.Module, features: int, path: Path) -> None:
 def _embedding_onnx(path: Path) -> None:
     """A model with an int64 input, so bench must feed integers (zeros):
 
-        ids (N, 4) int64 ──Gather(table 10×3)──> (N, 4, 3) ──ReduceSum(axis 1)──> out (N, 3)
+    ids (N, 4) int64 ──Gather(table 10×3)──> (N, 4, 3) ──ReduceSum(axis 1)──> out (N, 3)
     """
     table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["emb"]),
-         helper.make_node("ReduceSum", ["emb", "axes"], ["out"], keepdims=0)],
-        "embedding", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])], [table, axes])
+        [
+            helper.make_node("Gather", ["table", "ids"], ["emb"]),
+            helper.make_node("ReduceSum", ["emb", "axes"], ["out"], keepdims=0),
+        ],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+        [table, axes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -53,13 +58,16 @@ def _embedding_onnx(path: Path) -> None:
 def _narrow_onnx(path: Path) -> None:
     """A classifier of 5 features, so its signature differs from the MLP's 16:
 
-        x (N, 5) ──Gemm(W 4×5, transB)──> out (N, 4)
+    x (N, 5) ──Gemm(W 4×5, transB)──> out (N, 4)
     """
     weight = numpy_helper.from_array(np.ones((4, 5), dtype=np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W"], ["out"], transB=1)], "narrow",
+        [helper.make_node("Gemm", ["x", "W"], ["out"], transB=1)],
+        "narrow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])], [weight])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, str(path))
@@ -86,8 +94,12 @@ def project(tmp_path_factory) -> Path:
         sys.modules.pop("tinymodels", None)
     # 7-bit weights: onnxruntime's AVX2 kernel (no VNNI) adds pairs of u8*s8 products in 16
     # bits and saturates with full int8 weights (max |diff| 2.5 on this MLP); VNNI CPUs agree
-    quantize_dynamic(str(folder / "mlp.onnx"), str(folder / "mlp_int8.onnx"),
-                     weight_type=QuantType.QInt8, reduce_range=True)
+    quantize_dynamic(
+        str(folder / "mlp.onnx"),
+        str(folder / "mlp_int8.onnx"),
+        weight_type=QuantType.QInt8,
+        reduce_range=True,
+    )
     (folder / "onnx_named.pt").write_bytes((folder / "mlp.onnx").read_bytes())
     (folder / "garbage.onnx").write_bytes(b"this is not a model\n" * 10)
     _embedding_onnx(folder / "embedding.onnx")
@@ -114,14 +126,20 @@ def _one_line_error(result, expected: str) -> None:
 
 # --- inspect ---------------------------------------------------------------------------------
 
+
 def test_inspect_fp32_and_int8_onnx(project, run_mcomp):
     fp32 = _json(run_mcomp("inspect", "mlp.onnx", "--json", cwd=project))
     int8 = _json(run_mcomp("inspect", "mlp_int8.onnx", "--json", cwd=project))
 
     assert [row["type"] for row in fp32["layers"]] == ["Gemm"] * 3
     assert [row["macs"] for row in fp32["layers"]] == LAYER_MACS
-    assert fp32["totals"] == {"params": PARAMS, "nonzero": PARAMS, "sparsity": 0.0,
-                              "macs": sum(LAYER_MACS), "int8_layers": 0}
+    assert fp32["totals"] == {
+        "params": PARAMS,
+        "nonzero": PARAMS,
+        "sparsity": 0.0,
+        "macs": sum(LAYER_MACS),
+        "int8_layers": 0,
+    }
     quantized = [row for row in int8["layers"] if row["dtype"] == "int8"]
     assert [row["type"] for row in quantized] == ["MatMulInteger"] * 3
     assert [row["shape"] for row in quantized] == [[16, 32], [32, 32], [32, 4]]
@@ -130,17 +148,29 @@ def test_inspect_fp32_and_int8_onnx(project, run_mcomp):
 
 
 def test_inspect_state_dict_needs_factory_and_shape_for_macs(project, run_mcomp):
-    table = run_mcomp("inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--input-shape",
-                      "16", cwd=project)
+    table = run_mcomp(
+        "inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--input-shape", "16", cwd=project
+    )
     assert table.returncode == 0, table.stderr
     assert "Linear" in table.stdout and "1,732" in table.stdout
 
-    with_shape = _json(run_mcomp("inspect", "mlp.pt", *FACTORY, "--python-path", ".",
-                                 "--input-shape", "16", "--json", cwd=project))
+    with_shape = _json(
+        run_mcomp(
+            "inspect",
+            "mlp.pt",
+            *FACTORY,
+            "--python-path",
+            ".",
+            "--input-shape",
+            "16",
+            "--json",
+            cwd=project,
+        )
+    )
     assert [(r["name"], r["macs"]) for r in with_shape["layers"]] == list(
-        zip(["0", "2", "4"], LAYER_MACS, strict=True))
-    no_shape = run_mcomp("inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--json",
-                         cwd=project)
+        zip(["0", "2", "4"], LAYER_MACS, strict=True)
+    )
+    no_shape = run_mcomp("inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--json", cwd=project)
     assert json.loads(no_shape.stdout)["totals"]["macs"] is None
     assert "--input-shape" in no_shape.stderr
     _one_line_error(run_mcomp("inspect", "mlp.pt", cwd=project), "--factory")
@@ -153,12 +183,25 @@ def test_model_format_comes_from_content_not_extension(project, run_mcomp):
 
 # --- eval ------------------------------------------------------------------------------------
 
+
 def test_eval_onnx_torch_and_int8(project, run_mcomp):
     onnx_acc = _json(run_mcomp("eval", "mlp.onnx", "--data", "eval.npz", "--json", cwd=project))
-    torch_acc = _json(run_mcomp("eval", "mlp.pt", *FACTORY, "--python-path", ".", "--data",
-                                "eval.npz", "--json", cwd=project))
-    int8_acc = _json(run_mcomp("eval", "mlp_int8.onnx", "--data", "eval.npz", "--json",
-                               cwd=project))
+    torch_acc = _json(
+        run_mcomp(
+            "eval",
+            "mlp.pt",
+            *FACTORY,
+            "--python-path",
+            ".",
+            "--data",
+            "eval.npz",
+            "--json",
+            cwd=project,
+        )
+    )
+    int8_acc = _json(
+        run_mcomp("eval", "mlp_int8.onnx", "--data", "eval.npz", "--json", cwd=project)
+    )
 
     assert onnx_acc["metric_name"] == "accuracy" and onnx_acc["samples"] == 128
     assert onnx_acc["metric"] == torch_acc["metric"] >= 0.9
@@ -169,46 +212,94 @@ def test_eval_onnx_torch_and_int8(project, run_mcomp):
 def test_eval_named_arrays_and_mse(project, run_mcomp):
     data = np.load(project / "eval.npz")
     np.savez(project / "named.npz", pixels=data["x"], target=data["y"])
-    by_name = _json(run_mcomp("eval", "mlp.onnx", "--data", "named.npz", "--inputs", "pixels",
-                              "--labels", "target", "--json", cwd=project))
+    by_name = _json(
+        run_mcomp(
+            "eval",
+            "mlp.onnx",
+            "--data",
+            "named.npz",
+            "--inputs",
+            "pixels",
+            "--labels",
+            "target",
+            "--json",
+            cwd=project,
+        )
+    )
     default = _json(run_mcomp("eval", "mlp.onnx", "--data", "eval.npz", "--json", cwd=project))
     assert by_name["metric"] == default["metric"]
     targets = np.zeros((len(data["x"]), 4), dtype=np.float32)
     np.savez(project / "regress.npz", x=data["x"], y=targets)
-    mse = _json(run_mcomp("eval", "mlp.onnx", "--data", "regress.npz", "--metric", "mse",
-                          "--json", cwd=project))
+    mse = _json(
+        run_mcomp(
+            "eval", "mlp.onnx", "--data", "regress.npz", "--metric", "mse", "--json", cwd=project
+        )
+    )
     assert mse["metric_name"] == "mse" and mse["metric"] > 0
 
 
 # --- bench -----------------------------------------------------------------------------------
 
+
 def test_bench_latency_throughput_memory(project, run_mcomp):
-    result = _json(run_mcomp("bench", "mlp_int8.onnx", "--batch", "1", "--batch", "8",
-                             "--warmup", "1", "--runs", "5", "--json", cwd=project))
+    result = _json(
+        run_mcomp(
+            "bench",
+            "mlp_int8.onnx",
+            "--batch",
+            "1",
+            "--batch",
+            "8",
+            "--warmup",
+            "1",
+            "--runs",
+            "5",
+            "--json",
+            cwd=project,
+        )
+    )
     assert [b["batch"] for b in result["batches"]] == [1, 8]
     for row in result["batches"]:
         assert 0 < row["p50_ms"] <= row["p90_ms"]
         assert row["mean_ms"] > 0
         # p50_ms is rounded to 0.1 µs in the JSON; throughput comes from the exact median
-        assert row["throughput_per_s"] == pytest.approx(row["batch"] * 1000 / row["p50_ms"],
-                                                        rel=0.05)
+        assert row["throughput_per_s"] == pytest.approx(
+            row["batch"] * 1000 / row["p50_ms"], rel=0.05
+        )
     assert result["threads"] == 1 and isinstance(result["cpu_isa"], list)
     assert result["memory"]["session_peak_bytes"] > 0
 
 
 def test_bench_profile_splits_kernel_time_by_op_and_counts_int8_kernels(project, run_mcomp):
-    int8 = _json(run_mcomp("bench", "mlp_int8.onnx", "--batch", "1", "--batch", "8",
-                           "--runs", "3", "--profile", "--json", cwd=project))["profile"]
+    int8 = _json(
+        run_mcomp(
+            "bench",
+            "mlp_int8.onnx",
+            "--batch",
+            "1",
+            "--batch",
+            "8",
+            "--runs",
+            "3",
+            "--profile",
+            "--json",
+            cwd=project,
+        )
+    )["profile"]
     assert int8["batch"] == 8 and int8["kernel_ms"] > 0
     assert sum(row["share"] for row in int8["ops"]) == pytest.approx(1.0, abs=0.01)
-    assert [row["ms"] for row in int8["ops"]] == sorted((row["ms"] for row in int8["ops"]),
-                                                        reverse=True)
+    assert [row["ms"] for row in int8["ops"]] == sorted(
+        (row["ms"] for row in int8["ops"]), reverse=True
+    )
     quantized = {row["op"] for row in int8["ops"] if row["quantized"]}
     assert quantized and 0 < int8["quantized_kernel_share"] <= 1
-    assert all(op.startswith(("QLinear", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul"))
-               for op in quantized)
-    fp32 = _json(run_mcomp("bench", "mlp.onnx", "--runs", "3", "--profile", "--json",
-                           cwd=project))["profile"]
+    assert all(
+        op.startswith(("QLinear", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul"))
+        for op in quantized
+    )
+    fp32 = _json(run_mcomp("bench", "mlp.onnx", "--runs", "3", "--profile", "--json", cwd=project))[
+        "profile"
+    ]
     assert fp32["quantized_kernel_share"] == 0 and fp32["ops"]
     table = run_mcomp("bench", "mlp_int8.onnx", "--runs", "2", "--profile", cwd=project)
     assert table.returncode == 0 and "kernel time per op type at batch 32" in table.stdout
@@ -223,14 +314,27 @@ def test_bench_feeds_integer_inputs_and_renders_a_table(project, run_mcomp):
 
 # --- compare ---------------------------------------------------------------------------------
 
+
 def test_compare_fp32_with_int8(project, run_mcomp):
-    result = _json(run_mcomp("compare", "mlp.onnx", "mlp_int8.onnx", "--data", "eval.npz",
-                             "--rounds", "2", "--runs", "3", "--json", cwd=project))
+    result = _json(
+        run_mcomp(
+            "compare",
+            "mlp.onnx",
+            "mlp_int8.onnx",
+            "--data",
+            "eval.npz",
+            "--rounds",
+            "2",
+            "--runs",
+            "3",
+            "--json",
+            cwd=project,
+        )
+    )
     figures = result["figures"]
     assert figures["size_bytes"]["ratio_b_over_a"] < 1
     assert figures["size_compressed_bytes"]["b"] < figures["size_compressed_bytes"]["a"]
-    assert figures["macs"] == {"a": sum(LAYER_MACS), "b": sum(LAYER_MACS),
-                               "ratio_b_over_a": 1.0}
+    assert figures["macs"] == {"a": sum(LAYER_MACS), "b": sum(LAYER_MACS), "ratio_b_over_a": 1.0}
     assert figures["latency_ms_b1"]["a"] > 0 and figures["latency_ms_b1"]["b"] > 0
     assert figures["metric"]["a"] >= 0.9 and result["metric_name"] == "accuracy"
     agreement = result["agreement"]
@@ -239,9 +343,24 @@ def test_compare_fp32_with_int8(project, run_mcomp):
 
 
 def test_compare_torch_with_its_onnx_export_without_data(project, run_mcomp):
-    result = _json(run_mcomp("compare", "mlp.pt", "mlp.onnx", *FACTORY, "--python-path", ".",
-                             "--input-shape", "16", "--rounds", "1", "--runs", "2", "--json",
-                             cwd=project))
+    result = _json(
+        run_mcomp(
+            "compare",
+            "mlp.pt",
+            "mlp.onnx",
+            *FACTORY,
+            "--python-path",
+            ".",
+            "--input-shape",
+            "16",
+            "--rounds",
+            "1",
+            "--runs",
+            "2",
+            "--json",
+            cwd=project,
+        )
+    )
     assert result["samples"] == "64 random" and "metric" not in result["figures"]
     assert result["agreement"]["max_abs_diff"] < 1e-4
     assert result["agreement"]["top1_agreement"] == 1.0
@@ -249,35 +368,46 @@ def test_compare_torch_with_its_onnx_export_without_data(project, run_mcomp):
 
 
 def test_compare_prints_a_table(project, run_mcomp):
-    result = run_mcomp("compare", "mlp.onnx", "mlp_int8.onnx", "--rounds", "1", "--runs", "2",
-                       cwd=project)
+    result = run_mcomp(
+        "compare", "mlp.onnx", "mlp_int8.onnx", "--rounds", "1", "--runs", "2", cwd=project
+    )
     assert result.returncode == 0, result.stderr
     assert "size_bytes" in result.stdout and "top-1 agreement" in result.stdout
 
 
 # --- bad input: exit 2, one line -------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["compare", "mlp.onnx", "narrow.onnx"], "different inputs"),
-    (["inspect", "missing.onnx"], "file not found"),
-    (["inspect", "garbage.onnx"], "not a model file"),
-    (["inspect", "."], "is not a file"),
-    (["bench", "mlp.pt"], "bench times ONNX models"),
-    (["bench", "unknown_op.onnx"], "onnxruntime cannot load unknown_op.onnx"),
-    (["compare", "mlp.onnx", "unknown_op.onnx"], "onnxruntime cannot load"),
-    (["eval", "unknown_op.onnx", "--data", "eval.npz"], "onnxruntime cannot load"),
-    (["eval", "mlp.onnx", "--data", "narrow.npz"], "--data: array 'x' has samples of shape (5,)"),
-    (["eval", "mlp.onnx", "--data", "eval.npz", "--labels", "nope"], "no array(s) ['nope']"),
-    (["eval", "mlp.onnx", "--data", "garbage.onnx"], "not a readable .npz"),
-    (["inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--input-shape", "1,a"],
-     "--input-shape"),
-])
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["compare", "mlp.onnx", "narrow.onnx"], "different inputs"),
+        (["inspect", "missing.onnx"], "file not found"),
+        (["inspect", "garbage.onnx"], "not a model file"),
+        (["inspect", "."], "is not a file"),
+        (["bench", "mlp.pt"], "bench times ONNX models"),
+        (["bench", "unknown_op.onnx"], "onnxruntime cannot load unknown_op.onnx"),
+        (["compare", "mlp.onnx", "unknown_op.onnx"], "onnxruntime cannot load"),
+        (["eval", "unknown_op.onnx", "--data", "eval.npz"], "onnxruntime cannot load"),
+        (
+            ["eval", "mlp.onnx", "--data", "narrow.npz"],
+            "--data: array 'x' has samples of shape (5,)",
+        ),
+        (["eval", "mlp.onnx", "--data", "eval.npz", "--labels", "nope"], "no array(s) ['nope']"),
+        (["eval", "mlp.onnx", "--data", "garbage.onnx"], "not a readable .npz"),
+        (
+            ["inspect", "mlp.pt", *FACTORY, "--python-path", ".", "--input-shape", "1,a"],
+            "--input-shape",
+        ),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(project, run_mcomp, args, expected):
     np.savez(project / "narrow.npz", x=np.zeros((8, 5), np.float32), y=np.zeros(8, np.int64))
     _one_line_error(run_mcomp(*args, cwd=project), expected)
 
 
 # --- init ------------------------------------------------------------------------------------
+
 
 def test_init_writes_a_recipe_validate_accepts(tmp_path, project, run_mcomp):
     first = run_mcomp("init", cwd=tmp_path)
@@ -295,26 +425,33 @@ def test_init_writes_a_recipe_validate_accepts(tmp_path, project, run_mcomp):
     assert run_mcomp("init", *args, "--out", "sub/torch.yaml", cwd=tmp_path).returncode == 0
     checked = _json(run_mcomp("validate", "sub/torch.yaml", "--json", cwd=tmp_path))
     assert checked["stages"] == ["prune", "finetune", "quantize", "export"]
-    assert run_mcomp("init", "--model", str(project / "onnx_named.pt"), "--out", "onnx.yaml",
-                     cwd=tmp_path).returncode == 0
+    assert (
+        run_mcomp(
+            "init", "--model", str(project / "onnx_named.pt"), "--out", "onnx.yaml", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     checked = _json(run_mcomp("validate", "onnx.yaml", "--json", cwd=tmp_path))
     assert checked["stages"] == ["quantize", "export"]
 
 
 # --- run --summary-md and provenance ---------------------------------------------------------
 
+
 def test_run_writes_summary_md_step_summary_and_provenance(project, run_mcomp, monkeypatch):
     (project / "run.yaml").write_text(
         'version: 1\nmodel: {path: mlp.pt, factory: "tinymodels:mlp", python_path: ["."]}\n'
         "data: {eval: eval.npz}\nruntime: {threads: 1, latency: {runs: 2, warmup: 1, batch: 4}}\n"
         "stages:\n  - prune: {sparsity: 0.5}\n"
-        "constraints: {max_accuracy_drop: 0.5, min_compression: 100}\n")
+        "constraints: {max_accuracy_drop: 0.5, min_compression: 100}\n"
+    )
     step_summary = project / "step_summary.md"
     step_summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
 
-    result = run_mcomp("run", "run.yaml", "--out", "run-out", "--summary-md", "summary.md", "-q",
-                       cwd=project)
+    result = run_mcomp(
+        "run", "run.yaml", "--out", "run-out", "--summary-md", "summary.md", "-q", cwd=project
+    )
 
     assert result.returncode == 1, result.stderr  # min_compression 100 is broken on purpose
     summary = (project / "summary.md").read_text()
@@ -324,8 +461,16 @@ def test_run_writes_summary_md_step_summary_and_provenance(project, run_mcomp, m
     assert "| min_compression |" in summary and "**BROKEN**" in summary
     assert step_summary.read_text() == "earlier step\n" + summary + "\n"
     provenance = json.loads((project / "run-out" / "provenance.json").read_text())
-    assert provenance["argv"] == ["mcomp", "run", "run.yaml", "--out", "run-out",
-                                  "--summary-md", "summary.md", "-q"]
+    assert provenance["argv"] == [
+        "mcomp",
+        "run",
+        "run.yaml",
+        "--out",
+        "run-out",
+        "--summary-md",
+        "summary.md",
+        "-q",
+    ]
     assert provenance["artifacts"]["model"] == "run-out/model.onnx"
 
 

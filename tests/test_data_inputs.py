@@ -140,15 +140,32 @@ def factories(tmp_path):
     return module
 
 
-def run(folder: Path, *, data: str, stages: str, factory: str = "tinynet", args: str = "{}",
-        task: str = "classification", constraints: str = "{}"):
+def run(
+    folder: Path,
+    *,
+    data: str,
+    stages: str,
+    factory: str = "tinynet",
+    args: str = "{}",
+    task: str = "classification",
+    constraints: str = "{}",
+):
     """Write the recipe, run it in-process; returns (RunResult, out dir)."""
-    (folder / "recipe.yaml").write_text(RECIPE.format(
-        module=MODULE_NAME, factory=factory, args=args, data=data, task=task, stages=stages,
-        constraints=constraints))
+    (folder / "recipe.yaml").write_text(
+        RECIPE.format(
+            module=MODULE_NAME,
+            factory=factory,
+            args=args,
+            data=data,
+            task=task,
+            stages=stages,
+            constraints=constraints,
+        )
+    )
     out = folder / "out"
-    result = run_pipeline(load_recipe(str(folder / "recipe.yaml")), RunOptions(out_dir=out),
-                          NullProgress())
+    result = run_pipeline(
+        load_recipe(str(folder / "recipe.yaml")), RunOptions(out_dir=out), NullProgress()
+    )
     return result, out
 
 
@@ -176,9 +193,14 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 def onnx_inputs(path: Path) -> list[tuple[str, int, list]]:
     """(name, element type, shape) of the graph inputs; a symbolic dim shows as its name."""
     model = onnx.load(str(path))
-    return [(i.name, i.type.tensor_type.elem_type,
-             [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
-            for i in model.graph.input]
+    return [
+        (
+            i.name,
+            i.type.tensor_type.elem_type,
+            [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+        )
+        for i in model.graph.input
+    ]
 
 
 def l1_global_prune(model: nn.Module, amount: float) -> nn.Module:
@@ -207,9 +229,11 @@ def test_npz_with_custom_array_names(tmp_path, factories):
         # a decoy `x` of the wrong shape: only the named arrays may be read
         np.savez(tmp_path / f"{name}.npz", feat=x, target=y, x=np.zeros((count, 3), np.float32))
     split = "{{path: {}.npz, inputs: [feat], labels: target}}"
-    result, out = run(tmp_path, data=f"{{train: {split.format('train')}, "
-                                     f"eval: {split.format('eval')}}}",
-                      stages="[{export: {}}]")
+    result, out = run(
+        tmp_path,
+        data=f"{{train: {split.format('train')}, eval: {split.format('eval')}}}",
+        stages="[{export: {}}]",
+    )
     x, y = factories.blobs(48, 2)
     want = torch_out(model, x)
     base = result.report["baseline"]["metrics"]
@@ -218,8 +242,7 @@ def test_npz_with_custom_array_names(tmp_path, factories):
     assert onnx_inputs(out / "model.onnx") == [("feat", TensorProto.FLOAT, ["batch", 8])]
     got = ort_out(out / "model.onnx", {"feat": x})
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
-    assert result.report["final"]["metrics"]["metric"] == pytest.approx(accuracy(got, y),
-                                                                        abs=1e-12)
+    assert result.report["final"]["metrics"]["metric"] == pytest.approx(accuracy(got, y), abs=1e-12)
 
 
 def test_missing_label_array_says_how_to_name_it(tmp_path):
@@ -235,10 +258,11 @@ def test_without_labels_the_metric_is_agreement_with_the_original(tmp_path, fact
     for name, count, seed in (("train", 96, 1), ("eval", 48, 2)):
         np.savez(tmp_path / f"{name}.npz", x=factories.blobs(count, seed)[0])  # no labels
     result, out = run(
-        tmp_path, data="{train: {path: train.npz, labels: null}, "
-                       "eval: {path: eval.npz, labels: null}}",
+        tmp_path,
+        data="{train: {path: train.npz, labels: null}, eval: {path: eval.npz, labels: null}}",
         stages="[{prune: {sparsity: 0.6}}, {quantize: {mode: static}}, {export: {}}]",
-        constraints="{max_accuracy_drop: 0.5}")
+        constraints="{max_accuracy_drop: 0.5}",
+    )
     report = result.report
     names = {entry["metrics"]["metric_name"] for entry in [report["baseline"], *report["stages"]]}
     assert names == {"top1_agreement"}
@@ -247,8 +271,9 @@ def test_without_labels_the_metric_is_agreement_with_the_original(tmp_path, fact
     original = torch_out(model, x)
     pruned = torch_out(l1_global_prune(model, 0.6), x)
     prune = report["stages"][0]["metrics"]
-    assert prune["metric"] == pytest.approx(np.mean(pruned.argmax(1) == original.argmax(1)),
-                                            abs=1e-12)
+    assert prune["metric"] == pytest.approx(
+        np.mean(pruned.argmax(1) == original.argmax(1)), abs=1e-12
+    )
     assert prune["metric"] == prune["fidelity"]["top1_agreement"]
     # the written (pruned, int8) model is scored against the original model's predictions
     got = ort_out(out / "model.onnx", {"x": x})
@@ -267,9 +292,12 @@ def test_without_labels_the_metric_is_agreement_with_the_original(tmp_path, fact
 @pytest.mark.parametrize("factory", ["make_dataset", "make_loader"])
 def test_factory_returning_dataset_or_dataloader_runs(tmp_path, factories, factory):
     model = save_model(factories.tinynet(), tmp_path)
+
     def split(count: int, seed: int) -> str:
-        return (f'{{factory: "{MODULE_NAME}:{factory}", '
-                f"factory_args: {{count: {count}, seed: {seed}}}}}")
+        return (
+            f'{{factory: "{MODULE_NAME}:{factory}", '
+            f"factory_args: {{count: {count}, seed: {seed}}}}}"
+        )
 
     data = f"{{train: {split(70, 1)}, eval: {split(45, 2)}}}"
     result, out = run(tmp_path, data=data, stages="[{prune: {sparsity: 0.5}}, {export: {}}]")
@@ -280,17 +308,20 @@ def test_factory_returning_dataset_or_dataloader_runs(tmp_path, factories, facto
     want = torch_out(l1_global_prune(model, 0.5), x)
     got = ort_out(out / "model.onnx", {"x": x})
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
-    assert result.report["final"]["metrics"]["metric"] == pytest.approx(accuracy(got, y),
-                                                                        abs=1e-12)
+    assert result.report["final"]["metrics"]["metric"] == pytest.approx(accuracy(got, y), abs=1e-12)
 
 
 @pytest.mark.parametrize("factory", ["make_dataset", "make_loader", "make_dict_dataset"])
 def test_factory_splits_hold_every_sample_in_order(tmp_path, factories, factory):
     names = {"inputs": ["feat"], "labels": "target"} if factory == "make_dict_dataset" else {}
-    split = {"factory": f"{MODULE_NAME}:{factory}", "factory_args": {"count": 45, "seed": 2},
-             **names}
-    datasets = load_datasets(DataSpec.model_validate({"eval": split, "train": split}),
-                             base_dir=tmp_path, seed=0)
+    split = {
+        "factory": f"{MODULE_NAME}:{factory}",
+        "factory_args": {"count": 45, "seed": 2},
+        **names,
+    }
+    datasets = load_datasets(
+        DataSpec.model_validate({"eval": split, "train": split}), base_dir=tmp_path, seed=0
+    )
     x, y = factories.blobs(45, 2)
     key = names.get("inputs", ["x"])[0]
     assert list(datasets.eval.inputs) == [key]
@@ -316,9 +347,13 @@ def write_indexed(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
 def test_samples_keeps_the_first_samples_of_each_split(tmp_path):
     x, y = write_indexed(tmp_path / "train.npz", 300)
     write_indexed(tmp_path / "eval.npz", 80)
-    spec = DataSpec.model_validate({"train": {"path": "train.npz", "samples": 50},
-                                    "eval": {"path": "eval.npz", "samples": 20},
-                                    "calibration_samples": 32})
+    spec = DataSpec.model_validate(
+        {
+            "train": {"path": "train.npz", "samples": 50},
+            "eval": {"path": "eval.npz", "samples": 20},
+            "calibration_samples": 32,
+        }
+    )
     datasets = load_datasets(spec, base_dir=tmp_path, seed=0)
     assert len(datasets.train) == 50 and len(datasets.eval) == 20
     np.testing.assert_array_equal(datasets.train.inputs["x"], x[:50])
@@ -336,8 +371,7 @@ def test_samples_limit_is_what_the_pipeline_evaluates(tmp_path, factories):
     model = save_model(factories.tinynet(), tmp_path)
     x, y = factories.blobs(64, 2)
     np.savez(tmp_path / "eval.npz", x=x, y=y)
-    result, _ = run(tmp_path, data="{eval: {path: eval.npz, samples: 25}}",
-                    stages="[{export: {}}]")
+    result, _ = run(tmp_path, data="{eval: {path: eval.npz, samples: 25}}", stages="[{export: {}}]")
     want = accuracy(torch_out(model, x[:25]), y[:25])
     assert want != pytest.approx(accuracy(torch_out(model, x), y))  # the limit is visible
     assert result.report["baseline"]["metrics"]["metric"] == pytest.approx(want, abs=1e-12)
@@ -369,8 +403,9 @@ def test_default_calibration_is_a_fixed_seeded_sample_of_train(tmp_path):
 def test_explicit_calibration_split_is_cut_to_calibration_samples(tmp_path):
     write_indexed(tmp_path / "train.npz", 300)
     write_indexed(tmp_path / "calib.npz", 100)
-    spec = DataSpec.model_validate({"train": "train.npz", "calibration": "calib.npz",
-                                    "calibration_samples": 30})
+    spec = DataSpec.model_validate(
+        {"train": "train.npz", "calibration": "calib.npz", "calibration_samples": 30}
+    )
     calibration = load_datasets(spec, base_dir=tmp_path, seed=0).calibration
     np.testing.assert_array_equal(calibration.inputs["x"][:, 0], np.arange(30))
 
@@ -396,22 +431,31 @@ def write_text_data(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     return splits
 
 
-TEXT_DATA = ("{train: {path: train.npz, inputs: [input_ids, attention_mask]}, "
-             "eval: {path: eval.npz, inputs: [input_ids, attention_mask]}}")
+TEXT_DATA = (
+    "{train: {path: train.npz, inputs: [input_ids, attention_mask]}, "
+    "eval: {path: eval.npz, inputs: [input_ids, attention_mask]}}"
+)
 TEXT_PARAMS = VOCAB * 8 + (8 * 16 + 16) + (16 * 3 + 3)  # embedding, fc1, fc2
-TEXT_INPUTS = [("input_ids", TensorProto.INT64, ["batch", SEQ]),
-               ("attention_mask", TensorProto.FLOAT, ["batch", SEQ])]
+TEXT_INPUTS = [
+    ("input_ids", TensorProto.INT64, ["batch", SEQ]),
+    ("attention_mask", TensorProto.FLOAT, ["batch", SEQ]),
+]
 
 
 def test_two_inputs_int64_ids_and_float_mask_prune_then_export(tmp_path, factories):
     torch.manual_seed(0)
     model = save_model(factories.textnet(vocab=VOCAB), tmp_path)
     ids, mask, y = write_text_data(tmp_path)["eval"]
-    result, out = run(tmp_path, data=TEXT_DATA, factory="textnet",
-                      stages="[{prune: {sparsity: 0.5}}, {export: {}}]")
+    result, out = run(
+        tmp_path,
+        data=TEXT_DATA,
+        factory="textnet",
+        stages="[{prune: {sparsity: 0.5}}, {export: {}}]",
+    )
     report = result.report
     assert report["baseline"]["metrics"]["metric"] == pytest.approx(
-        accuracy(torch_out(model, ids, mask), y), abs=1e-12)
+        accuracy(torch_out(model, ids, mask), y), abs=1e-12
+    )
     params = TEXT_PARAMS
     zeros = round(0.5 * (8 * 16 + 16 * 3))  # Linear weights only, never the embedding
     final = report["final"]["metrics"]
@@ -428,8 +472,12 @@ def test_two_inputs_dynamic_quantize_then_export(tmp_path, factories):
     torch.manual_seed(0)
     model = save_model(factories.textnet(vocab=VOCAB), tmp_path)
     ids, mask, y = write_text_data(tmp_path)["eval"]
-    result, out = run(tmp_path, data=TEXT_DATA, factory="textnet",
-                      stages="[{quantize: {mode: dynamic}}, {export: {}}]")
+    result, out = run(
+        tmp_path,
+        data=TEXT_DATA,
+        factory="textnet",
+        stages="[{quantize: {mode: dynamic}}, {export: {}}]",
+    )
     quantize = result.report["stages"][0]
     assert quantize["details"]["mode"] == "dynamic"
     # int8 weights are still the same parameters; their scales and zero points are not
@@ -451,10 +499,17 @@ def test_two_inputs_dynamic_quantize_then_export(tmp_path, factories):
 def test_a_missing_second_input_is_a_data_error(tmp_path, factories):
     save_model(factories.textnet(vocab=VOCAB), tmp_path)
     write_text_data(tmp_path)
-    with pytest.raises(DataError, match=r"data.eval: samples of shape \{'input_ids': \(6,\)\} "
-                                        r"do not fit the model.*'attention_mask'"):
-        run(tmp_path, data="{eval: {path: eval.npz, inputs: [input_ids]}}", factory="textnet",
-            stages="[{export: {}}]")
+    with pytest.raises(
+        DataError,
+        match=r"data.eval: samples of shape \{'input_ids': \(6,\)\} "
+        r"do not fit the model.*'attention_mask'",
+    ):
+        run(
+            tmp_path,
+            data="{eval: {path: eval.npz, inputs: [input_ids]}}",
+            factory="textnet",
+            stages="[{export: {}}]",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,10 +534,15 @@ def test_regression_metric_is_mse_and_a_rise_breaks_max_accuracy_drop(tmp_path, 
         nn.functional.mse_loss(prediction, torch.from_numpy(train["y"])).backward()
         optimizer.step()
     save_model(model, tmp_path)
-    result, _ = run(tmp_path, data="{train: train.npz, eval: eval.npz}", task="regression",
-                    factory="tinynet", args="{outputs: 1}",
-                    stages="[{prune: {sparsity: 0.8}}, {export: {}}]",
-                    constraints="{max_accuracy_drop: 0.0}")
+    result, _ = run(
+        tmp_path,
+        data="{train: train.npz, eval: eval.npz}",
+        task="regression",
+        factory="tinynet",
+        args="{outputs: 1}",
+        stages="[{prune: {sparsity: 0.8}}, {export: {}}]",
+        constraints="{max_accuracy_drop: 0.0}",
+    )
     report = result.report
     evaluation = np.load(tmp_path / "eval.npz")
     x, y = evaluation["x"], evaluation["y"]
@@ -497,36 +557,51 @@ def test_regression_metric_is_mse_and_a_rise_breaks_max_accuracy_drop(tmp_path, 
     rise = final["metric"] - base["metric"]
     assert rise > 0.01
     (limit,) = report["constraints"]
-    assert limit == {"name": "max_accuracy_drop", "limit": 0.0, "value": round(rise, 6),
-                     "ok": False}
+    assert limit == {
+        "name": "max_accuracy_drop",
+        "limit": 0.0,
+        "value": round(rise, 6),
+        "ok": False,
+    }
     assert report["ok"] is False and result.ok is False
     # the same measurements under a limit above the rise pass
-    (looser,) = check_constraints(ConstraintsSpec(max_accuracy_drop=rise + 0.01), base, final,
-                                  BUILTIN["mse"])
+    (looser,) = check_constraints(
+        ConstraintsSpec(max_accuracy_drop=rise + 0.01), base, final, BUILTIN["mse"]
+    )
     assert looser["ok"] is True and looser["value"] == round(rise, 6)
 
 
-@pytest.mark.parametrize(("metric", "before", "after", "value", "ok"), [
-    ("mse", 0.30, 0.10, -0.20, True),  # error fell: an improvement
-    ("mse", 0.10, 0.30, 0.20, False),  # error rose by 0.2 > 0.05
-    ("mse", 0.10, 0.14, 0.04, True),
-    ("accuracy", 0.90, 0.80, 0.10, False),  # accuracy fell
-    ("accuracy", 0.80, 0.90, -0.10, True),
-])
+@pytest.mark.parametrize(
+    ("metric", "before", "after", "value", "ok"),
+    [
+        ("mse", 0.30, 0.10, -0.20, True),  # error fell: an improvement
+        ("mse", 0.10, 0.30, 0.20, False),  # error rose by 0.2 > 0.05
+        ("mse", 0.10, 0.14, 0.04, True),
+        ("accuracy", 0.90, 0.80, 0.10, False),  # accuracy fell
+        ("accuracy", 0.80, 0.90, -0.10, True),
+    ],
+)
 def test_max_accuracy_drop_follows_the_metric_direction(metric, before, after, value, ok):
     def measured(value: float) -> dict:
-        return {"metric": value, "size_bytes": 1000, "size_compressed_bytes": 500,
-                "latency_ms_b1": 1.0, "latency_ms_batch": 2.0}
+        return {
+            "metric": value,
+            "size_bytes": 1000,
+            "size_compressed_bytes": 500,
+            "latency_ms_b1": 1.0,
+            "latency_ms_batch": 2.0,
+        }
 
-    (result,) = check_constraints(ConstraintsSpec(max_accuracy_drop=0.05), measured(before),
-                                  measured(after), BUILTIN[metric])
+    (result,) = check_constraints(
+        ConstraintsSpec(max_accuracy_drop=0.05), measured(before), measured(after), BUILTIN[metric]
+    )
     assert result["value"] == pytest.approx(value) and result["ok"] is ok
 
 
 def test_default_metric_by_task_and_labels():
     def metric(task: str, has_labels: bool) -> str:
-        recipe = Recipe.model_validate({"model": {"path": "m.pt"}, "task": task,
-                                        "stages": [{"export": {}}]})
+        recipe = Recipe.model_validate(
+            {"model": {"path": "m.pt"}, "task": task, "stages": [{"export": {}}]}
+        )
         return resolve_metric(recipe, has_labels=has_labels).name
 
     assert metric("classification", True) == "accuracy"

@@ -16,8 +16,9 @@ data: {train: digits, eval: {builtin: digits, samples: 120}}
 runtime: {threads: 1, latency: {enabled: false}}
 stages:
 %s"""
-STUDENT = ("{factory: 'mcomp.models.digits_cnn:digits_cnn', factory_args: %s, "
-           "init_from_teacher: true}")
+STUDENT = (
+    "{factory: 'mcomp.models.digits_cnn:digits_cnn', factory_args: %s, init_from_teacher: true}"
+)
 
 
 @pytest.fixture
@@ -50,18 +51,26 @@ def test_kd_loss_matches_a_hand_computed_reference():
     kl = np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
     ce = -np.mean(np.log(softmax(student)[np.arange(2), labels]))
     expected = alpha * t * t * kl + (1 - alpha) * ce
-    got = kd_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels),
-                  temperature=t, alpha=alpha)
+    got = kd_loss(
+        torch.tensor(student),
+        torch.tensor(teacher),
+        torch.tensor(labels),
+        temperature=t,
+        alpha=alpha,
+    )
     assert float(got) == pytest.approx(expected, rel=1e-9)
     # no labels: the distillation term alone
-    assert float(kd_loss(torch.tensor(student), torch.tensor(teacher), None, temperature=t,
-                         alpha=alpha)) == pytest.approx(t * t * kl, rel=1e-9)
+    assert float(
+        kd_loss(torch.tensor(student), torch.tensor(teacher), None, temperature=t, alpha=alpha)
+    ) == pytest.approx(t * t * kl, rel=1e-9)
 
 
 def test_half_width_student_gets_matching_teacher_weights_and_learns(tmp_path):
     # setup: a width-8 digits CNN distilled from the width-16 original, with a conv hint
-    stages = (f"  - distill: {{student: {STUDENT % '{width: 8}'}, epochs: 3, lr: 0.003,\n"
-              "               hints: [{student: '2', teacher: '2', weight: 0.1}]}\n")
+    stages = (
+        f"  - distill: {{student: {STUDENT % '{width: 8}'}, epochs: 3, lr: 0.003,\n"
+        "               hints: [{student: '2', teacher: '2', weight: 0.1}]}\n"
+    )
     # act
     result, _ = run_recipe(digits_recipe(tmp_path, stages), tmp_path / "out")
     # check
@@ -79,8 +88,9 @@ def test_half_width_student_gets_matching_teacher_weights_and_learns(tmp_path):
 
 
 def test_hint_layer_typo_fails_before_training_with_did_you_mean(project):
-    recipe = mlp_recipe(project, "  - distill: {epochs: 1, hints: [{student: '22', "
-                                 "teacher: '2'}]}\n")
+    recipe = mlp_recipe(
+        project, "  - distill: {epochs: 1, hints: [{student: '22', teacher: '2'}]}\n"
+    )
     with pytest.raises(StageError, match=r"hints\[0\]\.student: no layer '22'.*did you mean '2'"):
         run_recipe(recipe, project / "out")
 
@@ -100,9 +110,12 @@ def test_regression_task_is_refused_with_what_is_supported(project):
 def test_finetune_distill_from_a_teacher_file_keeps_pruned_zeros(project):
     # setup: the teacher is the same trained MLP, named as a file relative to the recipe
     teacher = "{path: mlp.pt, factory: 'tinymodels:mlp', python_path: ['.']}"
-    recipe = mlp_recipe(project, "  - prune: {sparsity: 0.8}\n"
-                                 f"  - finetune: {{epochs: 2, lr: 0.01, distill: {{teacher: "
-                                 f"{teacher}, alpha: 0.5, temperature: 2}}}}\n")
+    recipe = mlp_recipe(
+        project,
+        "  - prune: {sparsity: 0.8}\n"
+        f"  - finetune: {{epochs: 2, lr: 0.01, distill: {{teacher: "
+        f"{teacher}, alpha: 0.5, temperature: 2}}}}\n",
+    )
     # act
     result, _ = run_recipe(recipe, project / "out")
     # check
@@ -128,8 +141,9 @@ def test_teacher_is_in_eval_mode_and_frozen():
     from mcomp.model.state import ModelState
     from mcomp.training.distillation import DistillSettings, load_teacher
 
-    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
-                                 torch.nn.Linear(8, 3)).train()
+    module = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+    ).train()
     ctx = SimpleNamespace(original=ModelState.from_torch(module, []))
     # act
     teacher = load_teacher(DistillSettings(), ctx, "distill")

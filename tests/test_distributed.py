@@ -43,10 +43,21 @@ def train():
 
 def torchrun(folder: Path, *args: str, procs: int = 2, timeout: int = 240):
     env = {**os.environ, "MCOMP_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(29500 + os.getpid() % 1000), "-m", "mcomp", *args]
-    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "mcomp",
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_two_processes_agree_and_only_rank_0_writes(tmp_path, run_mcomp):
@@ -77,8 +88,10 @@ def test_a_failing_rank_ends_the_whole_run_quickly(tmp_path):
     result = torchrun(tmp_path, "run", "recipe.yaml", "--out", "out", timeout=120)
     assert result.returncode != 0
     assert time.monotonic() - start < 60  # no hang waiting for the dead rank
-    assert "rank 1: error: data.train.factory: shards:train raised RuntimeError: shard 1 is " \
+    assert (
+        "rank 1: error: data.train.factory: shards:train raised RuntimeError: shard 1 is "
         "corrupt" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -26,9 +26,12 @@ def test_agp_schedule_follows_the_cubic_formula():
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_gradual_magnitude_reaches_target_and_keeps_it(tmp_path, scope):
     write_mlp_project(tmp_path)
-    recipe = mlp_recipe(tmp_path, f"  - prune: {{sparsity: 0.85, scope: {scope}, gradual: "
-                                  "{steps: 4, epochs: 4, lr: 0.01}}\n"
-                                  "  - finetune: {epochs: 1}\n")
+    recipe = mlp_recipe(
+        tmp_path,
+        f"  - prune: {{sparsity: 0.85, scope: {scope}, gradual: "
+        "{steps: 4, epochs: 4, lr: 0.01}}\n"
+        "  - finetune: {epochs: 1}\n",
+    )
     result, _ = run_recipe(recipe, tmp_path / "out")
     prune, finetune = result.report["stages"]
     schedule = prune["details"]["schedule"]
@@ -59,5 +62,7 @@ stages:
     assert details["schedule"] == sorted(details["schedule"]) and len(details["schedule"]) == 3
     assert details["schedule"][-1] == pytest.approx(0.5)
     assert details["macs_after"] < 0.5 * details["macs_before"]
-    assert result.report["stages"][0]["metrics"]["macs"] < \
-        0.5 * result.report["baseline"]["metrics"]["macs"]
+    assert (
+        result.report["stages"][0]["metrics"]["macs"]
+        < 0.5 * result.report["baseline"]["metrics"]["macs"]
+    )

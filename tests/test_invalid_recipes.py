@@ -54,10 +54,20 @@ def validate(path: Path, *args: str):
 
 def test_the_invalid_recipe_folder_covers_the_spec():
     names = {p.stem for p in FILES}
-    assert {"malformed_yaml", "not_a_mapping", "unknown_top_level_key", "unknown_stage",
-            "unknown_stage_option", "option_wrong_type", "ratio_out_of_range",
-            "prune_after_quantize", "model_both_path_and_builtin",
-            "model_neither_path_nor_builtin", "unknown_metric", "output_model_not_onnx"} <= names
+    assert {
+        "malformed_yaml",
+        "not_a_mapping",
+        "unknown_top_level_key",
+        "unknown_stage",
+        "unknown_stage_option",
+        "option_wrong_type",
+        "ratio_out_of_range",
+        "prune_after_quantize",
+        "model_both_path_and_builtin",
+        "model_neither_path_nor_builtin",
+        "unknown_metric",
+        "output_model_not_onnx",
+    } <= names
     for path in FILES:
         assert expected(path).errors, f"{path.name} has no `# error:` line"
 
@@ -106,7 +116,7 @@ def test_positions_point_at_the_offending_key():
         if "[" in last:  # a list item: the position is its first key
             continue
         line, col = want.at
-        text = path.read_text().splitlines()[line - 1][col - 1:]
+        text = path.read_text().splitlines()[line - 1][col - 1 :]
         assert text.startswith(last), (path.name, text, want.key)
 
 
@@ -114,8 +124,12 @@ def test_a_valid_recipe_next_to_them_passes(tmp_path: Path):
     # The cases fail for the reason they name, not for something shared by all of them.
     for path in FILES:
         if path.stem in ("unknown_stage_option", "ratio_out_of_range", "option_wrong_type"):
-            fixed = path.read_text().replace("sparsty: 0.5", "sparsity: 0.5").replace(
-                "sparsity: 1.5", "sparsity: 0.5").replace("sparsity: high", "sparsity: 0.5")
+            fixed = (
+                path.read_text()
+                .replace("sparsty: 0.5", "sparsity: 0.5")
+                .replace("sparsity: 1.5", "sparsity: 0.5")
+                .replace("sparsity: high", "sparsity: 0.5")
+            )
             good = tmp_path / path.name
             good.write_text(fixed)
             result = validate(good)
@@ -135,6 +149,7 @@ def test_set_with_unknown_key_names_it_and_suggests(tmp_path: Path):
     good.write_text(recipe.read_text().replace("sparsty", "sparsity"))
     result = validate(good, "--set", "stages.0.prune.sparsty=0.9")
     assert result.exit_code == 2
-    assert "stages[0].prune.sparsty: unknown key 'sparsty' (did you mean 'sparsity'?)" \
-        in result.stderr
+    assert (
+        "stages[0].prune.sparsty: unknown key 'sparsty' (did you mean 'sparsity'?)" in result.stderr
+    )
     assert len(result.stderr.splitlines()) == 1

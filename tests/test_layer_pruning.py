@@ -39,8 +39,10 @@ def test_named_blocks_are_replaced_by_identity(project):
     result, _ = run(project, "{method: layer, blocks: ['layers.1', 'layers.3']}")
     base = result.report["baseline"]["metrics"]
     pruned = result.report["stages"][0]["metrics"]
-    assert [b["block"] for b in result.report["stages"][0]["details"]["dropped_blocks"]] == \
-        ["layers.1", "layers.3"]
+    assert [b["block"] for b in result.report["stages"][0]["details"]["dropped_blocks"]] == [
+        "layers.1",
+        "layers.3",
+    ]
     assert pruned["params"] < base["params"] and pruned["macs"] < base["macs"]
 
 

@@ -22,14 +22,25 @@ def models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lowbit")
     rng = np.random.default_rng(0)
     for name, count in (("train", 96), ("eval", 32)):
-        np.savez(folder / f"{name}.npz", x=rng.normal(size=(count, 3, 8, 8)).astype(np.float32),
-                 y=rng.integers(0, 4, size=count))
-        np.savez(folder / f"{name}_mlp.npz", x=rng.normal(size=(count, 16)).astype(np.float32),
-                 y=rng.integers(0, 4, size=count))
+        np.savez(
+            folder / f"{name}.npz",
+            x=rng.normal(size=(count, 3, 8, 8)).astype(np.float32),
+            y=rng.integers(0, 4, size=count),
+        )
+        np.savez(
+            folder / f"{name}_mlp.npz",
+            x=rng.normal(size=(count, 16)).astype(np.float32),
+            y=rng.integers(0, 4, size=count),
+        )
     export(build_cnn(), [3, 8, 8], folder / "cnn.onnx")
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
-                              torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(16, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 4),
+    )
     export(mlp.eval(), [16], folder / "mlp.onnx")
     return folder
 
@@ -48,8 +59,13 @@ def outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("options", ["{mode: weight4, weight4: {block_size: 16}}",
-                                     "{bits: 4, weight4: {block_size: 32, symmetric: false}}"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "{mode: weight4, weight4: {block_size: 16}}",
+        "{bits: 4, weight4: {block_size: 32, symmetric: false}}",
+    ],
+)
 def test_weight4_turns_every_linear_into_matmul_nbits(models, options):
     stage, model = quantize(models, "mlp.onnx", options, data="_mlp")
     ops = Counter(node.op_type for node in model.graph.node)
@@ -80,8 +96,11 @@ def test_bits_4_with_another_mode_is_an_options_error():
 def test_pow2_scales_are_powers_of_two_and_the_model_stays_valid(models):
     stage, model = quantize(models, "cnn.onnx", "{scale: pow2}")
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    scales = [inits[n.input[1]] for n in model.graph.node
-              if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits]
+    scales = [
+        inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits
+    ]
     assert len(scales) >= 8
     for scale in scales:
         exponent = np.log2(scale.astype(np.float64))

@@ -18,11 +18,14 @@ def project(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("layer, shape", [
-    (torch.nn.Linear(20, 12), (5, 20)),
-    (torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), (2, 3, 9, 9)),
-    (torch.nn.Conv2d(6, 4, (3, 1), dilation=2, bias=False), (2, 6, 7, 7)),
-])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (torch.nn.Linear(20, 12), (5, 20)),
+        (torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), (2, 3, 9, 9)),
+        (torch.nn.Conv2d(6, 4, (3, 1), dilation=2, bias=False), (2, 6, 7, 7)),
+    ],
+)
 def test_svd_at_full_rank_reproduces_the_layer(layer, shape):
     torch.manual_seed(0)
     x = torch.randn(shape)
@@ -36,8 +39,11 @@ def test_svd_at_full_rank_reproduces_the_layer(layer, shape):
 def test_rank_ratio_reduces_params_and_macs_and_skips_layers_that_would_grow(project):
     # setup: Linear 16->32, 32->32, 32->4; at rank_ratio 0.75 only the last one shrinks
     # (rank 3: 3 * (32 + 4) = 108 < 128), the others would grow
-    recipe = mlp_recipe(project, "  - lowrank: {rank_ratio: 0.75, exclude: ['nope'], "
-                                 "keep_output_layer: false}\n", extra=NO_LATENCY)
+    recipe = mlp_recipe(
+        project,
+        "  - lowrank: {rank_ratio: 0.75, exclude: ['nope'], keep_output_layer: false}\n",
+        extra=NO_LATENCY,
+    )
     # act
     result, progress = run_recipe(recipe, project / "out")
     # check
@@ -70,11 +76,14 @@ def test_output_layer_is_kept_by_default_and_named_when_nothing_is_left(project)
 def test_conv_and_linear_factorized_on_the_digits_cnn(tmp_path):
     # setup: conv "2" (32 x 16*3*3, full rank 32) and Linear "6" (64 x 512) at half rank
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("version: 1\nmodel: {builtin: digits_cnn}\n"
-                      "data: {train: {builtin: digits, samples: 200}, "
-                      "eval: {builtin: digits, samples: 120}}\n" + NO_LATENCY +
-                      "stages:\n  - lowrank: {rank_ratio: 0.5, include: ['2', '6']}\n"
-                      "  - finetune: {epochs: 1}\n")
+    recipe.write_text(
+        "version: 1\nmodel: {builtin: digits_cnn}\n"
+        "data: {train: {builtin: digits, samples: 200}, "
+        "eval: {builtin: digits, samples: 120}}\n"
+        + NO_LATENCY
+        + "stages:\n  - lowrank: {rank_ratio: 0.5, include: ['2', '6']}\n"
+        "  - finetune: {epochs: 1}\n"
+    )
     # act
     result, _ = run_recipe(recipe, tmp_path / "out")
     # check
@@ -88,7 +97,8 @@ def test_conv_and_linear_factorized_on_the_digits_cnn(tmp_path):
     saved_macs = sum(v["macs_before"] - v["macs_after"] for v in (conv, linear))
     assert base["macs"] - lowrank["metrics"]["macs"] == saved_macs
     assert lowrank["metrics"]["params"] == base["params"] - sum(
-        v["params_before"] - v["params_after"] for v in (conv, linear))
+        v["params_before"] - v["params_after"] for v in (conv, linear)
+    )
     assert finetune["metrics"]["metric"] > 0.9
 
 
@@ -100,8 +110,9 @@ def test_energy_keeps_the_asked_share_of_singular_values(project):
 
 
 def test_rank_above_a_layers_limit_or_zero_is_an_error(project):
-    recipe = mlp_recipe(project, "  - finetune: {epochs: 1}\n  - lowrank: {rank: 20}\n",
-                        extra=NO_LATENCY)
+    recipe = mlp_recipe(
+        project, "  - finetune: {epochs: 1}\n  - lowrank: {rank: 20}\n", extra=NO_LATENCY
+    )
     with pytest.raises(StageError, match=r"rank 20 is above the limit 16 of layer '0'"):
         run_recipe(recipe, project / "out")
     assert not (project / "out").exists()

@@ -31,7 +31,7 @@ from mcomp.run.pipeline import RunOptions, run_pipeline
 
 MODULE_NAME = "fmt_tinynet"  # the factory module each test writes into its tmp_path
 
-FACTORY_SOURCE = '''
+FACTORY_SOURCE = """
 import torch
 from torch import nn
 
@@ -48,7 +48,7 @@ class TinyNet(nn.Module):
 
 def build(features=8, hidden=16, classes=3):
     return TinyNet(features, hidden, classes)
-'''
+"""
 
 FEATURES, HIDDEN, CLASSES = 8, 16, 3
 WEIGHTS = FEATURES * HIDDEN + HIDDEN * CLASSES  # 176 prunable Linear weights
@@ -111,8 +111,9 @@ def run(folder: Path, model: str, stages: str, **options):
     (folder / "recipe.yaml").write_text(RECIPE.format(model=model, stages=stages))
     out = folder / "out"
     progress = NullProgress()
-    result = run_pipeline(load_recipe(str(folder / "recipe.yaml")),
-                          RunOptions(out_dir=out, **options), progress)
+    result = run_pipeline(
+        load_recipe(str(folder / "recipe.yaml")), RunOptions(out_dir=out, **options), progress
+    )
     assert result.ok is result.report["ok"]
     return result.report, progress, out
 
@@ -156,8 +157,9 @@ def l1_global_prune(model: nn.Module, amount: float) -> nn.Module:
 def input_signature(path: Path) -> list[tuple[str, int]]:
     model = onnx.load(str(path))
     inits = {i.name for i in model.graph.initializer}
-    return [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input
-            if i.name not in inits]
+    return [
+        (i.name, i.type.tensor_type.elem_type) for i in model.graph.input if i.name not in inits
+    ]
 
 
 def check_baseline(report: dict, model: nn.Module, folder: Path) -> None:
@@ -170,8 +172,9 @@ def check_baseline(report: dict, model: nn.Module, folder: Path) -> None:
     assert base["fidelity"]["top1_agreement"] == 1.0
 
 
-def check_written_model(out: Path, report: dict, reference: nn.Module, folder: Path, *,
-                        int8: bool = False) -> np.ndarray:
+def check_written_model(
+    out: Path, report: dict, reference: nn.Module, folder: Path, *, int8: bool = False
+) -> np.ndarray:
     """model.onnx loads in onnxruntime, matches the torch reference (fp32: to 1e-4; int8: to a
     tenth of the output range), and is what the report measured; returns its eval outputs."""
     x, y = eval_data(folder)
@@ -201,9 +204,11 @@ def test_state_dict_with_factory_prunes_and_exports(project):
     folder, model = project
     torch.save(model.state_dict(), folder / "weights.pt")
     report, progress, out = run(
-        folder, f'{{path: weights.pt, factory: "{MODULE_NAME}:build", python_path: ["."], '
-                f"factory_args: {{hidden: {HIDDEN}}}}}",
-        "[{prune: {sparsity: 0.5}}, {export: {}}]")
+        folder,
+        f'{{path: weights.pt, factory: "{MODULE_NAME}:build", python_path: ["."], '
+        f"factory_args: {{hidden: {HIDDEN}}}}}",
+        "[{prune: {sparsity: 0.5}}, {export: {}}]",
+    )
     assert report["ok"] and progress.warnings == []
     check_baseline(report, model, folder)
     pruned_ref = l1_global_prune(model, 0.5)
@@ -217,7 +222,8 @@ def test_state_dict_with_factory_prunes_and_exports(project):
         assert metrics["sparsity"] == round(zeros / PARAMS, 6)
     assert prune["details"]["pruned_weights"] == zeros
     assert prune["metrics"]["metric"] == pytest.approx(
-        accuracy(torch_outputs(pruned_ref, x), y), abs=1e-12)
+        accuracy(torch_outputs(pruned_ref, x), y), abs=1e-12
+    )
     assert export["model_kind"] == "onnx" and export["details"]["parity_max_abs_diff"] < 1e-4
     check_written_model(out, report, pruned_ref, folder)
     written = onnx.load(str(out / "model.onnx"))
@@ -229,8 +235,7 @@ def test_state_dict_with_factory_prunes_and_exports(project):
 def test_exported_program_pt2(project):
     folder, model = project
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(model, (torch.zeros(2, FEATURES),),
-                                  dynamic_shapes=({0: batch},))
+    program = torch.export.export(model, (torch.zeros(2, FEATURES),), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(folder / "model.pt2"))
     assert detect_format(folder / "model.pt2") == ModelFormat.EXPORTED_PROGRAM
     report, _, out = run(folder, "{path: model.pt2}", "[{export: {}}]")
@@ -275,8 +280,11 @@ def test_pickled_module_needs_opt_in_then_prunes_and_exports(project):
     with pytest.raises(ModelLoadError, match="allow_pickle"):
         run(folder, '{path: whole.pt, python_path: ["."]}', "[{export: {}}]")
     assert not (folder / "out").exists()
-    report, _, out = run(folder, '{path: whole.pt, python_path: ["."], allow_pickle: true}',
-                         "[{prune: {sparsity: 0.5, scope: layer}}, {export: {}}]")
+    report, _, out = run(
+        folder,
+        '{path: whole.pt, python_path: ["."], allow_pickle: true}',
+        "[{prune: {sparsity: 0.5, scope: layer}}, {export: {}}]",
+    )
     assert report["ok"]
     check_baseline(report, model, folder)
     # per layer: half of each layer's weights
@@ -298,14 +306,19 @@ def write_onnx_mlp(model: nn.Module, path: Path) -> None:
     w1, b1 = model.fc1.weight.detach().numpy(), model.fc1.bias.detach().numpy()
     w2, b2 = model.fc2.weight.detach().numpy(), model.fc2.bias.detach().numpy()
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
-         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1, name="fc2")],
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1, name="fc2"),
+        ],
         "tinynet",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
-                                                    (b2, "b2"))])
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+        ],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     onnx.checker.check_model(proto)
@@ -315,8 +328,7 @@ def write_onnx_mlp(model: nn.Module, path: Path) -> None:
 def test_onnx_file_static_quantize_then_export(project):
     folder, model = project
     write_onnx_mlp(model, folder / "model.onnx")
-    report, _, out = run(folder, "{path: model.onnx}",
-                         "[{quantize: {mode: static}}, {export: {}}]")
+    report, _, out = run(folder, "{path: model.onnx}", "[{quantize: {mode: static}}, {export: {}}]")
     assert report["ok"]
     check_baseline(report, model, folder)
     assert report["baseline"]["model_kind"] == "onnx"
@@ -362,9 +374,11 @@ def test_detect_format_reads_the_content_not_the_name(project):
 def test_state_dict_named_onnx_is_loaded_as_torch_and_prunes(project):
     folder, model = project
     torch.save(model.state_dict(), folder / "weights.onnx")
-    report, _, out = run(folder, f'{{path: weights.onnx, factory: "{MODULE_NAME}:build", '
-                                 'python_path: ["."]}',
-                         "[{prune: {sparsity: 0.5}}, {export: {}}]")
+    report, _, out = run(
+        folder,
+        f'{{path: weights.onnx, factory: "{MODULE_NAME}:build", python_path: ["."]}}',
+        "[{prune: {sparsity: 0.5}}, {export: {}}]",
+    )
     assert report["ok"]
     assert report["baseline"]["model_kind"] == "torch"
     check_baseline(report, model, folder)
@@ -387,7 +401,8 @@ def test_torch_stage_on_onnx_named_bin_is_a_recipe_error(project):
     """The stage-order check must see the ONNX content too, not crash mid-run."""
     folder, model = project
     write_onnx_mlp(model, folder / "model.bin")
-    with pytest.raises(RecipeError, match="stage 'prune' works on torch models, but the model "
-                                          "file is ONNX"):
+    with pytest.raises(
+        RecipeError, match="stage 'prune' works on torch models, but the model file is ONNX"
+    ):
         run(folder, "{path: model.bin}", "[{prune: {sparsity: 0.5}}, {export: {}}]")
     assert not (folder / "out").exists()

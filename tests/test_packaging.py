@@ -28,21 +28,40 @@ def test_every_registered_stage_imports_and_declares_its_contract(name):
 
 
 def test_no_bare_top_level_imports():
-    offenders = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
-                 if ".ci-venv" not in p.parts and "venv" not in p.parts
-                 and BARE_IMPORT.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*.py")
+        if ".ci-venv" not in p.parts and "venv" not in p.parts and BARE_IMPORT.search(p.read_text())
+    ]
     assert offenders == []
 
 
-@pytest.mark.parametrize("args", [["--help"], ["validate", "quickstart"], ["--version"],
-                                  ["inspect", "--help"], ["eval", "--help"], ["bench", "--help"],
-                                  ["compare", "--help"], ["init", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["validate", "quickstart"],
+        ["--version"],
+        ["inspect", "--help"],
+        ["eval", "--help"],
+        ["bench", "--help"],
+        ["compare", "--help"],
+        ["init", "--help"],
+    ],
+)
 def test_fast_commands_do_not_import_torch_or_onnxruntime(args):
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "mcomp", *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mcomp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "click" in imported  # the probe really records imports
     assert not {"torch", "onnxruntime", "onnx"} & imported
 
@@ -53,13 +72,18 @@ def test_schema_file_is_current():
     from mcomp.recipe.json_schema import recipe_json_schema
 
     shipped = json.loads((ROOT / "mcomp" / "recipe" / "recipe.schema.json").read_text())
-    assert shipped == recipe_json_schema(), \
+    assert shipped == recipe_json_schema(), (
         "regenerate: mcomp schema > mcomp/recipe/recipe.schema.json"
+    )
 
 
 # Where each source folder lands in the wheel (pyproject's package-dir).
-WHEEL_ROOTS = {"mcomp": "mcomp", "cli": "mcomp/cli", "compressors": "mcomp/compressors",
-               "recipes": "mcomp/recipes"}
+WHEEL_ROOTS = {
+    "mcomp": "mcomp",
+    "cli": "mcomp/cli",
+    "compressors": "mcomp/compressors",
+    "recipes": "mcomp/recipes",
+}
 PACKAGE_DATA = ("*.yaml", "*.npz", "*.pt", "*.json", "*.txt")
 
 
@@ -77,9 +101,12 @@ def _expected_wheel_files() -> set[str]:
 
 def test_wheel_holds_every_source_and_data_file(tmp_path):
     # setup: build the wheel the way pip would install it
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                             str(tmp_path), str(ROOT)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     wheel = next(tmp_path.glob("mcomp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

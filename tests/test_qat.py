@@ -42,8 +42,9 @@ def check_valid(model: onnx.ModelProto) -> None:
 
 def scale_of(model: onnx.ModelProto, tensor: str) -> float:
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear"
-                and n.input[0] == tensor)
+    node = next(
+        n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor
+    )
     return float(inits[node.input[1]])
 
 

@@ -37,9 +37,16 @@ def build_cnn():
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
     with torch.no_grad():  # non-trivial BatchNorm statistics, folded by the exporter
         for layer in (model[1], model[4]):
             layer.running_mean.uniform_(-0.5, 0.5)
@@ -65,8 +72,11 @@ def cnn_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cnn")
     rng = np.random.default_rng(0)
     for name, count in (("train", 96), ("eval", 32)):
-        np.savez(folder / f"{name}.npz", x=rng.normal(size=(count, 3, 8, 8)).astype(np.float32),
-                 y=rng.integers(0, 4, size=count))
+        np.savez(
+            folder / f"{name}.npz",
+            x=rng.normal(size=(count, 3, 8, 8)).astype(np.float32),
+            y=rng.integers(0, 4, size=count),
+        )
     export(build_cnn(), [3, 8, 8], folder / "cnn.onnx")
     return folder
 
@@ -77,8 +87,13 @@ def mlp_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("mlp")
     write_mlp_project(folder, samples=128)
-    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
-                                 torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    module = torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 4),
+    )
     module.load_state_dict(torch.load(folder / "mlp.pt", weights_only=True))
     export(module.eval(), [16], folder / "mlp.onnx")
     return folder
@@ -108,8 +123,11 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     # ORT fuses DequantizeLinear → Conv → QuantizeLinear into QLinearConv only with U8S8 here
     assert details["int8_compute_nodes"].get("QLinearConv") == 2
     assert 0.5 < details["int8_macs_share"] <= 1.0
-    assert details["float_compute_nodes"].get("Conv", 0) + \
-        details["float_compute_nodes"].get("FusedConv", 0) == 0
+    assert (
+        details["float_compute_nodes"].get("Conv", 0)
+        + details["float_compute_nodes"].get("FusedConv", 0)
+        == 0
+    )
     assert isinstance(details["cpu_isa"], list)
     assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 32
     assert details["speed_check"]["fp32_ms"] > 0 and details["speed_check"]["int8_ms"] > 0
@@ -135,21 +153,30 @@ def test_time_split_bounds_the_speedup_by_the_time_left_outside_int8_kernels():
     from mcomp.measure.ort_profile import time_split
 
     # a transformer-like profile: int8 MatMuls fast, a float SkipLayerNormalization slow
-    int8 = {"DynamicQuantizeMatMul": 4.0, "SkipLayerNormalization": 6.0, "Transpose": 2.0,
-            "DynamicQuantizeLinear": 1.0, "QLinearAdd": 1.0}
+    int8 = {
+        "DynamicQuantizeMatMul": 4.0,
+        "SkipLayerNormalization": 6.0,
+        "Transpose": 2.0,
+        "DynamicQuantizeLinear": 1.0,
+        "QLinearAdd": 1.0,
+    }
     fp32 = {"MatMul": 9.0, "SkipLayerNormalization": 6.0, "Transpose": 3.0}
     split = time_split(int8, fp32)
     assert split["quantized_kernels_ms"] == 5.0 and split["other_ms"] == 9.0
     assert split["quantized_kernel_share"] == round(5 / 14, 3)
-    assert list(split["largest_other_ops_ms"]) == ["SkipLayerNormalization", "Transpose",
-                                                   "DynamicQuantizeLinear"]
+    assert list(split["largest_other_ops_ms"]) == [
+        "SkipLayerNormalization",
+        "Transpose",
+        "DynamicQuantizeLinear",
+    ]
     assert split["speedup_bound"] == 2.0  # 18 ms of fp32 over the 9 ms left in float
     advice = speed_advice(QuantizeOptions(), {"time_split": split})
     assert "64% of its kernel time is outside int8 kernels" in advice
     assert "cannot run more than 2x faster" in advice and "SkipLayerNormFusion" in advice
     assert "mode: static" not in advice
-    assert "`mode: static`" in speed_advice(QuantizeOptions(mode="dynamic"),
-                                            {"time_split": split, "mode": "dynamic"})
+    assert "`mode: static`" in speed_advice(
+        QuantizeOptions(mode="dynamic"), {"time_split": split, "mode": "dynamic"}
+    )
 
 
 def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir):
@@ -178,8 +205,10 @@ def test_reduce_range_auto_is_on_only_for_u8s8_on_x86_without_vnni():
     signed = QuantizeOptions(activation_type="int8")  # S8S8 has no u8*s8 16-bit pair sums
     assert effective_reduce_range(signed, ["AVX2"], "x86_64") is False
     assert effective_reduce_range(QuantizeOptions(reduce_range=False), ["AVX2"], "x86_64") is False
-    assert effective_reduce_range(QuantizeOptions(reduce_range=True), ["AVX-512 VNNI"],
-                                  "x86_64") is True
+    assert (
+        effective_reduce_range(QuantizeOptions(reduce_range=True), ["AVX-512 VNNI"], "x86_64")
+        is True
+    )
 
 
 def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
@@ -187,8 +216,11 @@ def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
 
     def weight_extremes(options: str) -> tuple[int, dict]:
         stage, model, _ = quantize(mlp_dir, "mlp.onnx", options)
-        weights = [numpy_helper.to_array(t) for t in model.graph.initializer
-                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        weights = [
+            numpy_helper.to_array(t)
+            for t in model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
+        ]
         assert len(weights) == 3  # the three Linear layers
         return max(int(np.abs(w.astype(np.int32)).max()) for w in weights), stage["details"]
 
@@ -198,8 +230,10 @@ def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
     assert details["reduce_range"] is True and full_details["reduce_range"] is False
 
 
-@pytest.mark.parametrize("calibration", ["{calibration: {method: percentile, percentile: 99.9}}",
-                                         "{calibration_method: entropy}"])
+@pytest.mark.parametrize(
+    "calibration",
+    ["{calibration: {method: percentile, percentile: 99.9}}", "{calibration_method: entropy}"],
+)
 def test_percentile_and_entropy_calibration_give_valid_models(cnn_dir, calibration):
     stage, model, _ = quantize(cnn_dir, "cnn.onnx", calibration)
     method = "percentile" if "percentile" in calibration else "entropy"
@@ -215,8 +249,11 @@ def test_entropy_calibration_clips_ranges_that_minmax_keeps_whole(cnn_dir):
 
     def activation_scales(options: str) -> tuple[dict[str, float], dict]:
         stage, model, _ = quantize(cnn_dir, "cnn.onnx", options)
-        scales = {t.name: float(numpy_helper.to_array(t)) for t in model.graph.initializer
-                  if t.name.endswith("_scale") and not t.dims and t.data_type == 1}
+        scales = {
+            t.name: float(numpy_helper.to_array(t))
+            for t in model.graph.initializer
+            if t.name.endswith("_scale") and not t.dims and t.data_type == 1
+        }
         return scales, stage["details"]["calibration"]
 
     minmax, _ = activation_scales("{calibration: {method: minmax}}")
@@ -229,8 +266,11 @@ def test_entropy_calibration_clips_ranges_that_minmax_keeps_whole(cnn_dir):
 
 
 def test_calibration_samples_caps_the_split_and_symmetric_flags_apply(cnn_dir):
-    stage, model, _ = quantize(cnn_dir, "cnn.onnx", "{calibration: {samples: 10}, "
-                               "symmetric_activations: true, activation_type: int8}")
+    stage, model, _ = quantize(
+        cnn_dir,
+        "cnn.onnx",
+        "{calibration: {samples: 10}, symmetric_activations: true, activation_type: int8}",
+    )
     assert stage["details"]["calibration"]["samples"] == 10
     zero_points = [init for init in model.graph.initializer if init.name.endswith("_zero_point")]
     assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)
@@ -246,8 +286,7 @@ def test_auto_mode_picks_static_for_cnn_and_dynamic_for_mlp(cnn_dir, mlp_dir):
     assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == 3
     assert 0.0 <= mlp["details"]["int8_macs_share"] <= 1.0
     # every initializer is stored as raw bytes (ORT writes zero points as int32 varints)
-    assert not any(t.int32_data or t.float_data or t.int64_data
-                   for t in model.graph.initializer)
+    assert not any(t.int32_data or t.float_data or t.int64_data for t in model.graph.initializer)
 
 
 def test_pack_initializers_is_lossless_and_smaller():
@@ -258,10 +297,16 @@ def test_pack_initializers_is_lossless_and_smaller():
     zero_point = np.array([0, -2, 2, -128, 127] * 20, dtype=np.int8)
     scale = np.linspace(0.01, 0.5, 100).astype(np.float32)
     graph = helper.make_graph(
-        [], "g", [], [],
-        [helper.make_tensor("zp", onnx.TensorProto.INT8, [100], zero_point.tolist()),
-         helper.make_tensor("scale", onnx.TensorProto.FLOAT, [100], scale.tolist()),
-         numpy_helper.from_array(np.arange(6, dtype=np.int64), "shape")])
+        [],
+        "g",
+        [],
+        [],
+        [
+            helper.make_tensor("zp", onnx.TensorProto.INT8, [100], zero_point.tolist()),
+            helper.make_tensor("scale", onnx.TensorProto.FLOAT, [100], scale.tolist()),
+            numpy_helper.from_array(np.arange(6, dtype=np.int64), "shape"),
+        ],
+    )
     model = helper.make_model(graph)
     before = model.ByteSize()
     saved = pack_initializers(model)
@@ -287,8 +332,9 @@ def test_exclude_nodes_glob_leaves_the_matched_conv_in_float(cnn_dir):
 
 
 def test_patterns_matching_nothing_are_warnings(cnn_dir):
-    _, _, warnings = quantize(cnn_dir, "cnn.onnx",
-                              "{exclude_nodes: ['decoder.*'], exclude_op_types: [LSTM]}")
+    _, _, warnings = quantize(
+        cnn_dir, "cnn.onnx", "{exclude_nodes: ['decoder.*'], exclude_op_types: [LSTM]}"
+    )
     assert sum("'decoder.*' matches no node" in w for w in warnings) == 1
     assert any("'LSTM' matches no node" in w for w in warnings)
 
@@ -311,8 +357,9 @@ def test_calibration_data_that_does_not_fit_is_a_stage_error(cnn_dir):
     model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
 
     def reader(split):
-        ctx = SimpleNamespace(datasets=Datasets(None, split, None), batch_size=8,
-                              progress=NullProgress())
+        ctx = SimpleNamespace(
+            datasets=Datasets(None, split, None), batch_size=8, progress=NullProgress()
+        )
         return CalibrationReader(ctx, model, None)
 
     wrong = Split("calibration", {"x": np.zeros((4, 3, 16, 16), np.float32)}, None)
@@ -334,8 +381,9 @@ def test_static_leaves_the_model_outputs_in_float(cnn_dir):
     reference = _fp32_outputs(cnn_dir, "cnn.onnx", x)
     errors = {}
     for float_outputs in (True, False):
-        stage, model, _ = quantize(cnn_dir, "cnn.onnx",
-                                   f"{{float_outputs: {str(float_outputs).lower()}}}")
+        stage, model, _ = quantize(
+            cnn_dir, "cnn.onnx", f"{{float_outputs: {str(float_outputs).lower()}}}"
+        )
         producer = {out: node for node in model.graph.node for out in node.output}
         last = producer[model.graph.output[0].name]
         if float_outputs:
@@ -374,8 +422,9 @@ def encoder_dir(tmp_path_factory) -> Path:
 def test_static_leaves_attention_softmax_in_float(encoder_dir):
     x = np.load(encoder_dir / "eval.npz")["x"]
     for float_attention in (True, False):
-        stage, model, _ = quantize(encoder_dir, "encoder.onnx",
-                                   f"{{float_attention: {str(float_attention).lower()}}}")
+        stage, model, _ = quantize(
+            encoder_dir, "encoder.onnx", f"{{float_attention: {str(float_attention).lower()}}}"
+        )
         producer = {out: node for node in model.graph.node for out in node.output}
         (softmax,) = [node for node in model.graph.node if node.op_type == "Softmax"]
         fed_by = producer[softmax.input[0]].op_type
@@ -423,8 +472,11 @@ def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir,
             return batch
 
     x = np.load(cnn_dir / "train.npz")["x"]  # 96 samples: 24 batches of 4
-    ctx = SimpleNamespace(datasets=Datasets(None, Split("calibration", {"x": x}, None), None),
-                          batch_size=4, progress=NullProgress())
+    ctx = SimpleNamespace(
+        datasets=Datasets(None, Split("calibration", {"x": x}, None), None),
+        batch_size=4,
+        progress=NullProgress(),
+    )
     model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
     scales = {}
     for strided in (True, False):
@@ -437,9 +489,11 @@ def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir,
             assert reader.rounds == [8, 8, 8]  # never more than a chunk held at once
         else:
             assert reader.rounds == []
-        scales[strided] = {init.name: onnx.numpy_helper.to_array(init)
-                           for init in onnx.load(str(target)).graph.initializer
-                           if init.name.endswith("_scale")}
+        scales[strided] = {
+            init.name: onnx.numpy_helper.to_array(init)
+            for init in onnx.load(str(target)).graph.initializer
+            if init.name.endswith("_scale")
+        }
     assert scales[True].keys() == scales[False].keys() and scales[True]
     for name, value in scales[True].items():
         np.testing.assert_array_equal(value, scales[False][name])

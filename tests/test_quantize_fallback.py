@@ -48,8 +48,9 @@ def build_outlier_mlp(folder: Path) -> None:
         x = (centers[y] + rng.normal(0, 1.0, size=(count, 16))).astype(np.float32)
         np.savez(folder / f"{name}.npz", x=x, y=y)
         splits[name] = (torch.from_numpy(x), torch.from_numpy(y))
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                          nn.Linear(32, 4))
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(200):
         optimizer.zero_grad()
@@ -88,8 +89,11 @@ def test_cheap_alternatives_come_first_and_entropy_calibration_fixes_the_outlier
     result, model, _ = quantize(outlier_dir, "{max_accuracy_drop: 0.02}")
     fallback = result.report["stages"][0]["details"]["fallback"]
     trials = fallback["trials"]
-    assert [t["label"] for t in trials] == ["plain", "calibration percentile",
-                                            "calibration entropy"]
+    assert [t["label"] for t in trials] == [
+        "plain",
+        "calibration percentile",
+        "calibration entropy",
+    ]
     assert trials[0]["drop"] > 0.2 and trials[1]["drop"] > 0.2  # percentile cannot
     assert fallback["met"] is True and trials[-1]["drop"] <= 0.02
     assert fallback["float_nodes"] == [] and fallback["chosen"] == "calibration entropy"
@@ -100,8 +104,9 @@ def test_cheap_alternatives_come_first_and_entropy_calibration_fixes_the_outlier
 
 def test_fallback_leaves_sensitive_nodes_in_float_until_the_budget_holds(outlier_dir):
     # act: no cheap alternatives, so the search goes straight to float nodes
-    result, model, _ = quantize(outlier_dir,
-                                "{max_accuracy_drop: 0.02, fallback: {alternatives: false}}")
+    result, model, _ = quantize(
+        outlier_dir, "{max_accuracy_drop: 0.02, fallback: {alternatives: false}}"
+    )
     # check: plain int8 broke the budget, leaving a node or two in float met it
     details = result.report["stages"][0]["details"]
     fallback = details["fallback"]
@@ -134,8 +139,9 @@ def test_the_recipe_constraint_is_the_default_budget(outlier_dir):
 
 def test_budget_not_met_within_trials_keeps_the_best_model_and_the_run_fails(outlier_dir):
     # one trial only: percentile calibration, which cannot fix the outlier
-    result, model, warnings = quantize(outlier_dir, "{fallback: {max_trials: 1}}",
-                                       "constraints: {max_accuracy_drop: 0.02}\n")
+    result, model, warnings = quantize(
+        outlier_dir, "{fallback: {max_trials: 1}}", "constraints: {max_accuracy_drop: 0.02}\n"
+    )
     fallback = result.report["stages"][0]["details"]["fallback"]
     assert fallback["met"] is False and len(fallback["trials"]) == 2
     assert any("not met within 2 trial(s)" in w for w in warnings)
@@ -172,8 +178,7 @@ def test_fallback_in_dynamic_mode_leaves_the_outlier_matmuls_in_float(outlier_di
     # MatMul it was rewritten to carry the same name stem)
     assert {name.removesuffix("_matmul") for name in fallback["float_nodes"]} == {"node_linear_1"}
     ops = {node.name: node.op_type for node in model.graph.node}
-    assert all(ops[name] in ("MatMul", "Gemm") for name in fallback["float_nodes"]
-               if name in ops)
+    assert all(ops[name] in ("MatMul", "Gemm") for name in fallback["float_nodes"] if name in ops)
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values()) >= 1
     assert result.ok
     check_valid(model, outlier_dir)

@@ -12,8 +12,18 @@ import pytest
 
 from tests.conftest import FAST
 
-REPORT_METRICS = {"params", "nonzero_params", "sparsity", "size_bytes", "size_compressed_bytes",
-                  "macs", "metric_name", "metric", "latency_ms_b1", "latency_ms_batch"}
+REPORT_METRICS = {
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "size_bytes",
+    "size_compressed_bytes",
+    "macs",
+    "metric_name",
+    "metric",
+    "latency_ms_b1",
+    "latency_ms_batch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +33,14 @@ def quickstart(tmp_path_factory):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "mcomp", "run", "quickstart", "--json",
-                             "--report", "r.json", *FAST], cwd=folder, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "MCOMP_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mcomp", "run", "quickstart", "--json", "--report", "r.json", *FAST],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MCOMP_THREADS": "1"},
+    )
     return folder, result
 
 
@@ -40,8 +55,15 @@ def test_quickstart_exits_0_and_stdout_is_only_the_json_report(quickstart):
 def test_report_has_the_documented_schema(quickstart):
     folder, result = quickstart
     report = json.loads(result.stdout)
-    for key in ("mcomp_version", "recipe", "baseline", "stages", "final", "constraints",
-                "artifacts"):
+    for key in (
+        "mcomp_version",
+        "recipe",
+        "baseline",
+        "stages",
+        "final",
+        "constraints",
+        "artifacts",
+    ):
         assert key in report
     assert [s["type"] for s in report["stages"]] == ["prune", "finetune", "quantize", "export"]
     for entry in [report["baseline"], *report["stages"]]:
@@ -100,10 +122,12 @@ def test_same_recipe_gives_the_same_report_save_timings(quickstart, run_mcomp, t
             # may lead to
             entry["details"].pop("speed_check", None)
             entry["details"].pop("time_split", None)
-            entry["notes"] = [n.split("; parity")[0] for n in entry["notes"]
-                              if "not faster" not in n]
+            entry["notes"] = [
+                n.split("; parity")[0] for n in entry["notes"] if "not faster" not in n
+            ]
         return report
 
     assert without_timings(json.loads(first.stdout)) == without_timings(json.loads(second.stdout))
-    assert (folder / "mcomp-out" / "model.onnx").read_bytes() == \
-        (tmp_path / "mcomp-out" / "model.onnx").read_bytes()
+    assert (folder / "mcomp-out" / "model.onnx").read_bytes() == (
+        tmp_path / "mcomp-out" / "model.onnx"
+    ).read_bytes()

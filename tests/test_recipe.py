@@ -21,14 +21,19 @@ stages:
 
 def test_packaged_quickstart_is_found_by_name():
     loaded = load_recipe("quickstart")
-    assert loaded.packaged and [n for n, _ in loaded.stages] == ["prune", "finetune",
-                                                                 "quantize", "export"]
+    assert loaded.packaged and [n for n, _ in loaded.stages] == [
+        "prune",
+        "finetune",
+        "quantize",
+        "export",
+    ]
 
 
 def test_set_overrides_parse_values_as_yaml(write_recipe):
     path = write_recipe(MINIMAL)
-    loaded = load_recipe(str(path), ["stages.0.prune.sparsity=0.8", "seed=7",
-                                     "runtime.latency.enabled=false"])
+    loaded = load_recipe(
+        str(path), ["stages.0.prune.sparsity=0.8", "seed=7", "runtime.latency.enabled=false"]
+    )
     assert loaded.stages[0][1].sparsity == 0.8
     assert loaded.recipe.seed == 7 and loaded.recipe.runtime.latency.enabled is False
 
@@ -53,8 +58,11 @@ def test_unknown_option_names_line_column_and_suggestion(write_recipe):
 
 
 def test_stage_order_is_checked_before_anything_runs(write_recipe):
-    path = write_recipe(MINIMAL.replace("  - export: {}\n", "") .replace(
-        "  - prune: {sparsity: 0.5}\n", "  - quantize: {}\n  - finetune: {}\n"))
+    path = write_recipe(
+        MINIMAL.replace("  - export: {}\n", "").replace(
+            "  - prune: {sparsity: 0.5}\n", "  - quantize: {}\n  - finetune: {}\n"
+        )
+    )
     with pytest.raises(RecipeError, match=r"stage 'finetune' works on torch models"):
         load_recipe(str(path))
 
@@ -80,13 +88,26 @@ def test_schema_command_prints_json_schema_with_stage_options():
     result = CliRunner().invoke(cli, ["schema"])
     schema = json.loads(result.output)
     choices = schema["properties"]["stages"]["items"]["oneOf"]
-    assert {next(iter(c["properties"])) for c in choices} >= {"prune", "finetune", "quantize",
-                                                              "export"}
+    assert {next(iter(c["properties"])) for c in choices} >= {
+        "prune",
+        "finetune",
+        "quantize",
+        "export",
+    }
 
 
 def test_help_of_every_command_shows_an_example():
-    assert {"run", "validate", "schema", "inspect", "eval", "bench", "compare", "init",
-            "sensitivity"} <= set(cli.commands)
+    assert {
+        "run",
+        "validate",
+        "schema",
+        "inspect",
+        "eval",
+        "bench",
+        "compare",
+        "init",
+        "sensitivity",
+    } <= set(cli.commands)
     for command in cli.commands:
         result = CliRunner().invoke(cli, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, command

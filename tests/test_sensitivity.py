@@ -18,8 +18,12 @@ def points(ratios: list[float], drops: list[float]) -> list[dict]:
 
 def analysis(drops_a: list[float], drops_b: list[float]) -> dict:
     ratios = [0.2, 0.5, 0.8]
-    return {"layers": {"a": {"params": 1000, "points": points(ratios, drops_a)},
-                       "b": {"params": 1000, "points": points(ratios, drops_b)}}}
+    return {
+        "layers": {
+            "a": {"params": 1000, "points": points(ratios, drops_a)},
+            "b": {"params": 1000, "points": points(ratios, drops_b)},
+        }
+    }
 
 
 def test_sensitive_layers_get_less_sparsity_for_the_same_mean():
@@ -32,8 +36,15 @@ def test_sensitive_layers_get_less_sparsity_for_the_same_mean():
 def test_sensitivity_command_writes_json_csv_and_png(tmp_path, run_mcomp):
     write_mlp_project(tmp_path)
     recipe = mlp_recipe(tmp_path, "  - prune: {sparsity: 0.5, exclude: ['4']}\n")
-    result = run_mcomp("sensitivity", str(recipe), "--ratios", "0.3,0.6,0.9", "--out",
-                       str(tmp_path / "sens"), "--json")
+    result = run_mcomp(
+        "sensitivity",
+        str(recipe),
+        "--ratios",
+        "0.3,0.6,0.9",
+        "--out",
+        str(tmp_path / "sens"),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)
     assert set(data["layers"]) == {"0", "2"}  # exclude is respected
@@ -58,14 +69,19 @@ def test_prune_guided_by_sensitivity_keeps_the_overall_target(tmp_path):
 
 def test_missing_sensitivity_file_fails_before_any_work(tmp_path):
     write_mlp_project(tmp_path)
-    recipe = mlp_recipe(tmp_path, "  - finetune: {epochs: 1}\n"
-                                  "  - prune: {sparsity: 0.6, sensitivity: nope.json}\n")
+    recipe = mlp_recipe(
+        tmp_path, "  - finetune: {epochs: 1}\n  - prune: {sparsity: 0.6, sensitivity: nope.json}\n"
+    )
     with pytest.raises(StageError, match="run it first"):
         run_recipe(recipe, tmp_path / "out")
 
 
 def analysis_for_mlp() -> dict:
     ratios = [0.3, 0.6, 0.9]
-    return {"layers": {"0": {"params": 512, "points": points(ratios, [0.01, 0.2, 0.5])},
-                       "2": {"params": 1024, "points": points(ratios, [0.0, 0.0, 0.02])},
-                       "4": {"params": 128, "points": points(ratios, [0.0, 0.01, 0.05])}}}
+    return {
+        "layers": {
+            "0": {"params": 512, "points": points(ratios, [0.01, 0.2, 0.5])},
+            "2": {"params": 1024, "points": points(ratios, [0.0, 0.0, 0.02])},
+            "4": {"params": 128, "points": points(ratios, [0.0, 0.01, 0.05])},
+        }
+    }

@@ -26,15 +26,18 @@ def op_counts(path) -> Counter:
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_prune_reaches_the_target_sparsity_and_finetune_keeps_it(project, scope):
     # setup
-    recipe = mlp_recipe(project, f"  - prune: {{sparsity: 0.8, scope: {scope}}}\n"
-                                 "  - finetune: {epochs: 2, lr: 0.01}\n")
+    recipe = mlp_recipe(
+        project,
+        f"  - prune: {{sparsity: 0.8, scope: {scope}}}\n  - finetune: {{epochs: 2, lr: 0.01}}\n",
+    )
     # act
     result, _ = run_recipe(recipe, project / "out")
     # check
     prune, finetune = result.report["stages"]
     weights = sum(prune["details"]["layers"].values())
-    assert prune["details"]["pruned_weights"] == pytest.approx(0.8 * (16 * 32 + 32 * 32 + 32 * 4),
-                                                               abs=2)
+    assert prune["details"]["pruned_weights"] == pytest.approx(
+        0.8 * (16 * 32 + 32 * 32 + 32 * 4), abs=2
+    )
     if scope == "layer":
         assert all(v == pytest.approx(0.8, abs=0.01) for v in prune["details"]["layers"].values())
     assert weights > 0
@@ -47,8 +50,9 @@ def test_prune_reaches_the_target_sparsity_and_finetune_keeps_it(project, scope)
 
 
 def test_prune_include_exclude_and_unmatched_pattern_warning(project):
-    recipe = mlp_recipe(project, "  - prune: {sparsity: 0.5, include: ['*'], "
-                                 "exclude: ['4', 'nope*']}\n")
+    recipe = mlp_recipe(
+        project, "  - prune: {sparsity: 0.5, include: ['*'], exclude: ['4', 'nope*']}\n"
+    )
     result, progress = run_recipe(recipe, project / "out")
     layers = result.report["stages"][0]["details"]["layers"]
     assert set(layers) == {"0", "2"}
@@ -75,8 +79,11 @@ def test_static_quantize_writes_int8_qdq_model_that_runs(project):
     model_path = project / "out" / "model.onnx"
     counts = op_counts(model_path)
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0
-    int8 = [i for i in onnx.load(str(model_path)).graph.initializer
-            if i.data_type == onnx.TensorProto.INT8]
+    int8 = [
+        i
+        for i in onnx.load(str(model_path)).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
     assert int8, "weights are stored as int8"
     quant = result.report["stages"][0]
     assert "converted torch → ONNX" in quant["notes"][0]
@@ -161,7 +168,8 @@ def test_wrapper_prefixes_are_stripped_before_matching(tmp_path, monkeypatch):
         f"python_path: ['{tests}']}}\n"
         "data: {train: train.npz, eval: eval.npz}\n"
         "runtime: {threads: 1, latency: {enabled: false}}\n"
-        "stages: [{prune: {sparsity: 0.5, exclude: ['2']}}]\n")
+        "stages: [{prune: {sparsity: 0.5, exclude: ['2']}}]\n"
+    )
     result, progress = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
     assert set(result.report["stages"][0]["details"]["layers"]) == {"0"}
     assert not progress.warnings  # 'module.2' matched the pattern '2'

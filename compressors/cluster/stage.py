@@ -48,12 +48,15 @@ class ClusterOptions(StageOptions):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
-        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"])
+        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+    )
     finetune_epochs: int = Field(0, ge=0, description="Centroid training epochs (0: none).")
     lr: float = Field(1e-4, gt=0, description="Learning rate of centroid training.")
     storage: Literal["indices", "float"] = Field(
-        "indices", description="ONNX form of clustered weights: uint8 indices + codebook "
-        "(Gather), or plain float tensors.")
+        "indices",
+        description="ONNX form of clustered weights: uint8 indices + codebook "
+        "(Gather), or plain float tensors.",
+    )
 
 
 class ClusterStage(Stage):
@@ -76,8 +79,12 @@ class ClusterStage(Stage):
         for index, (name, layer) in enumerate(targets):
             weight = layer.weight.detach()
             centroids, assignment, keep = cluster_weights(
-                weight, opts.clusters, init=opts.init, iterations=opts.iterations,
-                seed=ctx.seed + index)
+                weight,
+                opts.clusters,
+                init=opts.init,
+                iterations=opts.iterations,
+                seed=ctx.seed + index,
+            )
             with torch.no_grad():
                 layer.weight.copy_(shared_weight(centroids, assignment, keep))
             codes[name] = (layer, centroids, assignment, keep)
@@ -89,11 +96,15 @@ class ClusterStage(Stage):
         state = model.with_module(model.module)
         if opts.storage == "indices":
             state.onnx_cache = self._index_coded(state, ctx, [f"{n}.weight" for n in codes])
-            self.notes.append(f"weight sharing: at most {opts.clusters} values per layer, "
-                              "stored as uint8 indices + codebook in the ONNX file")
+            self.notes.append(
+                f"weight sharing: at most {opts.clusters} values per layer, "
+                "stored as uint8 indices + codebook in the ONNX file"
+            )
         else:
-            self.notes.append(f"weight sharing: at most {opts.clusters} values per layer "
-                              "(fp32 file; see index_coded_bytes)")
+            self.notes.append(
+                f"weight sharing: at most {opts.clusters} values per layer "
+                "(fp32 file; see index_coded_bytes)"
+            )
         return state
 
     def _index_coded(self, state: ModelState, ctx: StageContext, weights: list[str]):
@@ -111,24 +122,36 @@ class ClusterStage(Stage):
         sample = {k: v[:32] for k, v in ctx.datasets.eval.inputs.items()}
         float_out = predict_batch(state.with_onnx(exported), sample, threads=ctx.threads)
         coded_out = predict_batch(state.with_onnx(coded), sample, threads=ctx.threads)
-        diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0
-                   for a, b in zip(float_out, coded_out, strict=True))
+        diff = max(
+            float(np.max(np.abs(a - b))) if a.size else 0.0
+            for a, b in zip(float_out, coded_out, strict=True)
+        )
         if diff > 1e-6:
-            raise StageError(f"cluster: the index-coded ONNX model differs from the float one by "
-                             f"{diff:.3g}; use `storage: float` and report the model")
-        self.details["storage"] = {"format": "uint8 index + fp32 codebook (Cast, Gather)",
-                                   "tensors": facts, "max_abs_diff_vs_float": diff,
-                                   "float_bytes": exported.ByteSize(),
-                                   "index_coded_bytes": coded.ByteSize()}
+            raise StageError(
+                f"cluster: the index-coded ONNX model differs from the float one by "
+                f"{diff:.3g}; use `storage: float` and report the model"
+            )
+        self.details["storage"] = {
+            "format": "uint8 index + fp32 codebook (Cast, Gather)",
+            "tensors": facts,
+            "max_abs_diff_vs_float": diff,
+            "float_bytes": exported.ByteSize(),
+            "index_coded_bytes": coded.ByteSize(),
+        }
         return coded
 
     def _targets(self, root, ctx: StageContext, *, warn: bool) -> list[tuple[str, Any]]:
         from mcomp.compressors.select import select_layers
 
         opts = self.options
-        return select_layers(root, include=opts.include, exclude=opts.exclude,
-                             layer_types=opts.layer_types, label=self.name,
-                             progress=ctx.progress if warn else None)
+        return select_layers(
+            root,
+            include=opts.include,
+            exclude=opts.exclude,
+            layer_types=opts.layer_types,
+            label=self.name,
+            progress=ctx.progress if warn else None,
+        )
 
 
 def cluster_weights(weight, clusters: int, *, init: str, iterations: int, seed: int):
@@ -214,9 +237,9 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
     from mcomp.training.loop import TrainConfig, train_module
 
     for layer, centroids, assignment, keep in codes.values():
-        parametrize.register_parametrization(layer, "weight",
-                                             _shared_weights_class()(centroids, assignment,
-                                                                     keep))
+        parametrize.register_parametrization(
+            layer, "weight", _shared_weights_class()(centroids, assignment, keep)
+        )
     try:
         # Masks for layers not clustered; clustered zeros are structural (`keep`).
         masks = sparsity_masks(model, ctx)
@@ -225,8 +248,11 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
     finally:
         for layer, *_ in codes.values():
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    return {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
-            "best_epoch": result.best_epoch + 1}
+    return {
+        "train_loss": result.train_loss,
+        "eval_metric": result.eval_metric,
+        "best_epoch": result.best_epoch + 1,
+    }
 
 
 def _shared_weights_class():
@@ -252,14 +278,19 @@ def _layer_facts(weight) -> dict[str, int]:
     import torch
 
     distinct = int(torch.unique(weight).numel())
-    return {"clusters": distinct, "weights": weight.numel(),
-            "zeros": int((weight == 0).sum()), "index_bits": max(1, math.ceil(math.log2(distinct)))}
+    return {
+        "clusters": distinct,
+        "weights": weight.numel(),
+        "zeros": int((weight == 0).sum()),
+        "index_bits": max(1, math.ceil(math.log2(distinct))),
+    }
 
 
 def coded_sizes(module, layers: dict[str, dict]) -> dict[str, int]:
     """Bytes with log2(k)-bit indices + fp32 codebook per clustered layer, fp32 elsewhere."""
-    coded = sum(math.ceil(f["weights"] * f["index_bits"] / 8) + 4 * f["clusters"]
-                for f in layers.values())
+    coded = sum(
+        math.ceil(f["weights"] * f["index_bits"] / 8) + 4 * f["clusters"] for f in layers.values()
+    )
     clustered = sum(f["weights"] for f in layers.values())
     total = sum(p.numel() for p in module.parameters())
     return {"index_coded_bytes": coded + 4 * (total - clustered), "fp32_bytes": 4 * total}

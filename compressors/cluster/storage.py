@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 MIN_ELEMENTS = 64  # below this, index + codebook + two nodes are no smaller than the tensor
 
 
-def index_code(model: onnx.ModelProto, names: set[str] | None = None) -> tuple[
-        onnx.ModelProto, dict[str, dict[str, int]]]:
+def index_code(
+    model: onnx.ModelProto, names: set[str] | None = None
+) -> tuple[onnx.ModelProto, dict[str, dict[str, int]]]:
     """A copy of `model` with float32 initializers of <= 255 non-zero distinct values (and >= 2
     dims) stored as uint8 indices + codebook; `names` limits which initializers are considered.
 
@@ -47,12 +48,26 @@ def index_code(model: onnx.ModelProto, names: set[str] | None = None) -> tuple[
             continue
         index = np.searchsorted(codebook[1:], array) + 1
         index[array == 0] = 0
-        kept += [numpy_helper.from_array(index.astype(np.uint8), f"{init.name}.index"),
-                 numpy_helper.from_array(codebook, f"{init.name}.codebook")]
-        nodes += [helper.make_node("Cast", [f"{init.name}.index"], [f"{init.name}.index32"],
-                                   name=f"{init.name}.cast", to=onnx.TensorProto.INT32),
-                  helper.make_node("Gather", [f"{init.name}.codebook", f"{init.name}.index32"],
-                                   [init.name], name=f"{init.name}.gather", axis=0)]
+        kept += [
+            numpy_helper.from_array(index.astype(np.uint8), f"{init.name}.index"),
+            numpy_helper.from_array(codebook, f"{init.name}.codebook"),
+        ]
+        nodes += [
+            helper.make_node(
+                "Cast",
+                [f"{init.name}.index"],
+                [f"{init.name}.index32"],
+                name=f"{init.name}.cast",
+                to=onnx.TensorProto.INT32,
+            ),
+            helper.make_node(
+                "Gather",
+                [f"{init.name}.codebook", f"{init.name}.index32"],
+                [init.name],
+                name=f"{init.name}.gather",
+                axis=0,
+            ),
+        ]
         facts[init.name] = {"values": int(codebook.size), "elements": int(array.size)}
     del graph.initializer[:]
     graph.initializer.extend(kept)

@@ -18,36 +18,77 @@ if TYPE_CHECKING:
 MAX_LAYER_RATIO = 0.9  # global ranking may not empty a layer completely
 
 
-def prune_channels(module: torch.nn.Module, example: tuple, *, ratio: float | None,
-                   target_macs_ratio: float | None, importance: str, global_scope: bool,
-                   ignored: list[torch.nn.Module], round_to: int | None,
-                   grad_batches: list[tuple[tuple, Any]] | None = None,
-                   loss_fn=None) -> dict[str, Any]:
+def prune_channels(
+    module: torch.nn.Module,
+    example: tuple,
+    *,
+    ratio: float | None,
+    target_macs_ratio: float | None,
+    importance: str,
+    global_scope: bool,
+    ignored: list[torch.nn.Module],
+    round_to: int | None,
+    grad_batches: list[tuple[tuple, Any]] | None = None,
+    loss_fn=None,
+) -> dict[str, Any]:
     """Prune `module` in place; returns MACs/params before and after and the ratio used."""
     import torch_pruning as tp
 
     macs_before, params_before = tp.utils.count_ops_and_params(module, example)
     if target_macs_ratio is not None:
-        ratio = _ratio_for_macs(module, example, target_macs_ratio, importance, global_scope,
-                                ignored, round_to, grad_batches, loss_fn)
+        ratio = _ratio_for_macs(
+            module,
+            example,
+            target_macs_ratio,
+            importance,
+            global_scope,
+            ignored,
+            round_to,
+            grad_batches,
+            loss_fn,
+        )
     pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to)
     if importance == "taylor":
         _accumulate_gradients(module, grad_batches, loss_fn)
     pruner.step()
     module.zero_grad(set_to_none=True)
     macs_after, params_after = tp.utils.count_ops_and_params(module, example)
-    return {"channel_ratio": round(ratio, 4), "macs_before": int(macs_before),
-            "macs_after": int(macs_after), "params_before": int(params_before),
-            "params_after": int(params_after)}
+    return {
+        "channel_ratio": round(ratio, 4),
+        "macs_before": int(macs_before),
+        "macs_after": int(macs_after),
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+    }
 
 
-def iterative_pruner(module: torch.nn.Module, example: tuple, *, ratio: float, importance: str,
-                     global_scope: bool, ignored: list, round_to: int | None, steps: int,
-                     schedule, grad_batches=None, loss_fn=None):
+def iterative_pruner(
+    module: torch.nn.Module,
+    example: tuple,
+    *,
+    ratio: float,
+    importance: str,
+    global_scope: bool,
+    ignored: list,
+    round_to: int | None,
+    steps: int,
+    schedule,
+    grad_batches=None,
+    loss_fn=None,
+):
     """A function `step(k)` that prunes to the k-th of `steps` ratios of `schedule(ratio,
     steps)` (cumulative), for gradual structured pruning; returns the ratio reached."""
-    pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to,
-                     steps=steps, schedule=schedule)
+    pruner = _pruner(
+        module,
+        example,
+        ratio,
+        importance,
+        global_scope,
+        ignored,
+        round_to,
+        steps=steps,
+        schedule=schedule,
+    )
     ratios = schedule(ratio, steps)
 
     def step(k: int) -> float:
@@ -60,31 +101,54 @@ def iterative_pruner(module: torch.nn.Module, example: tuple, *, ratio: float, i
     return step
 
 
-def _pruner(module, example, ratio, importance, global_scope, ignored, round_to, *,
-            steps: int = 1, schedule=None):
+def _pruner(
+    module,
+    example,
+    ratio,
+    importance,
+    global_scope,
+    ignored,
+    round_to,
+    *,
+    steps: int = 1,
+    schedule=None,
+):
     import torch_pruning as tp
 
-    scorers = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
-               "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-               "taylor": tp.importance.TaylorImportance,
-               "bn_scale": tp.importance.BNScaleImportance}
+    scorers = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": tp.importance.TaylorImportance,
+        "bn_scale": tp.importance.BNScaleImportance,
+    }
     try:
         return tp.pruner.MetaPruner(
-            module, example, importance=scorers[importance](), pruning_ratio=ratio,
-            global_pruning=global_scope, max_pruning_ratio=MAX_LAYER_RATIO,
-            ignored_layers=ignored, round_to=round_to, iterative_steps=steps,
-            **({"iterative_pruning_ratio_scheduler": schedule} if schedule else {}))
+            module,
+            example,
+            importance=scorers[importance](),
+            pruning_ratio=ratio,
+            global_pruning=global_scope,
+            max_pruning_ratio=MAX_LAYER_RATIO,
+            ignored_layers=ignored,
+            round_to=round_to,
+            iterative_steps=steps,
+            **({"iterative_pruning_ratio_scheduler": schedule} if schedule else {}),
+        )
     except Exception as exc:
-        raise StageError(f"prune: the dependency graph cannot handle this model "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); exclude the "
-                         "module it names with `exclude:`") from None
+        raise StageError(
+            f"prune: the dependency graph cannot handle this model "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); exclude the "
+            "module it names with `exclude:`"
+        ) from None
 
 
 def _accumulate_gradients(module, grad_batches, loss_fn) -> None:
     """First-order Taylor importance needs gradients of the task loss on a few batches."""
     if not grad_batches:
-        raise StageError("prune: importance 'taylor' needs labelled training batches; give "
-                         "`data.train` with labels, or use importance l1/l2/bn_scale")
+        raise StageError(
+            "prune: importance 'taylor' needs labelled training batches; give "
+            "`data.train` with labels, or use importance l1/l2/bn_scale"
+        )
     module.zero_grad(set_to_none=True)
     module.train()
     for inputs, labels in grad_batches:
@@ -92,8 +156,9 @@ def _accumulate_gradients(module, grad_batches, loss_fn) -> None:
     module.eval()
 
 
-def _ratio_for_macs(module, example, target, importance, global_scope, ignored, round_to,
-                    grad_batches, loss_fn) -> float:
+def _ratio_for_macs(
+    module, example, target, importance, global_scope, ignored, round_to, grad_batches, loss_fn
+) -> float:
     """Bisect the channel ratio whose pruned copy keeps at most `target` of the MACs."""
     import copy
 

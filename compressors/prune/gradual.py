@@ -28,8 +28,13 @@ class GradualOptions(StageOptions):
     steps: int = Field(8, ge=1, description="Number of sparsity increments (n).")
     initial_sparsity: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(8, ge=1, description="Training epochs in all.")
-    prune_fraction: float = Field(0.75, gt=0, le=1, description="Share of training over "
-                                  "which sparsity rises; the rest trains at final sparsity.")
+    prune_fraction: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Share of training over "
+        "which sparsity rises; the rest trains at final sparsity.",
+    )
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -44,13 +49,24 @@ def agp_sparsity(final: float, initial: float, step: int, steps: int) -> float:
 def train_config(options: GradualOptions, best_from_epoch: int):
     from mcomp.training.loop import TrainConfig
 
-    return TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                       optimizer=options.optimizer, best_from_epoch=best_from_epoch)
+    return TrainConfig(
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        optimizer=options.optimizer,
+        best_from_epoch=best_from_epoch,
+    )
 
 
-def prune_magnitude_gradually(model: ModelState, ctx: StageContext,
-                              targets: list[tuple[str, torch.nn.Module]], *, final: float,
-                              scope: str, options: GradualOptions) -> dict:
+def prune_magnitude_gradually(
+    model: ModelState,
+    ctx: StageContext,
+    targets: list[tuple[str, torch.nn.Module]],
+    *,
+    final: float,
+    scope: str,
+    options: GradualOptions,
+) -> dict:
     """Train while raising unstructured sparsity on `targets`; returns schedule details."""
     import torch
 
@@ -78,15 +94,26 @@ def prune_magnitude_gradually(model: ModelState, ctx: StageContext,
 
     last_prune_epoch = min(options.epochs - 1, (interval * options.steps - 1) // steps_per_epoch)
     by_param = _by_parameter_name(model.module, masks)
-    result = train_module(model, ctx, train_config(options, last_prune_epoch), masks=by_param,
-                          label="prune (gradual)", on_step=on_step)
-    return {"schedule": schedule, "train_loss": result.train_loss,
-            "eval_metric": result.eval_metric, "best_epoch": result.best_epoch + 1,
-            "masks": masks}
+    result = train_module(
+        model,
+        ctx,
+        train_config(options, last_prune_epoch),
+        masks=by_param,
+        label="prune (gradual)",
+        on_step=on_step,
+    )
+    return {
+        "schedule": schedule,
+        "train_loss": result.train_loss,
+        "eval_metric": result.eval_metric,
+        "best_epoch": result.best_epoch + 1,
+        "masks": masks,
+    }
 
 
-def _set_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sparsity: float,
-               scope: str) -> None:
+def _set_masks(
+    weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sparsity: float, scope: str
+) -> None:
     """Zero the smallest-magnitude weights so `sparsity` of them are zero; masks in place."""
     import torch
 
@@ -96,8 +123,11 @@ def _set_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
             count = int(round(sparsity * flat.numel()))
             threshold = torch.kthvalue(flat, count).values if count > 0 else None
             for name, weight in weights.items():
-                keep = weight.abs() > threshold if threshold is not None \
+                keep = (
+                    weight.abs() > threshold
+                    if threshold is not None
                     else torch.ones_like(masks[name])
+                )
                 masks[name].copy_(keep & masks[name])
                 weight.mul_(masks[name])
             return
@@ -113,12 +143,16 @@ def _by_parameter_name(module, masks: dict[str, torch.Tensor]) -> dict[str, torc
     """Masks keyed like `module.named_parameters()` (which may carry wrapper prefixes)."""
     from mcomp.model.module_names import strip_wrapper_prefix
 
-    return {name: masks[strip_wrapper_prefix(name)] for name, _ in module.named_parameters()
-            if strip_wrapper_prefix(name) in masks}
+    return {
+        name: masks[strip_wrapper_prefix(name)]
+        for name, _ in module.named_parameters()
+        if strip_wrapper_prefix(name) in masks
+    }
 
 
-def prune_channels_gradually(model: ModelState, ctx: StageContext, *, prune_step,
-                             options: GradualOptions) -> dict:
+def prune_channels_gradually(
+    model: ModelState, ctx: StageContext, *, prune_step, options: GradualOptions
+) -> dict:
     """Structured pruning in `steps` increments with training between them.
 
     `prune_step(ratio)` removes channels up to the given cumulative ratio; the optimizer is
@@ -131,13 +165,26 @@ def prune_channels_gradually(model: ModelState, ctx: StageContext, *, prune_step
     for step in range(1, options.steps + 1):
         ratio = prune_step(step)
         schedule.append(round(ratio, 4))
-        config = TrainConfig(epochs=epochs_per_step, batch_size=options.batch_size,
-                             lr=options.lr, optimizer=options.optimizer, keep_best=False)
-        losses += train_module(model, ctx, config, masks={},
-                               label=f"prune (gradual {step}/{options.steps})").train_loss
+        config = TrainConfig(
+            epochs=epochs_per_step,
+            batch_size=options.batch_size,
+            lr=options.lr,
+            optimizer=options.optimizer,
+            keep_best=False,
+        )
+        losses += train_module(
+            model, ctx, config, masks={}, label=f"prune (gradual {step}/{options.steps})"
+        ).train_loss
     final_epochs = max(1, options.epochs - epochs_per_step * options.steps)
-    config = TrainConfig(epochs=final_epochs, batch_size=options.batch_size, lr=options.lr,
-                         optimizer=options.optimizer)
+    config = TrainConfig(
+        epochs=final_epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        optimizer=options.optimizer,
+    )
     result = train_module(model, ctx, config, masks={}, label="prune (gradual, final)")
-    return {"schedule": schedule, "train_loss": losses + result.train_loss,
-            "eval_metric": result.eval_metric}
+    return {
+        "schedule": schedule,
+        "train_loss": losses + result.train_loss,
+        "eval_metric": result.eval_metric,
+    }

@@ -32,8 +32,11 @@ def droppable_blocks(module: torch.nn.Module, example: tuple) -> list[str]:
 
         def record(mod, inputs, output, name=name):
             first = inputs[0] if inputs else None
-            shapes[name] = (isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor)
-                            and first.shape == output.shape)
+            shapes[name] = (
+                isinstance(first, torch.Tensor)
+                and isinstance(output, torch.Tensor)
+                and first.shape == output.shape
+            )
 
         hooks.append(child.register_forward_hook(record))
     try:
@@ -56,8 +59,9 @@ def drop_blocks(module: torch.nn.Module, names: list[str]) -> None:
         setattr(parent, child, torch.nn.Identity())
 
 
-def choose_blocks(state: ModelState, ctx: StageContext, candidates: list[str],
-                  count: int) -> list[dict]:
+def choose_blocks(
+    state: ModelState, ctx: StageContext, candidates: list[str], count: int
+) -> list[dict]:
     """Greedily pick `count` blocks whose removal costs the least eval metric."""
     chosen: list[dict] = []
     current = state
@@ -80,5 +84,7 @@ def check_block_names(names: list[str], candidates: list[str]) -> None:
         if name not in candidates:
             close = difflib.get_close_matches(name, candidates, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise StageError(f"prune.blocks: {name!r} is not a droppable block{hint}; blocks "
-                             f"whose output keeps their input's shape: {', '.join(candidates)}")
+            raise StageError(
+                f"prune.blocks: {name!r} is not a droppable block{hint}; blocks "
+                f"whose output keeps their input's shape: {', '.join(candidates)}"
+            )

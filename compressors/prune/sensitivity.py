@@ -16,8 +16,13 @@ from mcomp.progress import Progress
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def analyze_sensitivity(state, ctx, options, ratios: tuple[float, ...] = DEFAULT_RATIOS,
-                        progress: Progress | None = None) -> dict[str, Any]:
+def analyze_sensitivity(
+    state,
+    ctx,
+    options,
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Prune each selected layer alone at each ratio; returns the metric per (layer, ratio).
 
     `options` are a prune stage's options (method, include/exclude, layer_types).
@@ -39,9 +44,14 @@ def analyze_sensitivity(state, ctx, options, ratios: tuple[float, ...] = DEFAULT
             progress.advance()
         results[name] = {"params": params, "points": points}
     progress.finish()
-    return {"metric_name": ctx.metric.name, "higher_is_better": ctx.metric.higher_is_better,
-            "baseline": baseline, "method": options.method, "ratios": list(ratios),
-            "layers": results}
+    return {
+        "metric_name": ctx.metric.name,
+        "higher_is_better": ctx.metric.higher_is_better,
+        "baseline": baseline,
+        "method": options.method,
+        "ratios": list(ratios),
+        "layers": results,
+    }
 
 
 def _drop(baseline: float, value: float, ctx) -> float:
@@ -69,15 +79,26 @@ def _prune_channels_of(state, module, ratio: float) -> None:
     from mcomp.compressors.prune.channel import prune_channels
     from mcomp.model.convert import example_inputs
 
-    others = [m for m in state.module.modules()
-              if m is not module and type(m).__name__ in ("Conv1d", "Conv2d", "Conv3d", "Linear")]
-    prune_channels(state.module, example_inputs(state, batch=1), ratio=ratio,
-                   target_macs_ratio=None, importance="l1", global_scope=False, ignored=others,
-                   round_to=None)
+    others = [
+        m
+        for m in state.module.modules()
+        if m is not module and type(m).__name__ in ("Conv1d", "Conv2d", "Conv3d", "Linear")
+    ]
+    prune_channels(
+        state.module,
+        example_inputs(state, batch=1),
+        ratio=ratio,
+        target_macs_ratio=None,
+        importance="l1",
+        global_scope=False,
+        ignored=others,
+        round_to=None,
+    )
 
 
-def allocate_sparsity(analysis: dict[str, Any], target: float,
-                      layers: list[str]) -> dict[str, float]:
+def allocate_sparsity(
+    analysis: dict[str, Any], target: float, layers: list[str]
+) -> dict[str, float]:
     """Per-layer sparsities averaging `target` (weighted by parameters), least on the layers
     whose metric drops most.
 

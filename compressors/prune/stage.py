@@ -38,27 +38,47 @@ MASKS_KEY = "sparsity_masks"  # ctx.shared: {parameter name: bool mask of kept w
 
 class PruneOptions(StageOptions):
     method: Literal["magnitude", "channel", "layer"] = "magnitude"
-    sparsity: float = Field(0.5, gt=0, lt=1, description="Fraction of weights set to zero "
-                            "(magnitude) or of channels removed (channel).")
+    sparsity: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of weights set to zero (magnitude) or of channels removed (channel).",
+    )
     scope: Literal["global", "layer"] = "global"
-    include: list[str] = Field(default_factory=lambda: ["*"],
-                               description="Glob patterns over module names.")
+    include: list[str] = Field(
+        default_factory=lambda: ["*"], description="Glob patterns over module names."
+    )
     exclude: list[str] = Field(default_factory=list)
     layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
-        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"])
+        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+    )
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l1"
-    target_macs_ratio: float | None = Field(None, gt=0, lt=1, description="channel: prune "
-                                            "until MACs are at most this fraction of before.")
+    target_macs_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="channel: prune until MACs are at most this fraction of before.",
+    )
     round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
-    gradual: GradualOptions | None = Field(None, description="Raise sparsity step by step "
-                                           "during training (AGP) instead of at once.")
-    blocks: list[str] = Field(default_factory=list, description="layer: names of "
-                              "shape-preserving blocks to replace with identity.")
-    num_blocks: int | None = Field(None, ge=1, description="layer: drop this many blocks, "
-                                   "those whose removal costs the least eval metric.")
-    sensitivity: str | None = Field(None, description="magnitude: a sensitivity.json from "
-                                    "`mcomp sensitivity` (relative to the recipe); sensitive "
-                                    "layers get less sparsity for the same overall target.")
+    gradual: GradualOptions | None = Field(
+        None, description="Raise sparsity step by step during training (AGP) instead of at once."
+    )
+    blocks: list[str] = Field(
+        default_factory=list,
+        description="layer: names of shape-preserving blocks to replace with identity.",
+    )
+    num_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="layer: drop this many blocks, "
+        "those whose removal costs the least eval metric.",
+    )
+    sensitivity: str | None = Field(
+        None,
+        description="magnitude: a sensitivity.json from "
+        "`mcomp sensitivity` (relative to the recipe); sensitive "
+        "layers get less sparsity for the same overall target.",
+    )
 
 
 class PruneStage(Stage):
@@ -76,10 +96,13 @@ class PruneStage(Stage):
         if self.options.method == "layer":
             return self._check_layer_options(model)
         select_modules(model.module, self.options, ctx, warn=True)
-        if self.options.method == "magnitude" and (self.options.target_macs_ratio
-                                                   or self.options.round_to):
-            raise StageError("prune: target_macs_ratio and round_to apply to `method: channel`; "
-                             "magnitude pruning zeroes weights without changing MACs")
+        if self.options.method == "magnitude" and (
+            self.options.target_macs_ratio or self.options.round_to
+        ):
+            raise StageError(
+                "prune: target_macs_ratio and round_to apply to `method: channel`; "
+                "magnitude pruning zeroes weights without changing MACs"
+            )
         if self.options.sensitivity is not None:
             if self.options.method != "magnitude" or self.options.gradual is not None:
                 raise StageError("prune.sensitivity: supported for one-shot `method: magnitude`")
@@ -102,23 +125,33 @@ class PruneStage(Stage):
         # Keep the output layer: removing its neurons would change the model's outputs.
         ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
         opts = self.options
-        common = dict(importance=opts.importance, global_scope=opts.scope == "global",
-                      ignored=ignored, round_to=opts.round_to, loss_fn=_loss_fn(ctx),
-                      grad_batches=_grad_batches(model, ctx) if opts.importance == "taylor"
-                      else None)
+        common = dict(
+            importance=opts.importance,
+            global_scope=opts.scope == "global",
+            ignored=ignored,
+            round_to=opts.round_to,
+            loss_fn=_loss_fn(ctx),
+            grad_batches=_grad_batches(model, ctx) if opts.importance == "taylor" else None,
+        )
         example = example_inputs(model, batch=1)
         if opts.gradual is not None:
             self.details = self._prune_channels_gradually(model, ctx, example, common)
         else:
-            self.details = prune_channels(module, example, ratio=opts.sparsity,
-                                          target_macs_ratio=opts.target_macs_ratio, **common)
+            self.details = prune_channels(
+                module,
+                example,
+                ratio=opts.sparsity,
+                target_macs_ratio=opts.target_macs_ratio,
+                **common,
+            )
         # Earlier unstructured masks no longer fit the new shapes.
         ctx.shared.pop(MASKS_KEY, None)
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
         return model.with_module(module)
 
-    def _prune_channels_gradually(self, model: ModelState, ctx: StageContext, example,
-                                  common: dict) -> dict:
+    def _prune_channels_gradually(
+        self, model: ModelState, ctx: StageContext, example, common: dict
+    ) -> dict:
         import torch_pruning as tp
 
         from mcomp.compressors.prune.channel import iterative_pruner
@@ -128,15 +161,27 @@ class PruneStage(Stage):
         macs_before, params_before = tp.utils.count_ops_and_params(model.module, example)
 
         def schedule(ratio: float, steps: int) -> list[float]:
-            return [agp_sparsity(ratio, gradual.initial_sparsity, k, steps)
-                    for k in range(steps + 1)]
+            return [
+                agp_sparsity(ratio, gradual.initial_sparsity, k, steps) for k in range(steps + 1)
+            ]
 
-        step = iterative_pruner(model.module, example, ratio=self.options.sparsity,
-                                steps=gradual.steps, schedule=schedule, **common)
+        step = iterative_pruner(
+            model.module,
+            example,
+            ratio=self.options.sparsity,
+            steps=gradual.steps,
+            schedule=schedule,
+            **common,
+        )
         details = prune_channels_gradually(model, ctx, prune_step=step, options=gradual)
         macs_after, params_after = tp.utils.count_ops_and_params(model.module, example)
-        return {**details, "macs_before": int(macs_before), "macs_after": int(macs_after),
-                "params_before": int(params_before), "params_after": int(params_after)}
+        return {
+            **details,
+            "macs_before": int(macs_before),
+            "macs_after": int(macs_after),
+            "params_before": int(params_before),
+            "params_after": int(params_after),
+        }
 
     def _prune_magnitude(self, model: ModelState, ctx: StageContext) -> ModelState:
         import torch
@@ -150,8 +195,9 @@ class PruneStage(Stage):
         if self.options.sensitivity is not None:
             from mcomp.compressors.prune.sensitivity import allocate_sparsity
 
-            amounts = allocate_sparsity(self._sensitivity_table(ctx), amount,
-                                        [name for name, _ in targets])
+            amounts = allocate_sparsity(
+                self._sensitivity_table(ctx), amount, [name for name, _ in targets]
+            )
             for name, module in targets:
                 prune.l1_unstructured(module, "weight", amount=amounts.get(name, amount))
         elif self.options.scope == "global":
@@ -169,13 +215,19 @@ class PruneStage(Stage):
         self._label_storage_only()
         return model.with_module(model.module)
 
-    def _prune_magnitude_gradually(self, model: ModelState, ctx: StageContext,
-                                   targets: list) -> ModelState:
+    def _prune_magnitude_gradually(
+        self, model: ModelState, ctx: StageContext, targets: list
+    ) -> ModelState:
         from mcomp.compressors.prune.gradual import prune_magnitude_gradually
 
-        details = prune_magnitude_gradually(model, ctx, targets, final=self.options.sparsity,
-                                            scope=self.options.scope,
-                                            options=self.options.gradual)
+        details = prune_magnitude_gradually(
+            model,
+            ctx,
+            targets,
+            final=self.options.sparsity,
+            scope=self.options.scope,
+            options=self.options.gradual,
+        )
         masks = details.pop("masks")
         pruned = sum(int((~m).sum()) for m in masks.values())
         self.details = {**details, "layers": _record_masks(ctx, masks), "pruned_weights": pruned}
@@ -191,8 +243,10 @@ class PruneStage(Stage):
         candidates = droppable_blocks(model.module, example_inputs(model, batch=1))
         check_block_names(self.options.blocks, candidates)
         if (self.options.num_blocks or 0) > len(candidates):
-            raise StageError(f"prune.num_blocks: the model has only {len(candidates)} "
-                             f"droppable block(s): {', '.join(candidates) or 'none'}")
+            raise StageError(
+                f"prune.num_blocks: the model has only {len(candidates)} "
+                f"droppable block(s): {', '.join(candidates) or 'none'}"
+            )
 
     def _prune_layers(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.prune.layer import choose_blocks, drop_blocks, droppable_blocks
@@ -201,8 +255,11 @@ class PruneStage(Stage):
         names = list(self.options.blocks)
         chosen = [{"block": name} for name in names]
         if self.options.num_blocks:
-            candidates = [c for c in droppable_blocks(model.module, example_inputs(model, 1))
-                          if c not in names]
+            candidates = [
+                c
+                for c in droppable_blocks(model.module, example_inputs(model, 1))
+                if c not in names
+            ]
             chosen += choose_blocks(model, ctx, candidates, self.options.num_blocks)
         drop_blocks(model.module, [c["block"] for c in chosen])
         ctx.shared.pop(MASKS_KEY, None)  # parameter names changed
@@ -218,25 +275,34 @@ class PruneStage(Stage):
             table = json.loads(path.read_text())
             table["layers"]  # noqa: B018  (the one key this stage needs)
         except (OSError, ValueError, KeyError, TypeError):
-            raise StageError(f"prune.sensitivity: {path} is not a sensitivity.json written by "
-                             "`mcomp sensitivity RECIPE`; run it first") from None
+            raise StageError(
+                f"prune.sensitivity: {path} is not a sensitivity.json written by "
+                "`mcomp sensitivity RECIPE`; run it first"
+            ) from None
         return table
 
     def _label_storage_only(self) -> None:
-        self.notes.append("unstructured sparsity: storage only (smaller compressed file, "
-                          "no latency change on dense runtimes)")
+        self.notes.append(
+            "unstructured sparsity: storage only (smaller compressed file, "
+            "no latency change on dense runtimes)"
+        )
 
 
 def _record_masks(ctx: StageContext, masks: dict) -> dict[str, float]:
     """Keep the masks for later training stages; return per-layer sparsity."""
     ctx.shared.setdefault(MASKS_KEY, {}).update(masks)
-    return {name.removesuffix(".weight"): round(1.0 - float(mask.float().mean()), 4)
-            for name, mask in masks.items()}
+    return {
+        name.removesuffix(".weight"): round(1.0 - float(mask.float().mean()), 4)
+        for name, mask in masks.items()
+    }
 
 
 def _candidates(root, options: PruneOptions) -> list[tuple[str, object]]:
-    return [(strip_wrapper_prefix(name), module) for name, module in root.named_modules()
-            if type(module).__name__ in options.layer_types]
+    return [
+        (strip_wrapper_prefix(name), module)
+        for name, module in root.named_modules()
+        if type(module).__name__ in options.layer_types
+    ]
 
 
 def _grad_batches(model: ModelState, ctx: StageContext, count: int = 4) -> list:
@@ -265,22 +331,31 @@ def _loss_fn(ctx: StageContext):
     return lambda outputs, labels: F.mse_loss(outputs, labels.to(outputs.dtype).view_as(outputs))
 
 
-def select_modules(root, options: PruneOptions, ctx: StageContext, *,
-                   warn: bool) -> list[tuple[str, object]]:
+def select_modules(
+    root, options: PruneOptions, ctx: StageContext, *, warn: bool
+) -> list[tuple[str, object]]:
     """Modules of the chosen types whose names match `include` and none of `exclude`."""
     candidates = _candidates(root, options)
     if not candidates:
-        raise StageError(f"prune: the model has no {'/'.join(options.layer_types)} modules to "
-                         "prune (a .pt2 or TorchScript file keeps none); load a state_dict with "
-                         "its `model.factory` instead")
+        raise StageError(
+            f"prune: the model has no {'/'.join(options.layer_types)} modules to "
+            "prune (a .pt2 or TorchScript file keeps none); load a state_dict with "
+            "its `model.factory` instead"
+        )
     for pattern in options.include + options.exclude:
         if warn and not any(fnmatch.fnmatchcase(name, pattern) for name, _ in candidates):
-            ctx.progress.warn(f"prune: pattern {pattern!r} matches no "
-                              f"{'/'.join(options.layer_types)} module")
-    chosen = [(name, module) for name, module in candidates
-              if any(fnmatch.fnmatchcase(name, p) for p in options.include)
-              and not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)]
+            ctx.progress.warn(
+                f"prune: pattern {pattern!r} matches no {'/'.join(options.layer_types)} module"
+            )
+    chosen = [
+        (name, module)
+        for name, module in candidates
+        if any(fnmatch.fnmatchcase(name, p) for p in options.include)
+        and not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)
+    ]
     if not chosen:
-        raise StageError("prune: no layer left to prune after include/exclude; layers are: "
-                         + ", ".join(name for name, _ in candidates[:20]))
+        raise StageError(
+            "prune: no layer left to prune after include/exclude; layers are: "
+            + ", ".join(name for name, _ in candidates[:20])
+        )
     return chosen

@@ -92,8 +92,9 @@ def _quantize_input(child, args):
                 child.qat_max.copy_(high)
             else:
                 # observe_only: running mean over the batches; training: EMA
-                weight = 1.0 / child._qat_count if hasattr(child, "_qat_count") \
-                    else child._qat_momentum
+                weight = (
+                    1.0 / child._qat_count if hasattr(child, "_qat_count") else child._qat_momentum
+                )
                 child.qat_min.lerp_(low, weight)
                 child.qat_max.lerp_(high, weight)
     if getattr(child, "_qat_observe_only", False) or torch.isnan(child.qat_min):
@@ -102,8 +103,9 @@ def _quantize_input(child, args):
     high = torch.clamp(child.qat_max, min=0.0)
     scale = torch.clamp((high - low) / 255.0, min=1e-8)
     zero_point = torch.clamp(torch.round(-low / scale), 0, 255).to(torch.int32)
-    quantized = torch.fake_quantize_per_tensor_affine(x, scale.reshape(1).to(x.dtype),
-                                                      zero_point.reshape(1), 0, 255)
+    quantized = torch.fake_quantize_per_tensor_affine(
+        x, scale.reshape(1).to(x.dtype), zero_point.reshape(1), 0, 255
+    )
     return (quantized, *args[1:])
 
 
@@ -114,8 +116,9 @@ def fake_quant_weight(weight):
     flat = weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)
     scale = torch.clamp(flat / WEIGHT_QMAX, min=1e-8).to(weight.dtype)
     zero_point = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0,
-                                                  -WEIGHT_QMAX, WEIGHT_QMAX)
+    return torch.fake_quantize_per_channel_affine(
+        weight, scale, zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX
+    )
 
 
 def _forward_with_quantized_weight(self, x):

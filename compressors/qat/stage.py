@@ -55,11 +55,16 @@ class QatOptions(StageOptions):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["constant", "cosine", "step"] = "constant"
     keep_best: bool = True
-    ema: float = Field(0.01, gt=0, le=1, description="EMA weight of each batch's activation "
-                       "min/max while training.")
+    ema: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="EMA weight of each batch's activation min/max while training.",
+    )
     quantize: QuantizeOptions = Field(
         default_factory=lambda: QuantizeOptions(symmetric_weights=True),
-        description="Options of the final onnxruntime static quantization.")
+        description="Options of the final onnxruntime static quantization.",
+    )
 
 
 class QatStage(Stage):
@@ -82,15 +87,24 @@ class QatStage(Stage):
         from mcomp.training.loop import TrainConfig
 
         config = TrainConfig(**self.options.model_dump(include=set(TrainConfig.__annotations__)))
-        facts = qat_train(model, ctx, config, masks=sparsity_masks(model, ctx),
-                          ema=self.options.ema, label=self.name)
+        facts = qat_train(
+            model,
+            ctx,
+            config,
+            masks=sparsity_masks(model, ctx),
+            ema=self.options.ema,
+            label=self.name,
+        )
         trained = model.with_module(model.module)
         fp32 = trained.with_onnx(torch_to_onnx(trained))
         quantize = QuantizeStage(self._quantize_options())
         quantize.tensor_overrides = ctx.shared.pop(RANGES_KEY)
         result = quantize.run(fp32, ctx)
-        self.details = {**facts, **quantize.details,
-                        "qat": {**quantize.details.pop("qat", {}), "ema": self.options.ema}}
+        self.details = {
+            **facts,
+            **quantize.details,
+            "qat": {**quantize.details.pop("qat", {}), "ema": self.options.ema},
+        }
         self.notes += quantize.notes
         return result
 
@@ -98,8 +112,15 @@ class QatStage(Stage):
         return self.options.quantize.model_copy(update={"mode": "static"})
 
 
-def qat_train(model: ModelState, ctx: StageContext, config: TrainConfig, *, masks: dict,
-              ema: float, label: str) -> dict[str, Any]:
+def qat_train(
+    model: ModelState,
+    ctx: StageContext,
+    config: TrainConfig,
+    *,
+    masks: dict,
+    ema: float,
+    label: str,
+) -> dict[str, Any]:
     """Train `model.module` with fake quantization; leaves the learned input ranges (with
     the weights that identify each module in ONNX) in `ctx.shared[RANGES_KEY]`."""
     import torch
@@ -110,8 +131,10 @@ def qat_train(model: ModelState, ctx: StageContext, config: TrainConfig, *, mask
     module = model.module
     wrapped = add_fake_quant(module, ema)
     split = ctx.datasets.calibration or ctx.datasets.train
-    batches = [[torch.from_numpy(inputs[spec.name]) for spec in model.inputs]
-               for inputs, _ in list(split.batches(config.batch_size))[:CALIBRATION_BATCHES]]
+    batches = [
+        [torch.from_numpy(inputs[spec.name]) for spec in model.inputs]
+        for inputs, _ in list(split.batches(config.batch_size))[:CALIBRATION_BATCHES]
+    ]
     observe_only(module, batches)
     try:
         result = train_module(model, ctx, config, masks=masks, label=label)
@@ -121,14 +144,21 @@ def qat_train(model: ModelState, ctx: StageContext, config: TrainConfig, *, mask
         # each rank observed its own shard: take the union of the ranges so all ranks hand
         # onnxruntime the same overrides (the weights already agree through DDP)
         every = ctx.dist.all_gather(ranges)
-        ranges = {name: (min(r[name][0] for r in every), max(r[name][1] for r in every))
-                  for name in ranges}
+        ranges = {
+            name: (min(r[name][0] for r in every), max(r[name][1] for r in every))
+            for name in ranges
+        }
     modules = dict(module.named_modules())
     ctx.shared[RANGES_KEY] = {
         name: {"weight": modules[name].weight.detach().cpu().numpy().copy(), "range": span}
-        for name, span in ranges.items()}
-    return {"train_loss": result.train_loss, "eval_metric_fake_quant": result.eval_metric,
-            "best_epoch": result.best_epoch + 1, "fake_quantized_modules": len(wrapped)}
+        for name, span in ranges.items()
+    }
+    return {
+        "train_loss": result.train_loss,
+        "eval_metric_fake_quant": result.eval_metric,
+        "best_epoch": result.best_epoch + 1,
+        "fake_quantized_modules": len(wrapped),
+    }
 
 
 def tensor_overrides(prepared, learned: dict[str, dict]) -> tuple[dict, dict[str, Any]]:
@@ -139,25 +169,36 @@ def tensor_overrides(prepared, learned: dict[str, dict]) -> tuple[dict, dict[str
     overrides: dict[str, list[dict]] = {}
     mapped: dict[str, str] = {}
     for node in prepared.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 \
-                or node.input[1] not in weights:
+        if (
+            node.op_type not in ("Conv", "Gemm", "MatMul")
+            or len(node.input) < 2
+            or node.input[1] not in weights
+        ):
             continue
         array = numpy_helper.to_array(weights[node.input[1]])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0)):
             array = array.T
         for name, entry in learned.items():
-            if name in mapped or entry["weight"].shape != array.shape \
-                    or not np.allclose(entry["weight"], array, rtol=1e-5, atol=1e-7):
+            if (
+                name in mapped
+                or entry["weight"].shape != array.shape
+                or not np.allclose(entry["weight"], array, rtol=1e-5, atol=1e-7)
+            ):
                 continue
             low, high = entry["range"]
             for tensor in _same_scale_chain(prepared, node.input[0]):
                 overrides[tensor] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
             mapped[name] = node.input[0]
             break
-    facts = {"mapped": mapped, "unmapped": sorted(set(learned) - set(mapped)),
-             "ranges": {mapped[n]: [round(learned[n]["range"][0], 6),
-                                    round(learned[n]["range"][1], 6)] for n in mapped}}
+    facts = {
+        "mapped": mapped,
+        "unmapped": sorted(set(learned) - set(mapped)),
+        "ranges": {
+            mapped[n]: [round(learned[n]["range"][0], 6), round(learned[n]["range"][1], 6)]
+            for n in mapped
+        },
+    }
     return overrides, facts
 
 

@@ -25,8 +25,15 @@ AUTO_METHODS = ("minmax", "percentile")
 SCORING_SAMPLES = 64
 
 
-def quantize_auto(stage, prepared_path: Path, target: Path, model: ModelState,
-                  excluded: set[str], ctx: StageContext, options: QuantizeOptions):
+def quantize_auto(
+    stage,
+    prepared_path: Path,
+    target: Path,
+    model: ModelState,
+    excluded: set[str],
+    ctx: StageContext,
+    options: QuantizeOptions,
+):
     """(the chosen quantized model, the chosen method or None, output error per method).
 
     `stage` is the QuantizeStage; its `quantize_once` runs each explicit method. A method
@@ -41,9 +48,14 @@ def quantize_auto(stage, prepared_path: Path, target: Path, model: ModelState,
         calibration = options.calibration.model_copy(update={"method": method})
         try:
             candidate = stage.quantize_once(
-                prepared_path, target.with_name(f"{target.stem}.{method}.onnx"), model,
-                excluded, ctx, options=options.model_copy(update={"calibration": calibration}),
-                mode="static")
+                prepared_path,
+                target.with_name(f"{target.stem}.{method}.onnx"),
+                model,
+                excluded,
+                ctx,
+                options=options.model_copy(update={"calibration": calibration}),
+                mode="static",
+            )
         except StageError:
             if not models:
                 raise
@@ -53,10 +65,10 @@ def quantize_auto(stage, prepared_path: Path, target: Path, model: ModelState,
         models[method] = candidate
         if reference is None:  # the calibration reader has checked the split's inputs by now
             names = [value.name for value in graph_inputs(candidate)]
-            feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES]
-                    for name in names}
+            feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES] for name in names}
             reference = float_outputs(prepared_path.read_bytes(), feed, ctx.threads)
-        errors[method] = relative_output_error(reference, candidate.SerializeToString(), feed,
-                                               ctx.threads)
+        errors[method] = relative_output_error(
+            reference, candidate.SerializeToString(), feed, ctx.threads
+        )
     chosen = min(errors, key=lambda m: (not np.isfinite(errors[m]), errors[m]))
     return models[chosen], chosen, {m: round(float(e), 6) for m, e in errors.items()}

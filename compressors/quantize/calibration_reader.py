@@ -23,8 +23,10 @@ class CalibrationReader:
     def __init__(self, ctx: StageContext, model: ModelState, samples: int | None) -> None:
         split = ctx.datasets.calibration
         if split is None or len(split) == 0:
-            raise StageError("quantize: the calibration split has no samples; give "
-                             "`data.calibration` or `data.train`, or use `mode: dynamic`")
+            raise StageError(
+                "quantize: the calibration split has no samples; give "
+                "`data.calibration` or `data.train`, or use `mode: dynamic`"
+            )
         if samples is not None and samples < len(split):
             split = split.subset(np.arange(samples))
         _check_calibration_inputs(split, model.onnx_model)
@@ -70,13 +72,17 @@ def _check_calibration_inputs(split, model) -> None:
     """A clear error for data that does not fit, before onnxruntime fails deep inside."""
     for value in graph_inputs(model):
         if value.name not in split.inputs:
-            raise StageError(f"quantize: the calibration split has no input {value.name!r}; "
-                             f"it has {sorted(split.inputs)}")
+            raise StageError(
+                f"quantize: the calibration split has no input {value.name!r}; "
+                f"it has {sorted(split.inputs)}"
+            )
         dims = value.type.tensor_type.shape.dim[1:]
         got = tuple(split.inputs[value.name].shape[1:])
         want = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
         fits = len(got) == len(want) and all(w in (None, g) for w, g in zip(want, got, strict=True))
         if not fits:
             shown = tuple("?" if w is None else w for w in want)
-            raise StageError(f"quantize: calibration input {value.name!r} has per-sample shape "
-                             f"{got}, the model expects {shown}; check `data.calibration`")
+            raise StageError(
+                f"quantize: calibration input {value.name!r} has per-sample shape "
+                f"{got}, the model expects {shown}; check `data.calibration`"
+            )

@@ -24,17 +24,24 @@ HISTOGRAM_BINS = 2048
 QUANTIZED_BINS = 128
 
 
-def entropy_ranges(model_path: Path, reader, *, symmetric: bool,
-                   folder: Path) -> dict[str, list[dict]]:
+def entropy_ranges(
+    model_path: Path, reader, *, symmetric: bool, folder: Path
+) -> dict[str, list[dict]]:
     """TensorQuantOverrides ({tensor: [{"rmin", "rmax"}]}) for every activation of the model
     at `model_path`, from KL-divergence thresholds over `reader`'s calibration batches."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     calibrator = create_calibrator(
-        str(model_path), None, augmented_model_path=str(folder / "entropy.augmented.onnx"),
+        str(model_path),
+        None,
+        augmented_model_path=str(folder / "entropy.augmented.onnx"),
         calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"symmetric": symmetric, "num_bins": HISTOGRAM_BINS,
-                       "num_quantized_bins": QUANTIZED_BINS})
+        extra_options={
+            "symmetric": symmetric,
+            "num_bins": HISTOGRAM_BINS,
+            "num_quantized_bins": QUANTIZED_BINS,
+        },
+    )
     stride = reader.stride()
     for start in range(0, len(reader), stride):  # merge histograms chunk by chunk
         reader.set_range(start_index=start, end_index=start + stride)

@@ -69,8 +69,15 @@ class Trial:
 class _Search:
     """The trials of one fallback search, within its trial and time budget."""
 
-    def __init__(self, stage: QuantizeStage, prepared_path: Path, state: ModelState,
-                 ctx: StageContext, mode: str, goal: Goal) -> None:
+    def __init__(
+        self,
+        stage: QuantizeStage,
+        prepared_path: Path,
+        state: ModelState,
+        ctx: StageContext,
+        mode: str,
+        goal: Goal,
+    ) -> None:
         self.stage, self.prepared_path, self.state = stage, prepared_path, state
         self.ctx, self.mode, self.goal = ctx, mode, goal
         self.limits = stage.options.fallback
@@ -82,19 +89,30 @@ class _Search:
         # `calibration.method: auto` is recorded as the method it chose for this model
         trial = Trial(label, self.stage.resolved(options), frozenset(excluded), metric, model)
         self.trials.append(trial)
-        self.ctx.progress.log(f"quantize fallback: {label}: {self.ctx.metric.name} "
-                              f"{metric:.4f} (drop {self.goal.drop(metric):+.4f}, budget "
-                              f"{self.goal.budget})")
+        self.ctx.progress.log(
+            f"quantize fallback: {label}: {self.ctx.metric.name} "
+            f"{metric:.4f} (drop {self.goal.drop(metric):+.4f}, budget "
+            f"{self.goal.budget})"
+        )
         return trial
 
     def can_try(self) -> bool:
-        return (len(self.trials) - 1 < self.limits.max_trials
-                and time.perf_counter() - self.started < self.limits.max_seconds)
+        return (
+            len(self.trials) - 1 < self.limits.max_trials
+            and time.perf_counter() - self.started < self.limits.max_seconds
+        )
 
     def attempt(self, label: str, options, excluded: set[str]) -> Trial:
         target = self.prepared_path.parent / f"trial{len(self.trials)}.onnx"
-        model = self.stage.quantize_once(self.prepared_path, target, self.state, excluded,
-                                         self.ctx, options=options, mode=self.mode)
+        model = self.stage.quantize_once(
+            self.prepared_path,
+            target,
+            self.state,
+            excluded,
+            self.ctx,
+            options=options,
+            mode=self.mode,
+        )
         return self.record(label, options, excluded, model)
 
     def best(self) -> Trial:
@@ -104,41 +122,72 @@ class _Search:
         return min(self.trials, key=lambda t: self.goal.drop(t.metric))
 
 
-def fallback_search(stage: QuantizeStage, prepared_path: Path, *, first, excluded: set[str],
-                    state: ModelState, goal: Goal, ctx: StageContext, mode: str):
+def fallback_search(
+    stage: QuantizeStage,
+    prepared_path: Path,
+    *,
+    first,
+    excluded: set[str],
+    state: ModelState,
+    goal: Goal,
+    ctx: StageContext,
+    mode: str,
+):
     """Search for a quantization within `goal`; returns (model, excluded nodes, details)."""
     search = _Search(stage, prepared_path, state, ctx, mode, goal)
     plain = search.record("plain", stage.options, excluded, first)
-    facts: dict[str, Any] = {"budget": goal.budget, "budget_from": goal.source,
-                             "reference_metric": round(goal.reference, 6),
-                             "fp32_input_metric": round(goal.input_metric, 6)}
+    facts: dict[str, Any] = {
+        "budget": goal.budget,
+        "budget_from": goal.source,
+        "reference_metric": round(goal.reference, 6),
+        "fp32_input_metric": round(goal.input_metric, 6),
+    }
     if goal.met(plain.metric):
         return first, excluded, {**facts, "needed": False, "trials": _trial_rows(search)}
     if not goal.met(goal.input_metric):
-        message = (f"fallback cannot meet {goal.source}={goal.budget}: even with every node "
-                   f"in float (the fp32 input) the drop is {goal.drop(goal.input_metric):.4f}; "
-                   "keeping the plain int8 model")
+        message = (
+            f"fallback cannot meet {goal.source}={goal.budget}: even with every node "
+            f"in float (the fp32 input) the drop is {goal.drop(goal.input_metric):.4f}; "
+            "keeping the plain int8 model"
+        )
         ctx.progress.warn(f"quantize: {message}")
         stage.notes.append(message)
-        return first, excluded, {**facts, "needed": True, "met": False, "message": message,
-                                 "trials": _trial_rows(search)}
-    trial = _cheap_alternatives(search, excluded) if stage.options.fallback.alternatives \
-        else plain
+        return (
+            first,
+            excluded,
+            {
+                **facts,
+                "needed": True,
+                "met": False,
+                "message": message,
+                "trials": _trial_rows(search),
+            },
+        )
+    trial = _cheap_alternatives(search, excluded) if stage.options.fallback.alternatives else plain
     if not goal.met(trial.metric) and search.can_try():
         trial = _exclude_sensitive(search, excluded)
     chosen = search.best()
     met = goal.met(chosen.metric)
-    facts.update(needed=True, met=met, chosen=chosen.label, trials=_trial_rows(search),
-                 float_nodes=sorted(chosen.excluded - excluded),
-                 seconds=round(time.perf_counter() - search.started, 2),
-                 latency_cost=_latency_cost(plain.model, chosen.model, ctx))
+    facts.update(
+        needed=True,
+        met=met,
+        chosen=chosen.label,
+        trials=_trial_rows(search),
+        float_nodes=sorted(chosen.excluded - excluded),
+        seconds=round(time.perf_counter() - search.started, 2),
+        latency_cost=_latency_cost(plain.model, chosen.model, ctx),
+    )
     if met:
-        stage.notes.append(f"fallback: {len(chosen.excluded - excluded)} node(s) left in float "
-                           f"to meet {goal.source}={goal.budget} ({chosen.label})")
+        stage.notes.append(
+            f"fallback: {len(chosen.excluded - excluded)} node(s) left in float "
+            f"to meet {goal.source}={goal.budget} ({chosen.label})"
+        )
     else:
-        message = (f"fallback: {goal.source}={goal.budget} not met within {len(search.trials)} "
-                   f"trial(s) / {facts['seconds']} s; best drop {goal.drop(chosen.metric):.4f} "
-                   f"({chosen.label}); raise fallback.max_trials or max_seconds, or group_size")
+        message = (
+            f"fallback: {goal.source}={goal.budget} not met within {len(search.trials)} "
+            f"trial(s) / {facts['seconds']} s; best drop {goal.drop(chosen.metric):.4f} "
+            f"({chosen.label}); raise fallback.max_trials or max_seconds, or group_size"
+        )
         facts["message"] = message
         stage.notes.append(message)
         ctx.progress.warn(f"quantize: {message}")
@@ -160,8 +209,9 @@ def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
         for method in ("minmax", "percentile", "entropy"):
             if chosen != method:
                 calibration = options.calibration.model_copy(update={"method": method})
-                variants.append((f"calibration {method}",
-                                 {"per_channel": True, "calibration": calibration}))
+                variants.append(
+                    (f"calibration {method}", {"per_channel": True, "calibration": calibration})
+                )
     for label, update in variants:
         if not search.can_try():
             break
@@ -180,10 +230,22 @@ def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
     if search.mode == "static" and base.options.format != "qdq":  # names are kept in QDQ only
         target = search.prepared_path.parent / "sensitivity.qdq.onnx"
         analysed = search.stage.quantize_once(
-            search.prepared_path, target, search.state, set(base.excluded), search.ctx,
-            options=base.options.model_copy(update={"format": "qdq"}), mode=search.mode)
-    ranking = rank_nodes(search.prepared_path, analysed, search.ctx, mode=search.mode,
-                         skip=set(base.excluded), samples=SENSITIVITY_SAMPLES)
+            search.prepared_path,
+            target,
+            search.state,
+            set(base.excluded),
+            search.ctx,
+            options=base.options.model_copy(update={"format": "qdq"}),
+            mode=search.mode,
+        )
+    ranking = rank_nodes(
+        search.prepared_path,
+        analysed,
+        search.ctx,
+        mode=search.mode,
+        skip=set(base.excluded),
+        samples=SENSITIVITY_SAMPLES,
+    )
     search.ranking = ranking
     floated = set(base.excluded)
     group = search.limits.group_size
@@ -192,10 +254,11 @@ def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
     for start in range(0, max(0, len(ranking) - 1), group):
         if not search.can_try():
             break
-        names = [name for name, _ in ranking[start:start + group]]
+        names = [name for name, _ in ranking[start : start + group]]
         floated |= _with_gemm_alias(names, search.mode)
-        trial = search.attempt(f"float {len(floated - excluded)} node(s): +{', '.join(names)}",
-                               base.options, floated)
+        trial = search.attempt(
+            f"float {len(floated - excluded)} node(s): +{', '.join(names)}", base.options, floated
+        )
         if search.goal.met(trial.metric):
             break
     return trial
@@ -209,10 +272,17 @@ def _with_gemm_alias(names: list[str], mode: str) -> set[str]:
 
 
 def _trial_rows(search: _Search) -> list[dict[str, Any]]:
-    return [{"label": t.label, "metric": round(t.metric, 6),
-             "drop": round(search.goal.drop(t.metric), 6), "float_nodes": len(t.excluded),
-             "per_channel": t.options.per_channel,
-             "calibration": t.options.calibration.method} for t in search.trials]
+    return [
+        {
+            "label": t.label,
+            "metric": round(t.metric, 6),
+            "drop": round(search.goal.drop(t.metric), 6),
+            "float_nodes": len(t.excluded),
+            "per_channel": t.options.per_channel,
+            "calibration": t.options.calibration.method,
+        }
+        for t in search.trials
+    ]
 
 
 def _latency_cost(all_int8, chosen, ctx: StageContext) -> dict[str, float] | None:
@@ -225,8 +295,12 @@ def _latency_cost(all_int8, chosen, ctx: StageContext) -> dict[str, float] | Non
     if not all(name in split.inputs for name in names):
         return None
     feed = batch_feed({name: split.inputs[name] for name in names}, TIMING_BATCH)
-    speed = time_both(all_int8.SerializeToString(), chosen.SerializeToString(), feed,
-                      threads=ctx.threads)
-    return {"batch": TIMING_BATCH, "all_int8_ms": speed["fp32_ms"],
-            "chosen_ms": speed["int8_ms"],
-            "chosen_over_all_int8": round(speed["int8_ms"] / speed["fp32_ms"], 3)}
+    speed = time_both(
+        all_int8.SerializeToString(), chosen.SerializeToString(), feed, threads=ctx.threads
+    )
+    return {
+        "batch": TIMING_BATCH,
+        "all_int8_ms": speed["fp32_ms"],
+        "chosen_ms": speed["int8_ms"],
+        "chosen_over_all_int8": round(speed["int8_ms"] / speed["fp32_ms"], 3),
+    }

@@ -35,8 +35,15 @@ if TYPE_CHECKING:
     from mcomp.stage import StageContext
 
 INT8_CONV_OPS = {"QLinearConv", "ConvInteger"}
-INT8_MATMUL_OPS = {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm",
-                   "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLSTM"}
+INT8_MATMUL_OPS = {
+    "QLinearMatMul",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+}
 FLOAT_CONV_OPS = {"Conv", "FusedConv", "ConvTranspose"}
 FLOAT_MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Attention"}
 # QLinearAdd, QLinearConcat, QLinearSigmoid, ...: int8 too, but they carry no MACs
@@ -58,8 +65,9 @@ def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx
     return onnx.load(str(target))
 
 
-def count_compute_nodes(optimized: onnx.ModelProto,
-                        source_models: list[onnx.ModelProto]) -> dict[str, Any]:
+def count_compute_nodes(
+    optimized: onnx.ModelProto, source_models: list[onnx.ModelProto]
+) -> dict[str, Any]:
     """int8 vs float compute nodes of the optimised graph and the share of MACs in int8."""
     known: dict[str, int] = {}
     for model in source_models:
@@ -84,9 +92,13 @@ def count_compute_nodes(optimized: onnx.ModelProto,
         else:
             float_macs += macs
     total = int8_macs + float_macs
-    return {"int8_compute_nodes": int8_nodes, "float_compute_nodes": float_nodes,
-            "int8_macs": int8_macs, "float_macs": float_macs,
-            "int8_macs_share": round(int8_macs / total, 4) if total else 0.0}
+    return {
+        "int8_compute_nodes": int8_nodes,
+        "float_compute_nodes": float_nodes,
+        "int8_macs": int8_macs,
+        "float_macs": float_macs,
+        "int8_macs_share": round(int8_macs / total, 4) if total else 0.0,
+    }
 
 
 def _node_macs(node, shapes: dict[str, list[int]]) -> int:
@@ -97,42 +109,64 @@ def _node_macs(node, shapes: dict[str, list[int]]) -> int:
     return 0
 
 
-def float_outputs(model_bytes: bytes, feed: dict[str, np.ndarray],
-                  threads: int) -> list[np.ndarray | None]:
+def float_outputs(
+    model_bytes: bytes, feed: dict[str, np.ndarray], threads: int
+) -> list[np.ndarray | None]:
     """The model's outputs on `feed` as float64, None for non-float outputs (ids, masks)."""
     from mcomp.measure.ort_session import create_session
 
-    return [np.asarray(out, np.float64) if np.asarray(out).dtype.kind == "f" else None
-            for out in create_session(model_bytes, threads).run(None, feed)]
+    return [
+        np.asarray(out, np.float64) if np.asarray(out).dtype.kind == "f" else None
+        for out in create_session(model_bytes, threads).run(None, feed)
+    ]
 
 
-def compare_outputs(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray],
-                    threads: int) -> dict[str, float]:
+def compare_outputs(
+    fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray], threads: int
+) -> dict[str, float]:
     """Largest and mean absolute difference of all float outputs, int8 vs fp32."""
     reference = float_outputs(fp32_bytes, feed, threads)
     quantized = float_outputs(int8_bytes, feed, threads)
-    diffs = [np.abs(a - b).ravel() for a, b in zip(reference, quantized, strict=True)
-             if a is not None]
+    diffs = [
+        np.abs(a - b).ravel() for a, b in zip(reference, quantized, strict=True) if a is not None
+    ]
     if not diffs:
         return {}
     flat = np.concatenate(diffs)
-    return {"samples": len(next(iter(feed.values()))), "max_abs_diff": float(flat.max()),
-            "mean_abs_diff": float(flat.mean())}
+    return {
+        "samples": len(next(iter(feed.values()))),
+        "max_abs_diff": float(flat.max()),
+        "mean_abs_diff": float(flat.mean()),
+    }
 
 
-def relative_output_error(reference: list[np.ndarray | None], quantized_bytes: bytes,
-                          feed: dict[str, np.ndarray], threads: int) -> float:
+def relative_output_error(
+    reference: list[np.ndarray | None],
+    quantized_bytes: bytes,
+    feed: dict[str, np.ndarray],
+    threads: int,
+) -> float:
     """||y_int8 - y_fp32|| / ||y_fp32|| over all float outputs, `reference` being the fp32
     model's `float_outputs` on `feed` (inf when they are all zero)."""
-    pairs = [(a, b) for a, b in zip(reference, float_outputs(quantized_bytes, feed, threads),
-                                    strict=True) if a is not None]
+    pairs = [
+        (a, b)
+        for a, b in zip(reference, float_outputs(quantized_bytes, feed, threads), strict=True)
+        if a is not None
+    ]
     norm = np.sqrt(sum(float(np.sum(a * a)) for a, _ in pairs))
     error = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in pairs))
     return error / norm if norm > 0 else float("inf")
 
 
-def time_both(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray], *,
-              threads: int, warmup: int = 2, runs: int = 7) -> dict[str, float]:
+def time_both(
+    fp32_bytes: bytes,
+    int8_bytes: bytes,
+    feed: dict[str, np.ndarray],
+    *,
+    threads: int,
+    warmup: int = 2,
+    runs: int = 7,
+) -> dict[str, float]:
     """Median latency (ms) of the fp32 and the int8 model on `feed`, each in its own block."""
     import time
 
@@ -151,9 +185,15 @@ def time_both(fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray],
 SPEED_CHECK_MAX_BATCH = 64
 
 
-def prove_int8(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
-               sources: list[onnx.ModelProto], ctx: StageContext, folder: Path,
-               options: QuantizeOptions, details: dict[str, Any]) -> list[str]:
+def prove_int8(
+    fp32: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    sources: list[onnx.ModelProto],
+    ctx: StageContext,
+    folder: Path,
+    options: QuantizeOptions,
+    details: dict[str, Any],
+) -> list[str]:
     """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, where the int8 model's time
     goes, and output parity, all into `details`; returns the stage notes (a warning when
     int8 is not faster, with what to try)."""
@@ -171,21 +211,25 @@ def prove_int8(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
     if len(inputs) != len(names):
         return []  # inputs the data does not name: evaluation reports that, not this check
     details["parity"] = compare_outputs(
-        fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads)
+        fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads
+    )
     batch = min(ctx.batch_size, SPEED_CHECK_MAX_BATCH)
     feed = batch_feed(inputs, batch)
     speed = time_both(fp32_bytes, int8_bytes, feed, threads=ctx.threads)
     details["speed_check"] = {"batch": batch, **speed}
     # where the quantized model's time goes: what is left outside int8 kernels caps the
     # speed-up, the usual answer to "int8 is not faster"
-    details["time_split"] = time_split(op_times(int8_bytes, feed, ctx.threads),
-                                       op_times(fp32_bytes, feed, ctx.threads))
+    details["time_split"] = time_split(
+        op_times(int8_bytes, feed, ctx.threads), op_times(fp32_bytes, feed, ctx.threads)
+    )
     if speed["fp32_over_int8"] > 1.0:
         return []
     kind = "4-bit" if details.get("mode") == "weight4" else "int8"
-    message = (f"{kind} is not faster than the fp32 input at batch {batch} "
-               f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
-               f"{speed_advice(options, details)}")
+    message = (
+        f"{kind} is not faster than the fp32 input at batch {batch} "
+        f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
+        f"{speed_advice(options, details)}"
+    )
     ctx.progress.warn(f"quantize: {message}")
     return [message]
 
@@ -195,29 +239,37 @@ def speed_advice(options: QuantizeOptions, details: dict[str, Any]) -> str:
     tips = []
     split = details.get("time_split") or {}
     if split.get("largest_other_ops_ms"):
-        largest = ", ".join(f"{op} {ms:.3g} ms" for op, ms in
-                            split["largest_other_ops_ms"].items())
+        largest = ", ".join(f"{op} {ms:.3g} ms" for op, ms in split["largest_other_ops_ms"].items())
         bound = split.get("speedup_bound")
-        tips.append(f"{1 - split['quantized_kernel_share']:.0%} of its kernel time is outside "
-                    f"int8 kernels (largest: {largest})"
-                    + (f", so it cannot run more than {bound:.2g}x faster than fp32"
-                       if bound else ""))
+        tips.append(
+            f"{1 - split['quantized_kernel_share']:.0%} of its kernel time is outside "
+            f"int8 kernels (largest: {largest})"
+            + (f", so it cannot run more than {bound:.2g}x faster than fp32" if bound else "")
+        )
         if "SkipLayerNormalization" in split["largest_other_ops_ms"]:
-            tips.append("onnxruntime's fused SkipLayerNormalization was slow on these CPUs: "
-                        "create sessions with disabled_optimizers=['SkipLayerNormFusion']")
+            tips.append(
+                "onnxruntime's fused SkipLayerNormalization was slow on these CPUs: "
+                "create sessions with disabled_optimizers=['SkipLayerNormFusion']"
+            )
     if details.get("mode") == "dynamic":
         # measured (benchmarks/RESULTS.md, "int8 vs fp32"): on 2-layer encoders static ran
         # 2.3-3.0x fp32 where dynamic ran 1.3-2.1x, its activations quantized once ahead of
         # time instead of per batch, at a larger output error
-        tips.append("`mode: static` with calibration data (activations quantized ahead of "
-                    "time instead of per batch: faster, less accurate; check the metric)")
+        tips.append(
+            "`mode: static` with calibration data (activations quantized ahead of "
+            "time instead of per batch: faster, less accurate; check the metric)"
+        )
     if details.get("float_compute_nodes"):
-        tips.append(f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
-                    "in float (see details.float_compute_nodes)")
+        tips.append(
+            f"{sum(details['float_compute_nodes'].values())} compute node(s) still run "
+            "in float (see details.float_compute_nodes)"
+        )
     if options.activation_type == "int8":
         tips.append("unsigned activations (`activation_type: uint8`, U8S8)")
     if not options.per_channel:
         tips.append("`per_channel: true`")
-    tips += ["a larger batch (small layers are dominated by quantize/dequantize overhead)",
-             "`exclude_nodes` for the smallest layers"]
+    tips += [
+        "a larger batch (small layers are dominated by quantize/dequantize overhead)",
+        "`exclude_nodes` for the smallest layers",
+    ]
     return "try: " + "; ".join(tips)

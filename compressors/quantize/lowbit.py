@@ -30,8 +30,11 @@ from mcomp.errors import StageError
 if TYPE_CHECKING:
     from mcomp.compressors.quantize.stage import Weight4Options
 
-INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
-              np.dtype(np.int32): (-(2**31), 2**31 - 1)}
+INT_RANGES = {
+    np.dtype(np.int8): (-128, 127),
+    np.dtype(np.uint8): (0, 255),
+    np.dtype(np.int32): (-(2**31), 2**31 - 1),
+}
 
 
 def quantize_weight4(prepared, options: Weight4Options, folder: Path):
@@ -45,16 +48,21 @@ def quantize_weight4(prepared, options: Weight4Options, folder: Path):
     model = gemm_to_matmul(prepared)
     with working_directory(folder):
         try:
-            quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size,
-                                             is_symmetric=options.symmetric)
+            quantizer = MatMulNBitsQuantizer(
+                model, bits=4, block_size=options.block_size, is_symmetric=options.symmetric
+            )
             quantizer.process()
         except Exception as exc:
-            raise StageError(f"quantize: onnxruntime 4-bit weight quantization failed: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+            raise StageError(
+                f"quantize: onnxruntime 4-bit weight quantization failed: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            ) from None
     result = quantizer.model.model
     if not any(node.op_type == "MatMulNBits" for node in result.graph.node):
-        raise StageError("quantize: mode weight4 found no MatMul/Gemm with a constant weight "
-                         "to quantize; for conv nets use `mode: static`")
+        raise StageError(
+            "quantize: mode weight4 found no MatMul/Gemm with a constant weight "
+            "to quantize; for conv nets use `mode: static`"
+        )
     return result
 
 
@@ -80,26 +88,35 @@ def round_scales_pow2(model):
         values, scale = node.input[0], node.input[1]
         if values in arrays and scale in arrays and arrays[values].dtype != np.int32:
             new[scale] = pow2(arrays[scale], up=True)
-            new[values] = _requantize(arrays[values], arrays[scale], new[scale],
-                                      _zero_point(node, arrays), _axis(node))
+            new[values] = _requantize(
+                arrays[values], arrays[scale], new[scale], _zero_point(node, arrays), _axis(node)
+            )
     for consumer in model.graph.node:  # biases: input scale x weight scale
         biases = [dq_by_output.get(name) for name in consumer.input[2:3]]
-        if not biases or biases[0] is None or arrays.get(biases[0].input[0]) is None \
-                or arrays[biases[0].input[0]].dtype != np.int32:
+        if (
+            not biases
+            or biases[0] is None
+            or arrays.get(biases[0].input[0]) is None
+            or arrays[biases[0].input[0]].dtype != np.int32
+        ):
             continue
         bias = biases[0]
         x_dq, w_dq = dq_by_output.get(consumer.input[0]), dq_by_output.get(consumer.input[1])
         if x_dq is None or w_dq is None:
             continue
-        scale = (new.get(x_dq.input[1], arrays[x_dq.input[1]])
-                 * new.get(w_dq.input[1], arrays[w_dq.input[1]])).astype(np.float32)
+        scale = (
+            new.get(x_dq.input[1], arrays[x_dq.input[1]])
+            * new.get(w_dq.input[1], arrays[w_dq.input[1]])
+        ).astype(np.float32)
         new[bias.input[1]] = scale.reshape(arrays[bias.input[1]].shape)
-        new[bias.input[0]] = _requantize(arrays[bias.input[0]], arrays[bias.input[1]],
-                                         new[bias.input[1]], None, 0)
+        new[bias.input[0]] = _requantize(
+            arrays[bias.input[0]], arrays[bias.input[1]], new[bias.input[1]], None, 0
+        )
     for init in model.graph.initializer:
         if init.name in new:
-            init.CopyFrom(numpy_helper.from_array(new[init.name].astype(arrays[init.name].dtype),
-                                                  init.name))
+            init.CopyFrom(
+                numpy_helper.from_array(new[init.name].astype(arrays[init.name].dtype), init.name)
+            )
     return model
 
 
@@ -113,8 +130,9 @@ def _axis(node) -> int:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
 
 
-def _requantize(values: np.ndarray, old: np.ndarray, new: np.ndarray,
-                zero_point: np.ndarray | None, axis: int) -> np.ndarray:
+def _requantize(
+    values: np.ndarray, old: np.ndarray, new: np.ndarray, zero_point: np.ndarray | None, axis: int
+) -> np.ndarray:
     """`values` quantized with scale `old` → the same reals quantized with scale `new`."""
     shape = [1] * values.ndim
     if old.ndim == 1 and old.size > 1:

@@ -14,27 +14,44 @@ Method = Literal["auto", "minmax", "entropy", "percentile"]
 class CalibrationOptions(StageOptions):
     """How static quantization finds activation ranges."""
 
-    method: Method = Field("auto", description="auto: quantize with minmax and with percentile "
-                           "and keep the model whose outputs are closer to fp32's on the "
-                           "calibration samples.")
-    percentile: float = Field(99.999, gt=50, le=100, description="Percentile of |activation| "
-                              "kept by `method: percentile` (ORT's CalibPercentile).")
-    samples: int | None = Field(None, ge=1, description="Use at most this many calibration "
-                                "samples (default: all of data.calibration_samples).")
+    method: Method = Field(
+        "auto",
+        description="auto: quantize with minmax and with percentile "
+        "and keep the model whose outputs are closer to fp32's on the "
+        "calibration samples.",
+    )
+    percentile: float = Field(
+        99.999,
+        gt=50,
+        le=100,
+        description="Percentile of |activation| "
+        "kept by `method: percentile` (ORT's CalibPercentile).",
+    )
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="Use at most this many calibration "
+        "samples (default: all of data.calibration_samples).",
+    )
 
 
 class FallbackOptions(StageOptions):
     """Limits of the accuracy-aware fallback search (see `quantize_fallback`)."""
 
-    enabled: bool = Field(True, description="Search when a budget is known and plain int8 "
-                          "breaks it.")
+    enabled: bool = Field(
+        True, description="Search when a budget is known and plain int8 breaks it."
+    )
     max_trials: int = Field(8, ge=1, description="Quantizations tried after the first one.")
     max_seconds: float = Field(120, gt=0, description="Wall-clock limit of the search.")
-    group_size: int = Field(1, ge=1, description="Nodes put back in float per trial, most "
-                            "sensitive first.")
-    alternatives: bool = Field(True, description="Before leaving nodes in float, try "
-                               "per-channel weights and the other calibration methods "
-                               "(entropy calibration costs 10-30 s on a ResNet-18).")
+    group_size: int = Field(
+        1, ge=1, description="Nodes put back in float per trial, most sensitive first."
+    )
+    alternatives: bool = Field(
+        True,
+        description="Before leaving nodes in float, try "
+        "per-channel weights and the other calibration methods "
+        "(entropy calibration costs 10-30 s on a ResNet-18).",
+    )
 
 
 class Weight4Options(StageOptions):
@@ -55,33 +72,49 @@ class QuantizeOptions(StageOptions):
     bits: Literal[8, 4] = Field(8, description="4 is `mode: weight4` (weight-only, MatMul).")
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
-    float_outputs: bool = Field(True, description="Keep the model's outputs in float (static "
-                                "QDQ): no QuantizeLinear/DequantizeLinear pair in front of a "
-                                "graph output, which would round the logits to 256 levels.")
-    float_attention: bool = Field(True, description="Static mode: leave Softmax and MatMuls "
-                                  "of two activations (attention) in float; faster and more "
-                                  "accurate with onnxruntime on these CPUs.")
+    float_outputs: bool = Field(
+        True,
+        description="Keep the model's outputs in float (static "
+        "QDQ): no QuantizeLinear/DequantizeLinear pair in front of a "
+        "graph output, which would round the logits to 256 levels.",
+    )
+    float_attention: bool = Field(
+        True,
+        description="Static mode: leave Softmax and MatMuls "
+        "of two activations (attention) in float; faster and more "
+        "accurate with onnxruntime on these CPUs.",
+    )
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool | Literal["auto"] = Field(
-        "auto", description="7-bit weights. auto: on only where onnxruntime advises it, U8S8 "
+        "auto",
+        description="7-bit weights. auto: on only where onnxruntime advises it, U8S8 "
         "on an x86 CPU without VNNI/AMX (its AVX2 kernel adds pairs of u8*s8 products in "
-        "16 bits, which can saturate); VNNI accumulates in 32 bits and needs no reduction.")
+        "16 bits, which can saturate); VNNI accumulates in 32 bits and needs no reduction.",
+    )
     symmetric_activations: bool = False
     symmetric_weights: bool = False
-    scale: Literal["float", "pow2"] = Field("float", description="pow2: round every scale of "
-                                            "a static model to a power of two.")
+    scale: Literal["float", "pow2"] = Field(
+        "float", description="pow2: round every scale of a static model to a power of two."
+    )
     calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
-    calibration_method: Method | None = Field(None, description="Shorthand for "
-                                              "`calibration.method` (kept for old recipes).")
-    op_types: list[str] | None = Field(None, description="Op types to quantize (default: all "
-                                       "that onnxruntime can).")
+    calibration_method: Method | None = Field(
+        None, description="Shorthand for `calibration.method` (kept for old recipes)."
+    )
+    op_types: list[str] | None = Field(
+        None, description="Op types to quantize (default: all that onnxruntime can)."
+    )
     exclude_op_types: list[str] = Field(default_factory=list)
-    exclude_nodes: list[str] = Field(default_factory=list, description="Glob patterns over "
-                                     "ONNX node names left in float.")
-    max_accuracy_drop: float | None = Field(None, ge=0, description="Largest metric loss vs "
-                                            "the stage's fp32 input; default: the recipe's "
-                                            "constraints.max_accuracy_drop (vs the baseline).")
+    exclude_nodes: list[str] = Field(
+        default_factory=list, description="Glob patterns over ONNX node names left in float."
+    )
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Largest metric loss vs "
+        "the stage's fp32 input; default: the recipe's "
+        "constraints.max_accuracy_drop (vs the baseline).",
+    )
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
     weight4: Weight4Options = Field(default_factory=Weight4Options)
 
@@ -89,8 +122,9 @@ class QuantizeOptions(StageOptions):
     def _bits_and_mode(self) -> QuantizeOptions:
         if self.bits == 4:
             if "mode" in self.model_fields_set and self.mode != "weight4":
-                raise ValueError(f"bits: 4 is weight-only 4-bit (mode: weight4), not "
-                                 f"mode: {self.mode}")
+                raise ValueError(
+                    f"bits: 4 is weight-only 4-bit (mode: weight4), not mode: {self.mode}"
+                )
             self.mode = "weight4"
         if self.scale == "pow2" and self.mode not in ("static", "auto"):
             raise ValueError("scale: pow2 applies to static int8 (mode: static)")
@@ -100,10 +134,14 @@ class QuantizeOptions(StageOptions):
     def _one_calibration_method(self) -> QuantizeOptions:
         if self.calibration_method is None:
             return self
-        if "method" in self.calibration.model_fields_set \
-                and self.calibration.method != self.calibration_method:
-            raise ValueError("give the calibration method once: `calibration.method` or "
-                             "`calibration_method`, not both")
+        if (
+            "method" in self.calibration.model_fields_set
+            and self.calibration.method != self.calibration_method
+        ):
+            raise ValueError(
+                "give the calibration method once: `calibration.method` or "
+                "`calibration_method`, not both"
+            )
         self.calibration.method = self.calibration_method
         return self
 

@@ -45,8 +45,11 @@ def gemm_to_matmul(model):
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 \
+        plain = (
+            attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
             and not attrs.get("transA", 0)
+        )
         if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
             nodes.append(node)
             continue
@@ -56,11 +59,20 @@ def gemm_to_matmul(model):
         name = node.input[1] + "_matmul"
         model.graph.initializer.append(numpy_helper.from_array(weight, name))
         product = node.output[0] + "_matmul" if len(node.input) > 2 else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product],
-                                      name=(node.name or product) + "_matmul"))
+        nodes.append(
+            helper.make_node(
+                "MatMul", [node.input[0], name], [product], name=(node.name or product) + "_matmul"
+            )
+        )
         if len(node.input) > 2 and node.input[2]:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
-                                          name=(node.name or product) + "_bias"))
+            nodes.append(
+                helper.make_node(
+                    "Add",
+                    [product, node.input[2]],
+                    [node.output[0]],
+                    name=(node.name or product) + "_bias",
+                )
+            )
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
@@ -86,8 +98,11 @@ def keep_outputs_float(model) -> list[str]:
         if dequantize is None or dequantize.op_type != "DequantizeLinear":
             continue
         quantize = producer.get(dequantize.input[0])
-        if quantize is None or quantize.op_type != "QuantizeLinear" \
-                or uses.get(quantize.output[0], 0) != 1:
+        if (
+            quantize is None
+            or quantize.op_type != "QuantizeLinear"
+            or uses.get(quantize.output[0], 0) != 1
+        ):
             continue
         source = quantize.input[0]
         maker = producer.get(source)
@@ -115,8 +130,9 @@ def attention_nodes(model) -> set[str]:
     at batch 64 with these nodes in float vs 1.99x with them in int8, at the same output
     error."""
     constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant"
-                  for out in node.output}
+    constants |= {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output
+    }
     found = set()
     for node in model.graph.node:
         two_activations = not any(name in constants for name in node.input)
@@ -138,8 +154,11 @@ def pack_initializers(model) -> int:
     saved = 0
     graph = model.graph
     for index, tensor in enumerate(graph.initializer):
-        if tensor.raw_data or tensor.data_location == tensor.EXTERNAL \
-                or tensor.data_type == tensor.STRING:
+        if (
+            tensor.raw_data
+            or tensor.data_location == tensor.EXTERNAL
+            or tensor.data_type == tensor.STRING
+        ):
             continue
         packed = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
         before = tensor.ByteSize()

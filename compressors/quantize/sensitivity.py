@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 EPSILON = 1e-12
 
 
-def rank_nodes(prepared_path: Path, quantized, ctx: StageContext, *, mode: str,
-               skip: set[str], samples: int) -> list[tuple[str, float]]:
+def rank_nodes(
+    prepared_path: Path, quantized, ctx: StageContext, *, mode: str, skip: set[str], samples: int
+) -> list[tuple[str, float]]:
     """Quantized compute nodes by local error, most sensitive first: (name, score).
 
     A node's score is the relative L2 error of its output minus the largest relative error of
@@ -35,14 +36,20 @@ def rank_nodes(prepared_path: Path, quantized, ctx: StageContext, *, mode: str,
         reference = gemm_to_matmul(reference)
     candidates = _quantized_nodes(reference, quantized, skip)
     split = ctx.datasets.calibration or ctx.datasets.eval
-    names = [value.name for value in reference.graph.input
-             if value.name not in {i.name for i in reference.graph.initializer}]
+    names = [
+        value.name
+        for value in reference.graph.input
+        if value.name not in {i.name for i in reference.graph.initializer}
+    ]
     feed = {name: split.inputs[name][:samples] for name in names}
     tensors = {out for node in reference.graph.node for out in node.output if out}
     float_values = run_with_intermediates(reference, tensors, feed, ctx.threads)
     quant_values = run_with_intermediates(quantized, set(float_values), feed, ctx.threads)
-    errors = {name: relative_error(float_values[name], quant_values[name])
-              for name in float_values if name in quant_values}
+    errors = {
+        name: relative_error(float_values[name], quant_values[name])
+        for name in float_values
+        if name in quant_values
+    }
     for name in feed:
         errors[name] = 0.0
     kept = {node.name for node in quantized.graph.node}
@@ -63,8 +70,12 @@ def _fused_outputs(node, reference, kept: set[str]) -> list[str]:
     node is gone and the node now writes the activation's output), the activation's."""
     outputs = list(node.output)
     for other in reference.graph.node:
-        if other.name not in kept and other.input and other.input[0] in node.output \
-                and other.op_type in ("Relu", "Clip"):
+        if (
+            other.name not in kept
+            and other.input
+            and other.input[0] in node.output
+            and other.op_type in ("Relu", "Clip")
+        ):
             outputs += list(other.output)
     return outputs
 
@@ -72,8 +83,9 @@ def _fused_outputs(node, reference, kept: set[str]) -> list[str]:
 def _quantized_nodes(reference, quantized, skip: set[str]) -> set[str]:
     """Nodes of the float model that the quantizer touched: in QDQ, a node whose inputs now
     come from DequantizeLinear; in dynamic mode, a node replaced by `<name>_quant`."""
-    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear"
-                   for o in n.output}
+    dequantized = {
+        o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output
+    }
     by_name = {n.name: n for n in quantized.graph.node}
     touched = set()
     for node in reference.graph.node:
@@ -81,13 +93,15 @@ def _quantized_nodes(reference, quantized, skip: set[str]) -> set[str]:
             continue
         twin = by_name.get(node.name)
         if node.name + "_quant" in by_name or (
-                twin is not None and any(i in dequantized for i in twin.input)):
+            twin is not None and any(i in dequantized for i in twin.input)
+        ):
             touched.add(node.name)
     return touched
 
 
-def run_with_intermediates(model, names: set[str], feed: dict[str, np.ndarray],
-                           threads: int) -> dict[str, np.ndarray]:
+def run_with_intermediates(
+    model, names: set[str], feed: dict[str, np.ndarray], threads: int
+) -> dict[str, np.ndarray]:
     """Float tensors `names` of `model` on `feed` (those the graph computes)."""
     import onnx
 
@@ -102,8 +116,11 @@ def run_with_intermediates(model, names: set[str], feed: dict[str, np.ndarray],
     session = create_session(exposed.SerializeToString(), threads)
     wanted = [o.name for o in session.get_outputs() if o.name in names]
     values = session.run(wanted, feed)
-    return {name: np.asarray(value) for name, value in zip(wanted, values, strict=True)
-            if np.asarray(value).dtype.kind == "f"}
+    return {
+        name: np.asarray(value)
+        for name, value in zip(wanted, values, strict=True)
+        if np.asarray(value).dtype.kind == "f"
+    }
 
 
 def relative_error(reference: np.ndarray, other: np.ndarray) -> float:

@@ -54,9 +54,17 @@ from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
 
-QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-            "DynamicQuantizeMatMul", "QuantizeLinear", "DequantizeLinear",
-            "DynamicQuantizeLinear", "QGemm"}
+QUANTIZED_OPS = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QGemm",
+}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
 
@@ -83,8 +91,10 @@ class QuantizeStage(Stage):
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
         if self.options.mode == "static" and not ctx.datasets.calibration:
-            raise StageError("quantize: static mode needs calibration samples; give "
-                             "`data.calibration` or `data.train`, or use `mode: dynamic`")
+            raise StageError(
+                "quantize: static mode needs calibration samples; give "
+                "`data.calibration` or `data.train`, or use `mode: dynamic`"
+            )
         if self.options.op_types and self.options.mode != "weight4":
             _check_op_types(self.options.op_types, self.options.mode)
         if model.onnx_model is not None:  # a torch model's node names exist only after export
@@ -105,8 +115,9 @@ class QuantizeStage(Stage):
 
             quantized = quantize_weight4(prepared, self.options.weight4, folder)
             self.details = {"mode": mode, "bits": 4, **self.options.weight4.model_dump()}
-            return self._finish(model, quantized, prepared, ctx, folder, QUANTIZED_OPS | {
-                "MatMulNBits"})
+            return self._finish(
+                model, quantized, prepared, ctx, folder, QUANTIZED_OPS | {"MatMulNBits"}
+            )
         excluded = self._excluded_nodes(prepared, ctx)
         if mode == "static" and self.options.float_attention:
             attention = attention_nodes(prepared) - excluded
@@ -114,20 +125,39 @@ class QuantizeStage(Stage):
             if attention:
                 self.details["float_attention_nodes"] = len(attention)
         self._qat_overrides(prepared, ctx, mode)
-        quantized = self.quantize_once(prepared_path, folder / "int8.onnx", model, excluded,
-                                       ctx, options=self.options, mode=mode)
-        self.details.update({"mode": mode, "format": self.options.format if mode == "static"
-                             else "dynamic", "activation_type": self.options.activation_type,
-                             "weight_type": self.options.weight_type,
-                             "reduce_range": _reduce_range(self.options),
-                             "per_channel": self.options.per_channel})
+        quantized = self.quantize_once(
+            prepared_path,
+            folder / "int8.onnx",
+            model,
+            excluded,
+            ctx,
+            options=self.options,
+            mode=mode,
+        )
+        self.details.update(
+            {
+                "mode": mode,
+                "format": self.options.format if mode == "static" else "dynamic",
+                "activation_type": self.options.activation_type,
+                "weight_type": self.options.weight_type,
+                "reduce_range": _reduce_range(self.options),
+                "per_channel": self.options.per_channel,
+            }
+        )
         goal = self._goal(model, ctx)
         if goal is not None and self.options.fallback.enabled:
             from mcomp.compressors.quantize.fallback import fallback_search
 
             quantized, excluded, facts = fallback_search(
-                self, prepared_path, first=quantized, excluded=excluded, state=model,
-                goal=goal, ctx=ctx, mode=mode)
+                self,
+                prepared_path,
+                first=quantized,
+                excluded=excluded,
+                state=model,
+                goal=goal,
+                ctx=ctx,
+                mode=mode,
+            )
             self.details["fallback"] = facts
         self.details["excluded_nodes"] = sorted(excluded)
         if self.options.mode == "auto":
@@ -135,23 +165,33 @@ class QuantizeStage(Stage):
             self.notes.append(f"mode auto: {mode} ({self._auto_reason})")
         return self._finish(model, quantized, prepared, ctx, folder, QUANTIZED_OPS)
 
-    def _finish(self, model: ModelState, quantized, prepared, ctx: StageContext,
-                folder: Path, ops: set[str]) -> ModelState:
+    def _finish(
+        self, model: ModelState, quantized, prepared, ctx: StageContext, folder: Path, ops: set[str]
+    ) -> ModelState:
         pack_initializers(quantized)
         counts: dict[str, int] = {}
         for node in quantized.graph.node:
             if node.op_type in ops:
                 counts[node.op_type] = counts.get(node.op_type, 0) + 1
         if not counts:
-            raise StageError("quantize: onnxruntime quantized no node of this model; check "
-                             "`op_types`/`exclude_nodes`/`exclude_op_types`")
+            raise StageError(
+                "quantize: onnxruntime quantized no node of this model; check "
+                "`op_types`/`exclude_nodes`/`exclude_op_types`"
+            )
         self.details["int8_nodes"] = counts
         if self._calibration_facts:
             self.details["calibration"] = self._calibration_facts
         from mcomp.compressors.quantize.int8_check import prove_int8
 
-        self.notes += prove_int8(model.onnx_model, quantized, [quantized, prepared], ctx,
-                                 folder, self.options, self.details)
+        self.notes += prove_int8(
+            model.onnx_model,
+            quantized,
+            [quantized, prepared],
+            ctx,
+            folder,
+            self.options,
+            self.details,
+        )
         return model.with_onnx(quantized)
 
     def _goal(self, model: ModelState, ctx: StageContext):
@@ -166,14 +206,32 @@ class QuantizeStage(Stage):
         higher = ctx.metric.higher_is_better
         input_metric = ctx.evaluate(model)
         if self.options.max_accuracy_drop is not None:
-            return Goal(input_metric, input_metric, self.options.max_accuracy_drop, higher,
-                        "quantize.max_accuracy_drop")
-        return Goal(ctx.evaluate(ctx.original), input_metric, ctx.accuracy_budget, higher,
-                    "constraints.max_accuracy_drop")
+            return Goal(
+                input_metric,
+                input_metric,
+                self.options.max_accuracy_drop,
+                higher,
+                "quantize.max_accuracy_drop",
+            )
+        return Goal(
+            ctx.evaluate(ctx.original),
+            input_metric,
+            ctx.accuracy_budget,
+            higher,
+            "constraints.max_accuracy_drop",
+        )
 
-    def quantize_once(self, prepared_path: Path, target: Path, model: ModelState,
-                      excluded: set[str], ctx: StageContext, *, options: QuantizeOptions,
-                      mode: str):
+    def quantize_once(
+        self,
+        prepared_path: Path,
+        target: Path,
+        model: ModelState,
+        excluded: set[str],
+        ctx: StageContext,
+        *,
+        options: QuantizeOptions,
+        mode: str,
+    ):
         """One onnxruntime quantization of the prepared model with `options`; the model."""
         import onnx
 
@@ -197,16 +255,28 @@ class QuantizeStage(Stage):
             quantized = round_scales_pow2(quantized)
         return quantized
 
-    def _quantize_auto(self, prepared_path: Path, target: Path, model: ModelState,
-                       excluded: set[str], ctx: StageContext, options: QuantizeOptions):
+    def _quantize_auto(
+        self,
+        prepared_path: Path,
+        target: Path,
+        model: ModelState,
+        excluded: set[str],
+        ctx: StageContext,
+        options: QuantizeOptions,
+    ):
         from mcomp.compressors.quantize.auto_calibration import quantize_auto
 
-        quantized, chosen, errors = quantize_auto(self, prepared_path, target, model, excluded,
-                                                  ctx, options)
+        quantized, chosen, errors = quantize_auto(
+            self, prepared_path, target, model, excluded, ctx, options
+        )
         if chosen is not None:
             self._auto_choice = chosen
-            self._calibration_facts = {**(self._calibration_facts or {}), "method": chosen,
-                                       "requested": "auto", "output_error": errors}
+            self._calibration_facts = {
+                **(self._calibration_facts or {}),
+                "method": chosen,
+                "requested": "auto",
+                "output_error": errors,
+            }
         return quantized
 
     def resolved(self, options: QuantizeOptions) -> QuantizeOptions:
@@ -228,8 +298,10 @@ class QuantizeStage(Stage):
         self._overrides, facts = tensor_overrides(prepared, learned)
         self.details["qat"] = facts
         if facts["unmapped"]:
-            ctx.progress.warn(f"quantize: no ONNX node found for the QAT ranges of "
-                              f"{facts['unmapped']}; they are calibrated instead")
+            ctx.progress.warn(
+                f"quantize: no ONNX node found for the QAT ranges of "
+                f"{facts['unmapped']}; they are calibrated instead"
+            )
 
     def set_calibration_facts(self, options: QuantizeOptions) -> None:
         """Report the settings of the model the fallback chose, not of its last trial."""
@@ -264,19 +336,30 @@ class QuantizeStage(Stage):
             excluded |= matched
             if not matched and pattern not in self._warned:
                 self._warned.add(pattern)
-                ctx.progress.warn(f"quantize: exclude_nodes pattern {pattern!r} matches no node "
-                                  f"(e.g. {', '.join(n for n, _ in nodes[:3])})")
+                ctx.progress.warn(
+                    f"quantize: exclude_nodes pattern {pattern!r} matches no node "
+                    f"(e.g. {', '.join(n for n, _ in nodes[:3])})"
+                )
         for op_type in self.options.exclude_op_types:
             matched = {name for name, op in nodes if op == op_type}
             excluded |= matched
             if not matched and op_type not in self._warned:
                 self._warned.add(op_type)
-                ctx.progress.warn(f"quantize: exclude_op_types entry {op_type!r} matches no "
-                                  f"node; the model has {sorted({op for _, op in nodes})}")
+                ctx.progress.warn(
+                    f"quantize: exclude_op_types entry {op_type!r} matches no "
+                    f"node; the model has {sorted({op for _, op in nodes})}"
+                )
         return excluded
 
-    def _quantize_static(self, source: Path, target: Path, model: ModelState,
-                         excluded: set[str], ctx: StageContext, options: QuantizeOptions) -> None:
+    def _quantize_static(
+        self,
+        source: Path,
+        target: Path,
+        model: ModelState,
+        excluded: set[str],
+        ctx: StageContext,
+        options: QuantizeOptions,
+    ) -> None:
         from onnxruntime import quantization as q
 
         calib = options.calibration
@@ -286,19 +369,26 @@ class QuantizeStage(Stage):
 
             # ORT's own entropy calibration gives minmax's ranges (see calibration_entropy):
             # mcomp computes them, and ORT's minmax pass is only what the quantizer needs
-            ranges = entropy_ranges(source, CalibrationReader(ctx, model, calib.samples),
-                                    symmetric=options.symmetric_activations,
-                                    folder=target.parent)
+            ranges = entropy_ranges(
+                source,
+                CalibrationReader(ctx, model, calib.samples),
+                symmetric=options.symmetric_activations,
+                folder=target.parent,
+            )
             ctx.progress.finish()
             overrides = {**ranges, **overrides}  # QAT's learned ranges win
             method, facts = "minmax", {"histogram_bins": HISTOGRAM_BINS}
         reader = CalibrationReader(ctx, model, calib.samples)
-        methods = {"minmax": q.CalibrationMethod.MinMax,
-                   "percentile": q.CalibrationMethod.Percentile}
-        extra = {"ActivationSymmetric": options.symmetric_activations,
-                 "WeightSymmetric": options.symmetric_weights,
-                 # collect in chunks of batches: memory flat in the number of samples
-                 "CalibStridedMinMax": reader.stride()}
+        methods = {
+            "minmax": q.CalibrationMethod.MinMax,
+            "percentile": q.CalibrationMethod.Percentile,
+        }
+        extra = {
+            "ActivationSymmetric": options.symmetric_activations,
+            "WeightSymmetric": options.symmetric_weights,
+            # collect in chunks of batches: memory flat in the number of samples
+            "CalibStridedMinMax": reader.stride(),
+        }
         if method == "percentile":
             extra["CalibPercentile"] = calib.percentile
         if overrides:
@@ -306,21 +396,30 @@ class QuantizeStage(Stage):
         formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
         try:
             q.quantize_static(
-                str(source), str(target), reader, quant_format=formats[options.format],
-                per_channel=options.per_channel, reduce_range=_reduce_range(options),
+                str(source),
+                str(target),
+                reader,
+                quant_format=formats[options.format],
+                per_channel=options.per_channel,
+                reduce_range=_reduce_range(options),
                 activation_type=_qtype(options.activation_type),
                 weight_type=_qtype(options.weight_type),
                 calibrate_method=methods[method],
                 op_types_to_quantize=options.op_types or None,
-                nodes_to_exclude=sorted(excluded) or None, extra_options=extra)
+                nodes_to_exclude=sorted(excluded) or None,
+                extra_options=extra,
+            )
         except Exception as exc:
-            raise StageError(f"quantize: onnxruntime static quantization failed: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+            raise StageError(
+                f"quantize: onnxruntime static quantization failed: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            ) from None
         ctx.progress.finish()
         self._calibration_facts = {"method": calib.method, "samples": reader.samples, **facts}
 
-    def _quantize_dynamic(self, source: Path, target: Path, excluded: set[str],
-                          options: QuantizeOptions) -> None:
+    def _quantize_dynamic(
+        self, source: Path, target: Path, excluded: set[str], options: QuantizeOptions
+    ) -> None:
         import onnx
         from onnxruntime import quantization as q
 
@@ -332,15 +431,21 @@ class QuantizeStage(Stage):
         excluded = excluded | {name + "_matmul" for name in excluded}
         try:
             q.quantize_dynamic(
-                str(source), str(target), per_channel=options.per_channel,
+                str(source),
+                str(target),
+                per_channel=options.per_channel,
                 reduce_range=_reduce_range(options),
                 weight_type=_qtype(options.weight_type),
                 op_types_to_quantize=options.op_types or DYNAMIC_OP_TYPES,
                 nodes_to_exclude=sorted(excluded) or None,
-                extra_options={"WeightSymmetric": options.symmetric_weights})
+                extra_options={"WeightSymmetric": options.symmetric_weights},
+            )
         except Exception as exc:
-            raise StageError(f"quantize: onnxruntime dynamic quantization failed: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+            raise StageError(
+                f"quantize: onnxruntime dynamic quantization failed: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            ) from None
+
 
 def _reduce_range(options: QuantizeOptions) -> bool:
     import platform
@@ -359,10 +464,14 @@ def _qtype(name: str):
 def _check_op_types(op_types: list[str], mode: str) -> None:
     from onnxruntime.quantization import registry
 
-    known = set(registry.QDQRegistry) | set(registry.QLinearOpsRegistry) if mode == "static" \
+    known = (
+        set(registry.QDQRegistry) | set(registry.QLinearOpsRegistry)
+        if mode == "static"
         else set(registry.IntegerOpsRegistry)
+    )
     unknown = [op for op in op_types if op not in known]
     if unknown:
-        raise StageError(f"quantize.op_types: onnxruntime cannot {mode}-quantize {unknown}; "
-                         f"quantizable: {', '.join(sorted(known))}")
-
+        raise StageError(
+            f"quantize.op_types: onnxruntime cannot {mode}-quantize {unknown}; "
+            f"quantizable: {', '.join(sorted(known))}"
+        )

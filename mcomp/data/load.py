@@ -35,12 +35,17 @@ class Split:
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         for start in range(0, len(self), batch_size):
             end = start + batch_size
-            yield ({k: v[start:end] for k, v in self.inputs.items()},
-                   None if self.labels is None else self.labels[start:end])
+            yield (
+                {k: v[start:end] for k, v in self.inputs.items()},
+                None if self.labels is None else self.labels[start:end],
+            )
 
     def subset(self, indices: np.ndarray, name: str | None = None) -> Split:
-        return Split(name or self.name, {k: v[indices] for k, v in self.inputs.items()},
-                     None if self.labels is None else self.labels[indices])
+        return Split(
+            name or self.name,
+            {k: v[indices] for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[indices],
+        )
 
 
 @dataclass
@@ -58,8 +63,11 @@ class Datasets:
 
 def load_datasets(spec: DataSpec, *, base_dir: Path, seed: int) -> Datasets:
     """Load every split the recipe names; calibration defaults to a fixed sample of train."""
-    loaded = {name: _load_split(name, getattr(spec, name), base_dir)
-              for name in SPLITS if getattr(spec, name) is not None}
+    loaded = {
+        name: _load_split(name, getattr(spec, name), base_dir)
+        for name in SPLITS
+        if getattr(spec, name) is not None
+    }
     calibration = loaded.get("calibration")
     if calibration is None and "train" in loaded:
         train = loaded["train"]
@@ -99,12 +107,15 @@ def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
         with np.load(path, allow_pickle=False) as arrays:
             available = list(arrays.files)
             wanted = spec.inputs or ["x"]
-            missing = [a for a in wanted + ([spec.labels] if spec.labels else [])
-                       if a not in available]
+            missing = [
+                a for a in wanted + ([spec.labels] if spec.labels else []) if a not in available
+            ]
             if missing:
-                raise DataError(f"data.{name}: {path} has no array(s) {missing}; it has "
-                                f"{available}. Name the arrays with `inputs: [...]` and "
-                                "`labels: ...` (or `labels: null`)")
+                raise DataError(
+                    f"data.{name}: {path} has no array(s) {missing}; it has "
+                    f"{available}. Name the arrays with `inputs: [...]` and "
+                    "`labels: ...` (or `labels: null`)"
+                )
             inputs = {a: arrays[a] for a in wanted}
             labels = arrays[spec.labels] if spec.labels else None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
@@ -118,8 +129,10 @@ def _from_factory(name: str, spec: SplitSpec) -> Split:
     try:
         obj = factory(**spec.factory_args)
     except Exception as exc:  # the user's code failed: say where, not "unexpected error"
-        raise DataError(f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "
-                        f"{exc} (check the factory and `factory_args`)") from None
+        raise DataError(
+            f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "
+            f"{exc} (check the factory and `factory_args`)"
+        ) from None
     import torch.utils.data as tud
 
     loader = obj if isinstance(obj, tud.DataLoader) else tud.DataLoader(obj, batch_size=256)
@@ -132,8 +145,10 @@ def _from_factory(name: str, spec: SplitSpec) -> Split:
             label = batch.get(spec.labels) if spec.labels else None
         else:
             items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-            parts, label = items[: len(names)], (items[len(names)] if len(items) > len(names)
-                                                 else None)
+            parts, label = (
+                items[: len(names)],
+                (items[len(names)] if len(items) > len(names) else None),
+            )
         for n, part in zip(names, parts, strict=True):
             chunks[n].append(np.asarray(part))
         if label is not None and spec.labels:

@@ -16,8 +16,7 @@ from mcomp.recipe.schema import DataSpec, SplitSpec
 DEFAULT_LABELS = "y"
 
 
-def load_split(data: str, *, inputs: list[str] | None = None,
-               labels: str | None = None) -> Split:
+def load_split(data: str, *, inputs: list[str] | None = None, labels: str | None = None) -> Split:
     """`digits` (its 360 held-out samples) or an .npz file; labels `y` when the file has it."""
     spec: dict = {"builtin": "digits"} if data == "digits" else {"path": data}
     if data != "digits":
@@ -68,7 +67,8 @@ def _cli_names():
     except DataError as exc:
         message = str(exc).replace("data.eval.path:", "--data:").replace("data.eval:", "--data:")
         message = message.replace("`inputs: [...]`", "--inputs").replace(
-            "`labels: ...` (or `labels: null`)", "--labels")
+            "`labels: ...` (or `labels: null`)", "--labels"
+        )
         raise DataError(message) from None
 
 

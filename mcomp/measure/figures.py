@@ -41,8 +41,7 @@ def measure_model(state: ModelState, ctx: StageContext, latency: LatencySpec) ->
     """All report metrics of one model state."""
     model = onnx_form(state)
     raw = model.SerializeToString()
-    params, nonzero = (_torch_params(state) if state.kind == ModelKind.TORCH
-                       else onnx_params(model))
+    params, nonzero = _torch_params(state) if state.kind == ModelKind.TORCH else onnx_params(model)
     metric, fidelity = evaluate_all(state, ctx)
     latency_b1, latency_batch = _latency(raw, ctx, latency)
     return {
@@ -135,6 +134,7 @@ def _latency(raw: bytes, ctx: StageContext, spec: LatencySpec) -> tuple[float | 
     session = create_session(raw, ctx.threads)
     inputs = ctx.datasets.eval.inputs
     b1 = time_session(session, batch_feed(inputs, 1), warmup=spec.warmup, runs=spec.runs)
-    big = time_session(session, batch_feed(inputs, spec.batch), warmup=spec.warmup,
-                       runs=max(3, spec.runs // 2))
+    big = time_session(
+        session, batch_feed(inputs, spec.batch), warmup=spec.warmup, runs=max(3, spec.runs // 2)
+    )
     return round(b1, 4), round(big, 4)

@@ -8,26 +8,29 @@ from mcomp.data.load import Split
 from mcomp.model.state import ModelKind, ModelState
 
 
-def predict_batch(state: ModelState, inputs: dict[str, np.ndarray], *,
-                  threads: int) -> list[np.ndarray]:
+def predict_batch(
+    state: ModelState, inputs: dict[str, np.ndarray], *, threads: int
+) -> list[np.ndarray]:
     """All outputs of one forward pass, as numpy arrays."""
     if state.kind == ModelKind.ONNX:
         return onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
     import torch
 
     device = next(state.module.parameters(), torch.zeros(0)).device
-    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(device)
-               for spec in state.inputs]
+    tensors = [
+        torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(device)
+        for spec in state.inputs
+    ]
     with torch.no_grad():
         result = state.module(*tensors)
     return [t.detach().cpu().numpy() for t in _flatten(result)]
 
 
-def predict_split(state: ModelState, split: Split, *, batch_size: int,
-                  threads: int) -> np.ndarray:
+def predict_split(state: ModelState, split: Split, *, batch_size: int, threads: int) -> np.ndarray:
     """The first output of the model over the whole split, concatenated."""
-    outputs = [predict_batch(state, inputs, threads=threads)[0]
-               for inputs, _ in split.batches(batch_size)]
+    outputs = [
+        predict_batch(state, inputs, threads=threads)[0] for inputs, _ in split.batches(batch_size)
+    ]
     return np.concatenate(outputs)
 
 
@@ -53,7 +56,6 @@ def onnx_session(state: ModelState, threads: int, source: str | None = None):
     key = (id(state.onnx_model), threads)
     cached = state.extra.get("_session")
     if cached is None or cached[0] != key:
-        cached = (key, create_session(state.onnx_model.SerializeToString(), threads,
-                                      source=source))
+        cached = (key, create_session(state.onnx_model.SerializeToString(), threads, source=source))
         state.extra["_session"] = cached
     return cached[1]

@@ -29,10 +29,12 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarr
     predicted = outputs.argmax(axis=-1).reshape(-1)
     labels = labels.reshape(-1)
     if predicted.shape != labels.shape:
-        raise DataError(f"metric 'accuracy': the model gives {predicted.size} predictions "
-                        f"(outputs {tuple(outputs.shape)}, argmax over the last axis) for "
-                        f"{labels.size} labels; for float targets set `task: regression` "
-                        "(metric mse), else check the labels of data.eval")
+        raise DataError(
+            f"metric 'accuracy': the model gives {predicted.size} predictions "
+            f"(outputs {tuple(outputs.shape)}, argmax over the last axis) for "
+            f"{labels.size} labels; for float targets set `task: regression` "
+            "(metric mse), else check the labels of data.eval"
+        )
     return float(np.mean(predicted == labels))
 
 
@@ -85,20 +87,25 @@ def resolve_metric(recipe: Recipe, *, has_labels: bool) -> MetricSpec:
     if name in BUILTIN:
         spec = BUILTIN[name]
         if spec.needs_labels and not has_labels:
-            raise DataError(f"metric: {name!r} needs labels but the eval split has none; use a "
-                            "fidelity metric (top1_agreement, cosine, mean_abs_diff) or add labels")
+            raise DataError(
+                f"metric: {name!r} needs labels but the eval split has none; use a "
+                "fidelity metric (top1_agreement, cosine, mean_abs_diff) or add labels"
+            )
         return spec
     user_fn = import_factory(name, key="metric")
     higher = True if recipe.metric_higher_is_better is None else recipe.metric_higher_is_better
-    return MetricSpec(name, higher, False,
-                      lambda outputs, labels, reference: float(user_fn(outputs, labels)))
+    return MetricSpec(
+        name, higher, False, lambda outputs, labels, reference: float(user_fn(outputs, labels))
+    )
 
 
 def fidelity(outputs: np.ndarray, reference: np.ndarray, task: Task) -> dict[str, float]:
     """How close the outputs stay to the original model's, whatever the task metric is."""
-    values = {"cosine": cosine(outputs, None, reference),
-              "mean_abs_diff": mean_abs_diff(outputs, None, reference),
-              "max_abs_diff": max_abs_diff(outputs, None, reference)}
+    values = {
+        "cosine": cosine(outputs, None, reference),
+        "mean_abs_diff": mean_abs_diff(outputs, None, reference),
+        "max_abs_diff": max_abs_diff(outputs, None, reference),
+    }
     if task == Task.CLASSIFICATION and outputs.ndim >= 2:
         values["top1_agreement"] = top1_agreement(outputs, None, reference)
     return values

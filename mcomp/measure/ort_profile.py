@@ -19,14 +19,27 @@ import numpy as np
 # op types onnxruntime runs with integer (or 4-bit) arithmetic; everything else is float or
 # data movement (DynamicQuantizeLinear, QuantizeLinear and DequantizeLinear included: they are
 # the price of the float boundaries, not int8 compute)
-QUANTIZED_KERNEL_PREFIXES = ("QLinear", "QGemm", "QAttention", "DynamicQuantizeMatMul",
-                             "DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger",
-                             "MatMulNBits")
+QUANTIZED_KERNEL_PREFIXES = (
+    "QLinear",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulNBits",
+)
 
 
-def op_times(model_bytes: bytes, feed: dict[str, np.ndarray], threads: int, *,
-             runs: int = 3, warmup: int = 1,
-             disabled_optimizers: list[str] | None = None) -> dict[str, float]:
+def op_times(
+    model_bytes: bytes,
+    feed: dict[str, np.ndarray],
+    threads: int,
+    *,
+    runs: int = 3,
+    warmup: int = 1,
+    disabled_optimizers: list[str] | None = None,
+) -> dict[str, float]:
     """Kernel milliseconds per run for each op type, from onnxruntime's profiler.
 
     The session has mcomp's usual settings (`mcomp.measure.ort_session.session_options`) plus
@@ -47,15 +60,18 @@ def op_times(model_bytes: bytes, feed: dict[str, np.ndarray], threads: int, *,
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             calls.setdefault(event["args"]["op_name"], []).append(event["dur"] / 1000)
     # each op's calls come in run order, the same number per run: drop the warm-up runs'
-    return {op: round(sum(times[len(times) * warmup // (warmup + runs):]) / runs, 4)
-            for op, times in calls.items()}
+    return {
+        op: round(sum(times[len(times) * warmup // (warmup + runs) :]) / runs, 4)
+        for op, times in calls.items()
+    }
 
 
 def time_split(quantized: dict[str, float], fp32: dict[str, float], top: int = 4) -> dict:
     """How the quantized model's kernel time divides between quantized kernels and the rest,
     and the speed-up over fp32 it could reach if its quantized kernels took no time."""
-    quantized_ms = sum(ms for op, ms in quantized.items()
-                       if op.startswith(QUANTIZED_KERNEL_PREFIXES))
+    quantized_ms = sum(
+        ms for op, ms in quantized.items() if op.startswith(QUANTIZED_KERNEL_PREFIXES)
+    )
     total = sum(quantized.values())
     rest = {op: ms for op, ms in quantized.items() if not op.startswith(QUANTIZED_KERNEL_PREFIXES)}
     other_ms = sum(rest.values())

@@ -12,10 +12,14 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def create_session(model_bytes: bytes, threads: int,
-                   disabled_optimizers: list[str] | None = None, *,
-                   options: ort.SessionOptions | None = None,
-                   source: str | None = None) -> ort.InferenceSession:
+def create_session(
+    model_bytes: bytes,
+    threads: int,
+    disabled_optimizers: list[str] | None = None,
+    *,
+    options: ort.SessionOptions | None = None,
+    source: str | None = None,
+) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads and no inter-op parallelism;
     `disabled_optimizers` names onnxruntime graph optimizers to skip. `options`, from
     `session_options`, lets a caller add settings (profiling) to the same ones. `source`:
@@ -23,9 +27,12 @@ def create_session(model_bytes: bytes, threads: int,
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(model_bytes, options or session_options(threads),
-                                    providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=disabled_optimizers)
+        return ort.InferenceSession(
+            model_bytes,
+            options or session_options(threads),
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled_optimizers,
+        )
     except Exception as exc:
         if source is None:
             raise
@@ -35,9 +42,11 @@ def create_session(model_bytes: bytes, threads: int,
         # domains are not checked), an opset newer than it knows
         lines = str(exc).strip().splitlines()
         reason = lines[-1][:300] if lines else type(exc).__name__
-        raise ModelLoadError(f"onnxruntime cannot load {source} ({reason}); "
-                             "mcomp measures and quantizes models with onnxruntime's CPU "
-                             "provider, so every op must be one it runs") from None
+        raise ModelLoadError(
+            f"onnxruntime cannot load {source} ({reason}); "
+            "mcomp measures and quantizes models with onnxruntime's CPU "
+            "provider, so every op must be one it runs"
+        ) from None
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -54,8 +63,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
-                 runs: int) -> float:
+def time_session(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int, runs: int
+) -> float:
     """Median latency in milliseconds of `runs` timed calls after `warmup` untimed ones.
 
     Each session is timed in its own block (warm-up, then timed runs): interleaving calls of
@@ -64,8 +74,9 @@ def time_session(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, 
     return statistics.median(run_timings(session, feed, warmup=warmup, runs=runs))
 
 
-def run_timings(session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int,
-                runs: int) -> list[float]:
+def run_timings(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], *, warmup: int, runs: int
+) -> list[float]:
     """Milliseconds of each of `runs` timed calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         session.run(None, feed)

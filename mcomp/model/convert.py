@@ -23,8 +23,10 @@ def example_inputs(state: ModelState, batch: int = 2) -> tuple:
     """Zero tensors matching the model's inputs; batch 2 so the exporter keeps the axis dynamic."""
     import torch
 
-    return tuple(torch.zeros((batch, *[max(d, 1) for d in spec.shape]),
-                             dtype=getattr(torch, spec.dtype)) for spec in state.inputs)
+    return tuple(
+        torch.zeros((batch, *[max(d, 1) for d in spec.shape]), dtype=getattr(torch, spec.dtype))
+        for spec in state.inputs
+    )
 
 
 def torch_to_onnx(state: ModelState, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
@@ -43,16 +45,25 @@ def torch_to_onnx(state: ModelState, *, opset: int = DEFAULT_OPSET) -> onnx.Mode
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                module, args, None, dynamo=True, external_data=False, verbose=False,
-                input_names=names, opset_version=opset,
-                dynamic_shapes=tuple({0: batch} for _ in names))
+                module,
+                args,
+                None,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                input_names=names,
+                opset_version=opset,
+                dynamic_shapes=tuple({0: batch} for _ in names),
+            )
         return strip_debug_metadata(program.model_proto)
     except Exception as first_error:
         try:
             return _legacy_export(module, args, names, opset)
         except Exception:
-            raise StageError(f"cannot export the model to ONNX: {type(first_error).__name__}: "
-                             f"{str(first_error).splitlines()[0][:300]}") from None
+            raise StageError(
+                f"cannot export the model to ONNX: {type(first_error).__name__}: "
+                f"{str(first_error).splitlines()[0][:300]}"
+            ) from None
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -66,8 +77,13 @@ def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     for entry in [e for e in graph.metadata_props if e.key.startswith("pkg.torch.")]:
         graph.metadata_props.remove(entry)
-    for item in list(graph.node) + list(graph.value_info) + list(graph.input) \
-            + list(graph.output) + list(graph.initializer):
+    for item in (
+        list(graph.node)
+        + list(graph.value_info)
+        + list(graph.input)
+        + list(graph.output)
+        + list(graph.initializer)
+    ):
         del item.metadata_props[:]
         item.doc_string = ""
     return model
@@ -79,9 +95,15 @@ def _legacy_export(module, args: tuple, names: list[str], opset: int) -> onnx.Mo
 
     buffer = io.BytesIO()
     with _quiet_exporter():
-        torch.onnx.export(module, args, buffer, dynamo=False, input_names=names,
-                          opset_version=min(opset, 17),
-                          dynamic_axes={name: {0: "batch"} for name in names})
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            input_names=names,
+            opset_version=min(opset, 17),
+            dynamic_axes={name: {0: "batch"} for name in names},
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -100,9 +122,15 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def check_parity(torch_state: ModelState, onnx_model: onnx.ModelProto,
-                 inputs: dict[str, np.ndarray], *, threads: int, atol: float,
-                 rtol: float) -> float:
+def check_parity(
+    torch_state: ModelState,
+    onnx_model: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    *,
+    threads: int,
+    atol: float,
+    rtol: float,
+) -> float:
     """Compare onnxruntime's outputs with torch's on `inputs`; return the largest difference.
 
     Raises ParityError naming the output and the largest difference when one is out of
@@ -115,12 +143,16 @@ def check_parity(torch_state: ModelState, onnx_model: onnx.ModelProto,
     worst = 0.0
     for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
         if want.shape != got.shape:
-            raise ParityError(f"export parity: output {index} has shape {got.shape} in "
-                              f"onnxruntime but {want.shape} in torch")
+            raise ParityError(
+                f"export parity: output {index} has shape {got.shape} in "
+                f"onnxruntime but {want.shape} in torch"
+            )
         diff = float(np.max(np.abs(want.astype(np.float64) - got))) if want.size else 0.0
         worst = max(worst, diff)
         if not np.allclose(got, want, atol=atol, rtol=rtol):
-            raise ParityError(f"export parity: output {index} differs from torch by up to "
-                              f"{diff:.3g} (atol {atol}, rtol {rtol}); raise `export.atol` if "
-                              "that is expected, else report the model's unsupported ops")
+            raise ParityError(
+                f"export parity: output {index} differs from torch by up to "
+                f"{diff:.3g} (atol {atol}, rtol {rtol}); raise `export.atol` if "
+                "that is expected, else report the model's unsupported ops"
+            )
     return worst

@@ -22,7 +22,8 @@ PICKLE_REFUSED = (
     "{path} holds a whole pickled torch module; unpickling runs code stored in the file. "
     "If you trust the file, set `model.allow_pickle: true` in the recipe or pass --allow-pickle. "
     "Safer: save `model.state_dict()` and name its `model.factory`, or save a .pt2 with "
-    "torch.export.save")
+    "torch.export.save"
+)
 
 
 def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -> ModelState:
@@ -45,8 +46,10 @@ def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -
     except MCompError:  # already says what to fix (e.g. a factory that does not import)
         raise
     except Exception as exc:
-        raise ModelLoadError(f"model.path: cannot load {path} as {fmt} ({_describe(exc)}); "
-                             "the file may be corrupt or truncated") from None
+        raise ModelLoadError(
+            f"model.path: cannot load {path} as {fmt} ({_describe(exc)}); "
+            "the file may be corrupt or truncated"
+        ) from None
     state.source = str(path)
     return state
 
@@ -66,10 +69,12 @@ def detect_format(path: Path) -> ModelFormat:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except zipfile.BadZipFile:
-            raise ModelLoadError(f"model.path: {path} is a corrupt or truncated torch archive; "
-                                 "save it again") from None
-        if any(n.endswith(("models/model.json", "serialized_exported_program.json"))
-               for n in names):
+            raise ModelLoadError(
+                f"model.path: {path} is a corrupt or truncated torch archive; save it again"
+            ) from None
+        if any(
+            n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names
+        ):
             return ModelFormat.EXPORTED_PROGRAM
         if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
             return ModelFormat.TORCHSCRIPT
@@ -78,8 +83,10 @@ def detect_format(path: Path) -> ModelFormat:
         return ModelFormat.STATE_DICT
     if _looks_like_onnx(path):
         return ModelFormat.ONNX
-    raise ModelLoadError(f"model.path: {path} is not a model file mcomp knows (torch state_dict, "
-                         ".pt2, TorchScript, pickled module or ONNX), or it is corrupt")
+    raise ModelLoadError(
+        f"model.path: {path} is not a model file mcomp knows (torch state_dict, "
+        ".pt2, TorchScript, pickled module or ONNX), or it is corrupt"
+    )
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -114,36 +121,47 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
         # The safe unpickler names a class it refused ("Unsupported global"); any other
         # failure is a damaged file, which --allow-pickle would not mend.
         if "Unsupported global" not in str(exc):
-            raise ModelLoadError(f"model.path: {path} is a corrupt or truncated torch file "
-                                 "(torch.load failed to unpickle it); save it again") from None
+            raise ModelLoadError(
+                f"model.path: {path} is a corrupt or truncated torch file "
+                "(torch.load failed to unpickle it); save it again"
+            ) from None
         if not (allow_pickle or spec.allow_pickle):
             raise ModelLoadError("model.path: " + PICKLE_REFUSED.format(path=path)) from None
         obj = torch.load(path, weights_only=False, map_location="cpu")
     if isinstance(obj, torch.nn.Module):
         return ModelState.from_torch(obj.eval(), [])
     if not isinstance(obj, dict):
-        raise ModelLoadError(f"model.path: {path} holds a {type(obj).__name__}, not a state_dict "
-                             "or a module")
+        raise ModelLoadError(
+            f"model.path: {path} holds a {type(obj).__name__}, not a state_dict or a module"
+        )
     if not spec.factory:
-        raise ModelLoadError(f"model.path: {path} is a state_dict; name the function that builds "
-                             "the module with `model.factory: package.module:function`")
+        raise ModelLoadError(
+            f"model.path: {path} is a state_dict; name the function that builds "
+            "the module with `model.factory: package.module:function`"
+        )
     build = import_factory(spec.factory, key="model.factory")
     try:
         module = build(**spec.factory_args)
     except Exception as exc:
-        raise ModelLoadError(f"model.factory: calling {spec.factory} with model.factory_args "
-                             f"{spec.factory_args} failed ({_describe(exc)}); check "
-                             "`model.factory_args`") from None
+        raise ModelLoadError(
+            f"model.factory: calling {spec.factory} with model.factory_args "
+            f"{spec.factory_args} failed ({_describe(exc)}); check "
+            "`model.factory_args`"
+        ) from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"model.factory: {spec.factory} returned a {type(module).__name__}, "
-                             "not a torch.nn.Module")
+        raise ModelLoadError(
+            f"model.factory: {spec.factory} returned a {type(module).__name__}, "
+            "not a torch.nn.Module"
+        )
     state_dict = obj.get("state_dict", obj) if "state_dict" in obj else obj
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]  # the first line alone names no parameter
-        raise ModelLoadError(f"model.path: {path} does not fit the module from {spec.factory}: "
-                             f"{detail} (check `model.factory_args`)") from None
+        raise ModelLoadError(
+            f"model.path: {path} does not fit the module from {spec.factory}: "
+            f"{detail} (check `model.factory_args`)"
+        ) from None
     return ModelState.from_torch(module.eval(), [])
 
 
@@ -153,23 +171,38 @@ def _load_exported_program(path: Path) -> ModelState:
     program = torch.export.load(str(path))
     inputs = []
     args = program.example_inputs[0] if program.example_inputs else ()
-    names = [s.arg.name for s in program.graph_signature.input_specs
-             if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    names = [
+        s.arg.name
+        for s in program.graph_signature.input_specs
+        if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
     for name, tensor in zip(names, args, strict=False):
         if isinstance(tensor, torch.Tensor):
-            inputs.append(InputSpec(name=name, shape=list(tensor.shape[1:]),
-                                    dtype=str(tensor.dtype).removeprefix("torch.")))
+            inputs.append(
+                InputSpec(
+                    name=name,
+                    shape=list(tensor.shape[1:]),
+                    dtype=str(tensor.dtype).removeprefix("torch."),
+                )
+            )
     # torch.export specialises every dimension not declared dynamic; a fixed batch axis makes
     # the module reject any other batch size with a bare "Guard failed" assertion mid-run.
-    fixed = {node.name: node.meta["val"].shape[0] for node in program.graph.nodes
-             if node.op == "placeholder" and node.name in names
-             and isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].dim() > 0
-             and isinstance(node.meta["val"].shape[0], int)}
+    fixed = {
+        node.name: node.meta["val"].shape[0]
+        for node in program.graph.nodes
+        if node.op == "placeholder"
+        and node.name in names
+        and isinstance(node.meta.get("val"), torch.Tensor)
+        and node.meta["val"].dim() > 0
+        and isinstance(node.meta["val"].shape[0], int)
+    }
     if fixed:
-        raise ModelLoadError(f"model.path: {path} was exported with a fixed batch size "
-                             f"({', '.join(f'{k}: {v}' for k, v in fixed.items())}); mcomp runs "
-                             "batches of any size: export it again with a dynamic batch axis, "
-                             "e.g. dynamic_shapes=({0: torch.export.Dim('batch')},) for one input")
+        raise ModelLoadError(
+            f"model.path: {path} was exported with a fixed batch size "
+            f"({', '.join(f'{k}: {v}' for k, v in fixed.items())}); mcomp runs "
+            "batches of any size: export it again with a dynamic batch axis, "
+            "e.g. dynamic_shapes=({0: torch.export.Dim('batch')},) for one input"
+        )
     return ModelState.from_torch(program.module(), inputs)
 
 
@@ -189,6 +222,7 @@ def _load_onnx(path: Path) -> ModelState:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelLoadError(f"model.path: {path} is not a valid ONNX model "
-                             f"({str(exc).splitlines()[0][:200]})") from None
+        raise ModelLoadError(
+            f"model.path: {path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})"
+        ) from None
     return ModelState.from_onnx(model, onnx_inputs(model))

@@ -32,8 +32,10 @@ def parse_input_shape(text: str) -> list[int]:
     except ValueError:
         dims = []
     if not dims or any(d < 1 for d in dims):
-        raise MCompError(f"--input-shape {text!r}: expected positive integers like 1,8,8 "
-                         "(one sample, without the batch axis)")
+        raise MCompError(
+            f"--input-shape {text!r}: expected positive integers like 1,8,8 "
+            "(one sample, without the batch axis)"
+        )
     return dims
 
 
@@ -50,8 +52,7 @@ def open_model(ref: ModelRef, threads: int | None = None) -> ModelState:
             sys.path.insert(0, str(folder.resolve()))
     from mcomp.model.load import load_model
 
-    spec = ModelSpec(path=str(path.resolve()), factory=ref.factory,
-                     allow_pickle=ref.allow_pickle)
+    spec = ModelSpec(path=str(path.resolve()), factory=ref.factory, allow_pickle=ref.allow_pickle)
     try:
         state = load_model(spec, base_dir=Path.cwd())
     except MCompError as exc:
@@ -64,12 +65,15 @@ def open_model(ref: ModelRef, threads: int | None = None) -> ModelState:
 
         apply_threads(threads)
     if ref.input_shapes:
-        names = ["x"] if len(ref.input_shapes) == 1 else [f"x{i}" for i in
-                                                           range(len(ref.input_shapes))]
+        names = (
+            ["x"] if len(ref.input_shapes) == 1 else [f"x{i}" for i in range(len(ref.input_shapes))]
+        )
         if state.inputs and len(state.inputs) == len(ref.input_shapes):
             names = [spec.name for spec in state.inputs]
-        state.inputs = [InputSpec(name=name, shape=shape)
-                        for name, shape in zip(names, ref.input_shapes, strict=True)]
+        state.inputs = [
+            InputSpec(name=name, shape=shape)
+            for name, shape in zip(names, ref.input_shapes, strict=True)
+        ]
     return state
 
 

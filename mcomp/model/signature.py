@@ -10,8 +10,9 @@ from mcomp.model.state import ModelState
 from mcomp.recipe.schema import InputSpec
 
 
-def resolve_inputs(declared: list[InputSpec] | None, state: ModelState,
-                   datasets: Datasets) -> list[InputSpec]:
+def resolve_inputs(
+    declared: list[InputSpec] | None, state: ModelState, datasets: Datasets
+) -> list[InputSpec]:
     """The recipe's `model.inputs`, else the file's own signature, else the data's arrays."""
     if declared:
         return declared
@@ -27,23 +28,31 @@ def resolve_inputs(declared: list[InputSpec] | None, state: ModelState,
 
 def conform_datasets(datasets: Datasets, inputs: list[InputSpec]) -> Datasets:
     """Rename each split's arrays to the model's input names (by position) and cast dtypes."""
-    return Datasets(*(None if split is None else _conform(split, inputs)
-                      for split in (datasets.train, datasets.calibration, datasets.eval)))
+    return Datasets(
+        *(
+            None if split is None else _conform(split, inputs)
+            for split in (datasets.train, datasets.calibration, datasets.eval)
+        )
+    )
 
 
 def _conform(split: Split, inputs: list[InputSpec]) -> Split:
     arrays = list(split.inputs.items())
     if len(arrays) != len(inputs):
-        raise DataError(f"data.{split.name}: the model takes {len(inputs)} input(s) "
-                        f"{[i.name for i in inputs]} but the split gives {len(arrays)} "
-                        f"{[name for name, _ in arrays]}; list them with `inputs: [...]`")
+        raise DataError(
+            f"data.{split.name}: the model takes {len(inputs)} input(s) "
+            f"{[i.name for i in inputs]} but the split gives {len(arrays)} "
+            f"{[name for name, _ in arrays]}; list them with `inputs: [...]`"
+        )
     conformed = {}
     for spec, (name, array) in zip(inputs, arrays, strict=True):
         want = [d for d in spec.shape]
         got = list(array.shape[1:])
         if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
-            raise DataError(f"data.{split.name}: array {name!r} has samples of shape {tuple(got)} "
-                            f"but model input {spec.name!r} expects {tuple(want)} (-1 = any)")
+            raise DataError(
+                f"data.{split.name}: array {name!r} has samples of shape {tuple(got)} "
+                f"but model input {spec.name!r} expects {tuple(want)} (-1 = any)"
+            )
         conformed[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
     return Split(split.name, conformed, split.labels)
 
@@ -60,8 +69,10 @@ def probe(state: ModelState, datasets: Datasets, threads: int) -> None:
     except Exception as exc:
         shapes = {k: tuple(v.shape[1:]) for k, v in sample.items()}
         first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"data.{split.name}: samples of shape {shapes} do not fit the model "
-                        f"({first}); check the data or `model.inputs`") from None
+        raise DataError(
+            f"data.{split.name}: samples of shape {shapes} do not fit the model "
+            f"({first}); check the data or `model.inputs`"
+        ) from None
 
 
 def _load_in_onnxruntime(state: ModelState, threads: int) -> None:

@@ -36,24 +36,36 @@ class ModelState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_torch(cls, module: torch.nn.Module, inputs: list[InputSpec],
-                   source: str = "") -> ModelState:
+    def from_torch(
+        cls, module: torch.nn.Module, inputs: list[InputSpec], source: str = ""
+    ) -> ModelState:
         return cls(kind=ModelKind.TORCH, inputs=inputs, module=module, source=source)
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto, inputs: list[InputSpec],
-                  source: str = "") -> ModelState:
+    def from_onnx(
+        cls, model: onnx.ModelProto, inputs: list[InputSpec], source: str = ""
+    ) -> ModelState:
         return cls(kind=ModelKind.ONNX, inputs=inputs, onnx_model=model, source=source)
 
     def with_module(self, module: torch.nn.Module) -> ModelState:
         """A new torch state for a changed module (drops the stale ONNX cache)."""
-        return ModelState(kind=ModelKind.TORCH, inputs=self.inputs, module=module,
-                          source=self.source, extra=self._carried_extra())
+        return ModelState(
+            kind=ModelKind.TORCH,
+            inputs=self.inputs,
+            module=module,
+            source=self.source,
+            extra=self._carried_extra(),
+        )
 
     def _carried_extra(self) -> dict[str, Any]:
         # Keys starting with "_" are caches of this exact model (e.g. an onnxruntime session).
         return {k: v for k, v in self.extra.items() if not k.startswith("_")}
 
     def with_onnx(self, model: onnx.ModelProto) -> ModelState:
-        return ModelState(kind=ModelKind.ONNX, inputs=self.inputs, onnx_model=model,
-                          source=self.source, extra=self._carried_extra())
+        return ModelState(
+            kind=ModelKind.ONNX,
+            inputs=self.inputs,
+            onnx_model=model,
+            source=self.source,
+            extra=self._carried_extra(),
+        )

@@ -22,6 +22,9 @@ def onnx_inputs(model: onnx.ModelProto) -> list[InputSpec]:
             continue
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        inputs.append(InputSpec(name=value.name, shape=dims[1:],
-                                dtype=ONNX_DTYPES.get(tensor.elem_type, "float32")))
+        inputs.append(
+            InputSpec(
+                name=value.name, shape=dims[1:], dtype=ONNX_DTYPES.get(tensor.elem_type, "float32")
+            )
+        )
     return inputs

@@ -19,8 +19,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -37,8 +38,10 @@ def digits_resnet(width: int = 8, blocks: int = 2, num_classes: int = 10) -> nn.
             layers.append(BasicBlock(cin, cout, 2 if stage > 0 and index == 0 else 1))
             cin = cout
     model = nn.Sequential()
-    model.add_module("stem", nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False),
-                                           nn.BatchNorm2d(width), nn.ReLU()))
+    model.add_module(
+        "stem",
+        nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()),
+    )
     model.add_module("layers", nn.Sequential(*layers))
     model.add_module("pool", nn.AdaptiveAvgPool2d(1))
     model.add_module("flatten", nn.Flatten())

@@ -40,8 +40,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def train(name: str = "digits_cnn", epochs: int = 25, batch_size: int = 64,
-          lr: float = 1e-3) -> tuple[nn.Module, float]:
+def train(
+    name: str = "digits_cnn", epochs: int = 25, batch_size: int = 64, lr: float = 1e-3
+) -> tuple[nn.Module, float]:
     """Train a fresh bundled model on the bundled train split.
 
     Args:
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, train and save the state_dict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="digits_cnn")
-    parser.add_argument("--out", type=Path, help="where to save weights (default: "
-                        "MODEL.pt beside this file)")
+    parser.add_argument(
+        "--out", type=Path, help="where to save weights (default: MODEL.pt beside this file)"
+    )
     parser.add_argument("--epochs", type=int, default=25)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -17,9 +17,14 @@ def recipe_json_schema() -> dict[str, Any]:
     for name in STAGES:
         options = stage_class(name).Options.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(options.pop("$defs", {}))
-        choices.append({"type": "object", "properties": {name: {"anyOf": [options,
-                                                                          {"type": "null"}]}},
-                        "required": [name], "additionalProperties": False})
+        choices.append(
+            {
+                "type": "object",
+                "properties": {name: {"anyOf": [options, {"type": "null"}]}},
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
     schema["properties"]["stages"]["items"] = {"oneOf": choices}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mcomp recipe"

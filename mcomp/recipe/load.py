@@ -51,18 +51,25 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         line, col = positions.get((), (1, 1))  # where the document starts (after comments)
-        raise RecipeError(f"a recipe must be a mapping of keys like `version: 1` (got {got})",
-                          file=str(path), line=line, column=col)
+        raise RecipeError(
+            f"a recipe must be a mapping of keys like `version: 1` (got {got})",
+            file=str(path),
+            line=line,
+            column=col,
+        )
     for override in overrides:
         apply_override(data, override, file=str(path))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _recipe_error(exc, Recipe, (), str(path), positions) from None
-    stages = [_validate_stage(item, index, str(path), positions)
-              for index, item in enumerate(recipe.stages)]
-    loaded = LoadedRecipe(recipe=recipe, stages=stages, file=path,
-                          base_dir=path.resolve().parent, packaged=packaged)
+    stages = [
+        _validate_stage(item, index, str(path), positions)
+        for index, item in enumerate(recipe.stages)
+    ]
+    loaded = LoadedRecipe(
+        recipe=recipe, stages=stages, file=path, base_dir=path.resolve().parent, packaged=packaged
+    )
     check_stage_order(loaded, positions)
     return loaded
 
@@ -71,8 +78,9 @@ def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
     """Set `a.b.0.c=value` in `data`; the value is parsed as YAML (`0.7`, `true`, `[1, 2]`)."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
-        raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. "
-                          "stages.0.prune.sparsity=0.7", file=file)
+        raise RecipeError(
+            f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.prune.sparsity=0.7", file=file
+        )
     parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     target: Any = data
     for depth, part in enumerate(parts[:-1]):
@@ -83,8 +91,9 @@ def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
                 nxt = target[part] = {}
             else:
                 where = ".".join(map(str, parts[: depth + 1]))
-                raise RecipeError(f"--set {override!r}: no element {where!r} in the recipe",
-                                  file=file) from None
+                raise RecipeError(
+                    f"--set {override!r}: no element {where!r} in the recipe", file=file
+                ) from None
         target = nxt
     try:
         target[parts[-1]] = yaml.safe_load(raw)
@@ -92,21 +101,32 @@ def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
         raise RecipeError(f"--set {override!r}: cannot set {key!r} here", file=file) from None
 
 
-def _validate_stage(item: dict[str, Any], index: int, file: str,
-                    positions: Positions) -> tuple[str, BaseModel]:
+def _validate_stage(
+    item: dict[str, Any], index: int, file: str, positions: Positions
+) -> tuple[str, BaseModel]:
     from mcomp.compressors.registry import STAGES, stage_class
 
     where: KeyPath = ("stages", index)
     if len(item) != 1:
         line, col = position_of(positions, where)
-        raise RecipeError("each stage is a one-key mapping like `- prune: {sparsity: 0.5}`",
-                          file=file, key=f"stages[{index}]", line=line, column=col)
+        raise RecipeError(
+            "each stage is a one-key mapping like `- prune: {sparsity: 0.5}`",
+            file=file,
+            key=f"stages[{index}]",
+            line=line,
+            column=col,
+        )
     name, options = next(iter(item.items()))
     if name not in STAGES:
         line, col = position_of(positions, where + (name,))
-        raise RecipeError(f"unknown stage {name!r}{_did_you_mean(name, STAGES)}; stages are: "
-                          + ", ".join(STAGES), file=file, key=f"stages[{index}]", line=line,
-                          column=col)
+        raise RecipeError(
+            f"unknown stage {name!r}{_did_you_mean(name, STAGES)}; stages are: "
+            + ", ".join(STAGES),
+            file=file,
+            key=f"stages[{index}]",
+            line=line,
+            column=col,
+        )
     cls = stage_class(name)
     try:
         return name, cls.Options.model_validate(options or {})
@@ -125,12 +145,19 @@ def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
         cls = stage_class(name)
         if cls.consumes == ModelKind.TORCH and kind == ModelKind.ONNX:
             line, col = position_of(positions, ("stages", index, name))
-            why = ("the model file is ONNX" if index == 0 or is_onnx
-                   else "an earlier stage turned the model into ONNX")
-            raise RecipeError(f"stage {name!r} works on torch models, but {why}; put it "
-                              "before quantize/export, or start from a torch model",
-                              file=str(loaded.file), key=f"stages[{index}].{name}", line=line,
-                              column=col)
+            why = (
+                "the model file is ONNX"
+                if index == 0 or is_onnx
+                else "an earlier stage turned the model into ONNX"
+            )
+            raise RecipeError(
+                f"stage {name!r} works on torch models, but {why}; put it "
+                "before quantize/export, or start from a torch model",
+                file=str(loaded.file),
+                key=f"stages[{index}].{name}",
+                line=line,
+                column=col,
+            )
         if cls.produces != ModelKind.ANY:
             kind = cls.produces
 
@@ -161,8 +188,9 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, file: str,
-                  positions: Positions) -> RecipeError:
+def _recipe_error(
+    exc: ValidationError, model: type[BaseModel], prefix: KeyPath, file: str, positions: Positions
+) -> RecipeError:
     errors = exc.errors()
     # A misspelt key also makes the real one "missing": report the unknown key (with its
     # did-you-mean) rather than the "Field required" it causes.
@@ -170,7 +198,7 @@ def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath,
     loc: KeyPath = prefix + tuple(p for p in first["loc"] if not _is_union_tag(p))
     line, col = position_of(positions, loc)
     if first["type"] == "extra_forbidden":
-        known = _known_keys(model.model_json_schema(), loc[len(prefix):-1])
+        known = _known_keys(model.model_json_schema(), loc[len(prefix) : -1])
         message = f"unknown key {loc[-1]!r}{_did_you_mean(loc[-1], known)}"
         if known:
             message += "; allowed: " + ", ".join(sorted(known))
@@ -185,8 +213,9 @@ def _recipe_error(exc: ValidationError, model: type[BaseModel], prefix: KeyPath,
 
 def _is_union_tag(part: str | int) -> bool:
     # pydantic puts the chosen union member in the location, e.g. ('threads', 'int').
-    return isinstance(part, str) and (part in ("int", "str", "float", "bool") or
-                                      part.startswith(("literal[", "function-")))
+    return isinstance(part, str) and (
+        part in ("int", "str", "float", "bool") or part.startswith(("literal[", "function-"))
+    )
 
 
 def _known_keys(schema: dict[str, Any], loc: KeyPath) -> list[str]:

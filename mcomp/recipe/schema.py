@@ -68,20 +68,25 @@ class ModelSpec(Strict):
 
     path: str | None = Field(None, description="Model file, relative to the recipe file.")
     builtin: Literal["digits_cnn", "digits_resnet"] | None = Field(
-        None, description="A model shipped with mcomp: the quickstart's digits CNN, or a tiny "
-        "ResNet (BatchNorm, residual blocks) for structured and layer pruning.")
+        None,
+        description="A model shipped with mcomp: the quickstart's digits CNN, or a tiny "
+        "ResNet (BatchNorm, residual blocks) for structured and layer pruning.",
+    )
     format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
     factory: str | None = Field(
-        None,
-        description="'package.module:function' building the module for a state_dict.")
+        None, description="'package.module:function' building the module for a state_dict."
+    )
     factory_args: dict[str, Any] = Field(default_factory=dict)
     python_path: list[str] = Field(
-        default_factory=list, description="Folders (relative to the recipe) put on sys.path "
-        "so that `factory` imports.")
+        default_factory=list,
+        description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
+    )
     allow_pickle: bool = Field(
-        False, description="Load a whole pickled module (executes code from the file).")
+        False, description="Load a whole pickled module (executes code from the file)."
+    )
     inputs: list[InputSpec] | None = Field(
-        None, description="Model inputs; default: taken from the data arrays.")
+        None, description="Model inputs; default: taken from the data arrays."
+    )
 
     @field_validator("factory")
     @classmethod
@@ -104,11 +109,12 @@ class SplitSpec(Strict):
     path: str | None = Field(None, description=".npz file, relative to the recipe file.")
     builtin: Literal["digits"] | None = None
     factory: str | None = Field(
-        None,
-        description="'package.module:function' returning a Dataset or DataLoader.")
+        None, description="'package.module:function' returning a Dataset or DataLoader."
+    )
     factory_args: dict[str, Any] = Field(default_factory=dict)
     inputs: list[str] | None = Field(
-        None, description="Array names fed to the model inputs, in order (default: ['x']).")
+        None, description="Array names fed to the model inputs, in order (default: ['x'])."
+    )
     labels: str | None = Field("y", description="Array name of the labels; null for none.")
     samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
 
@@ -147,8 +153,15 @@ class Task(StrEnum):
     REGRESSION = "regression"
 
 
-BUILTIN_METRICS = ("accuracy", "mse", "mae", "top1_agreement", "cosine", "mean_abs_diff",
-                   "max_abs_diff")
+BUILTIN_METRICS = (
+    "accuracy",
+    "mse",
+    "mae",
+    "top1_agreement",
+    "cosine",
+    "mean_abs_diff",
+    "max_abs_diff",
+)
 
 
 class LatencySpec(Strict):
@@ -164,15 +177,22 @@ class RuntimeSpec(Strict):
     """Threads for torch and onnxruntime, and latency timing."""
 
     threads: int | Literal["auto"] = Field(
-        "auto", description="Intra-op threads for torch and onnxruntime; auto = CPU count, at "
-        "most 8. The environment variable MCOMP_THREADS overrides it.")
+        "auto",
+        description="Intra-op threads for torch and onnxruntime; auto = CPU count, at "
+        "most 8. The environment variable MCOMP_THREADS overrides it.",
+    )
     latency: LatencySpec = Field(default_factory=LatencySpec)
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where training stages run: auto = CUDA when torch sees a GPU. "
-        "Measurement, quantization and export always run on the CPU.")
+        "auto",
+        description="Where training stages run: auto = CUDA when torch sees a GPU. "
+        "Measurement, quantization and export always run on the CPU.",
+    )
     distributed_timeout_s: int = Field(
-        1800, gt=0, description="Under torchrun: timeout of every collective, so a dead rank "
-        "ends the run instead of hanging it.")
+        1800,
+        gt=0,
+        description="Under torchrun: timeout of every collective, so a dead rank "
+        "ends the run instead of hanging it.",
+    )
 
     @field_validator("threads")
     @classmethod
@@ -186,27 +206,36 @@ class ConstraintsSpec(Strict):
     """Limits the final model must meet; a broken one makes `mcomp run` exit 1."""
 
     max_accuracy_drop: float | None = Field(
-        None, ge=0, description="Largest allowed metric loss vs the baseline, in the metric's "
-        "units (0.01 = one point of accuracy; for lower-is-better metrics, the rise).")
+        None,
+        ge=0,
+        description="Largest allowed metric loss vs the baseline, in the metric's "
+        "units (0.01 = one point of accuracy; for lower-is-better metrics, the rise).",
+    )
     max_size_bytes: int | None = Field(None, gt=0)
     max_compressed_size_bytes: int | None = Field(None, gt=0)
     min_compression: float | None = Field(
-        None, gt=0, description="Baseline compressed size / final compressed size.")
+        None, gt=0, description="Baseline compressed size / final compressed size."
+    )
     min_speedup: float | None = Field(
-        None, gt=0, description="Baseline latency / final latency at the larger batch.")
+        None, gt=0, description="Baseline latency / final latency at the larger batch."
+    )
     max_latency_ms: float | None = Field(None, gt=0, description="Final latency at batch 1.")
 
 
 class OutputSpec(Strict):
     """Where results go: the directory (default ./mcomp-out) and the final model's name."""
 
-    dir: str | None = Field(None, description="Relative to the recipe file; default "
-                            "./mcomp-out in the current directory.")
+    dir: str | None = Field(
+        None,
+        description="Relative to the recipe file; default ./mcomp-out in the current directory.",
+    )
     model: str = Field("model.onnx", description="File name of the final ONNX model.")
     torch_model: str | None = Field(
-        None, description="Also save the last torch form of the model (before its ONNX "
+        None,
+        description="Also save the last torch form of the model (before its ONNX "
         "conversion) as a torch.export program under this name (e.g. model.pt2): it reloads "
-        "without the original class, also after structured pruning.")
+        "without the original class, also after structured pruning.",
+    )
 
     @field_validator("torch_model")
     @classmethod
@@ -232,14 +261,18 @@ class Recipe(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     task: Task = Task.CLASSIFICATION
     metric: str | None = Field(
-        None, description="One of " + ", ".join(BUILTIN_METRICS) + " or 'package.module:function'"
+        None,
+        description="One of " + ", ".join(BUILTIN_METRICS) + " or 'package.module:function'"
         "; default: accuracy (classification) or mse (regression) with labels, fidelity to the "
-        "original model (top1_agreement / cosine) without.")
+        "original model (top1_agreement / cosine) without.",
+    )
     metric_higher_is_better: bool | None = Field(
-        None, description="Direction of a user metric (default true).")
+        None, description="Direction of a user metric (default true)."
+    )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     stages: list[dict[str, Any]] = Field(
-        min_length=1, description="Ordered stages, each a one-key mapping {stage: options}.")
+        min_length=1, description="Ordered stages, each a one-key mapping {stage: options}."
+    )
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
 
@@ -248,5 +281,7 @@ class Recipe(Strict):
     def _known_metric(cls, value: str | None) -> str | None:
         if value is None or value in BUILTIN_METRICS or ":" in value:
             return value
-        raise ValueError(f"unknown metric {value!r}: use one of {', '.join(BUILTIN_METRICS)} "
-                         "or 'package.module:function'")
+        raise ValueError(
+            f"unknown metric {value!r}: use one of {', '.join(BUILTIN_METRICS)} "
+            "or 'package.module:function'"
+        )

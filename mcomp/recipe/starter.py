@@ -63,8 +63,14 @@ output:
 """
 
 
-def starter_recipe(out: Path, *, model: Path | None = None, task: Task = Task.CLASSIFICATION,
-                   factory: str | None = None, data: str | None = None) -> str:
+def starter_recipe(
+    out: Path,
+    *,
+    model: Path | None = None,
+    task: Task = Task.CLASSIFICATION,
+    factory: str | None = None,
+    data: str | None = None,
+) -> str:
     """The recipe text; paths are written relative to the recipe's folder."""
     text = HEADER.format(name=out.name)
     if model is None:
@@ -75,14 +81,19 @@ def starter_recipe(out: Path, *, model: Path | None = None, task: Task = Task.CL
         folder = _relative(model.parent, out)
         text += MODEL_PATH.format(
             path=_relative(model, out),
-            factory=f'\n  factory: "{factory}"\n  python_path: ["{folder}"]' if factory
-            else "\n  # factory: \"package.module:function\"   # for a state_dict",
+            factory=f'\n  factory: "{factory}"\n  python_path: ["{folder}"]'
+            if factory
+            else '\n  # factory: "package.module:function"   # for a state_dict',
             data_comment="" if data else "# ",
-            train=_data_ref(data, out, "train.npz"), eval=_data_ref(data, out, "eval.npz"))
+            train=_data_ref(data, out, "train.npz"),
+            eval=_data_ref(data, out, "eval.npz"),
+        )
         text += ONNX_STAGES if _is_onnx(model) else TORCH_STAGES
-    drop = ("max_accuracy_drop: 0.01   # at most 1 point of accuracy lost"
-            if task == Task.CLASSIFICATION else
-            "max_accuracy_drop: 0.05   # largest rise of the mse (metric units)")
+    drop = (
+        "max_accuracy_drop: 0.01   # at most 1 point of accuracy lost"
+        if task == Task.CLASSIFICATION
+        else "max_accuracy_drop: 0.05   # largest rise of the mse (metric units)"
+    )
     return text + TAIL.format(task=task.value, drop=drop)
 
 

@@ -16,8 +16,15 @@ def validate_recipe(name_or_path: str, overrides: tuple[str, ...] = ()) -> dict[
         raise ModelLoadError(f"model.path: file not found: {loaded.base_dir / recipe.model.path}")
     for split in ("train", "calibration", "eval"):
         spec = getattr(recipe.data, split)
-        if spec is not None and spec.path is not None \
-                and not (loaded.base_dir / spec.path).is_file():
+        if (
+            spec is not None
+            and spec.path is not None
+            and not (loaded.base_dir / spec.path).is_file()
+        ):
             raise DataError(f"data.{split}.path: file not found: {loaded.base_dir / spec.path}")
-    return {"file": str(loaded.file), "ok": True,
-            "stages": [name for name, _ in loaded.stages], "recipe": loaded.resolved()}
+    return {
+        "file": str(loaded.file),
+        "ok": True,
+        "stages": [name for name, _ in loaded.stages],
+        "recipe": loaded.resolved(),
+    }

@@ -27,9 +27,12 @@ def read_yaml(path: Path) -> tuple[Any, Positions]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"malformed YAML: {problem}", file=str(path),
-                          line=mark.line + 1 if mark else None,
-                          column=mark.column + 1 if mark else None) from None
+        raise RecipeError(
+            f"malformed YAML: {problem}",
+            file=str(path),
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        ) from None
     positions: Positions = {}
     if node is not None:
         _walk(node, (), positions)

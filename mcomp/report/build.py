@@ -15,15 +15,28 @@ def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> di
 
     from mcomp.measure.cpu_features import cpu_features
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-            "threads": threads, "cpu_isa": cpu_features(), "training_device": device,
-            "world_size": world_size}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": platform.machine(),
+        "threads": threads,
+        "cpu_isa": cpu_features(),
+        "training_device": device,
+        "world_size": world_size,
+    }
 
 
-def build_report(*, recipe: dict[str, Any], recipe_file: str, env: dict[str, Any],
-                 baseline: dict[str, Any], stages: list[dict[str, Any]],
-                 constraints: list[dict[str, Any]], artifacts: dict[str, str]) -> dict[str, Any]:
+def build_report(
+    *,
+    recipe: dict[str, Any],
+    recipe_file: str,
+    env: dict[str, Any],
+    baseline: dict[str, Any],
+    stages: list[dict[str, Any]],
+    constraints: list[dict[str, Any]],
+    artifacts: dict[str, str],
+) -> dict[str, Any]:
     final = stages[-1]["metrics"] if stages else baseline["metrics"]
     return {
         "mcomp_version": __version__,
@@ -49,8 +62,9 @@ def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "metric": after["metric"] - before["metric"],
         "params_ratio": ratio(before["params"], after["params"]),
         "size_ratio": ratio(before["size_bytes"], after["size_bytes"]),
-        "size_compressed_ratio": ratio(before["size_compressed_bytes"],
-                                       after["size_compressed_bytes"]),
+        "size_compressed_ratio": ratio(
+            before["size_compressed_bytes"], after["size_compressed_bytes"]
+        ),
         "macs_ratio": ratio(before["macs"], after["macs"]),
         "speedup_b1": ratio(before["latency_ms_b1"], after["latency_ms_b1"]),
         "speedup_batch": ratio(before["latency_ms_batch"], after["latency_ms_batch"]),

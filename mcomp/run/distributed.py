@@ -58,9 +58,10 @@ class DistContext:
         """This rank's share of a permutation, padded by wrapping so every rank takes the same
         number of steps (ranks that stepped a different number of times would hang DDP)."""
         per_rank = -(-length // self.world_size)
-        padded = order.repeat(-(-per_rank * self.world_size // length))[: per_rank *
-                                                                          self.world_size]
-        return padded[self.rank::self.world_size]
+        padded = order.repeat(-(-per_rank * self.world_size // length))[
+            : per_rank * self.world_size
+        ]
+        return padded[self.rank :: self.world_size]
 
 
 def launched_by_torchrun() -> bool:
@@ -76,8 +77,12 @@ def init_distributed(device: str, timeout_s: int) -> DistContext | None:
     backend = "nccl" if device == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=backend)
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=backend,
+    )
 
 
 def resolve_device(choice: str) -> str:
@@ -86,8 +91,10 @@ def resolve_device(choice: str) -> str:
 
     available = torch.cuda.is_available()
     if choice == "cuda" and not available:
-        raise MCompError("runtime.device: cuda was asked for but torch sees no GPU "
-                         "(torch.cuda.is_available() is false); use `device: auto` or `cpu`")
+        raise MCompError(
+            "runtime.device: cuda was asked for but torch sees no GPU "
+            "(torch.cuda.is_available() is false); use `device: auto` or `cpu`"
+        )
     if choice == "auto":
         return "cuda" if available else "cpu"
     return choice
@@ -113,8 +120,11 @@ def evaluate_sharded(state, ctx) -> float:
     split, dist = ctx.datasets.eval, ctx.dist
     bounds = np.linspace(0, len(split), dist.world_size + 1).astype(int)
     mine = split.subset(np.arange(bounds[dist.rank], bounds[dist.rank + 1]))
-    outputs = predict_split(state, mine, batch_size=ctx.batch_size, threads=ctx.threads) \
-        if len(mine) else None
+    outputs = (
+        predict_split(state, mine, batch_size=ctx.batch_size, threads=ctx.threads)
+        if len(mine)
+        else None
+    )
     parts = [p for p in dist.all_gather(outputs) if p is not None]
     from mcomp.measure.evaluate import REFERENCE_KEY
 

@@ -44,8 +44,9 @@ def output_dir(loaded: LoadedRecipe, options: RunOptions) -> Path:
     # a file above it would only fail the final write, after all the work
     blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise OutputError(f"output.dir: cannot create {out}: {blocked} is a file; choose a "
-                          "directory (--out)")
+        raise OutputError(
+            f"output.dir: cannot create {out}: {blocked} is a file; choose a directory (--out)"
+        )
     return out
 
 
@@ -56,8 +57,9 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
     out = output_dir(loaded, options)
     with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
         state, ctx, stages = prepare_run(loaded, options, Path(workdir), progress)
-        baseline, stage_entries, state, last_torch = _run_stages(state, ctx, stages, loaded,
-                                                                 progress)
+        baseline, stage_entries, state, last_torch = _run_stages(
+            state, ctx, stages, loaded, progress
+        )
         return _finish(loaded, out, (state, last_torch), ctx, baseline, stage_entries, progress)
 
 
@@ -73,8 +75,12 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
     progress.start("measuring baseline")
     start = time.perf_counter()
-    baseline = {"name": "baseline", "type": "baseline", "model_kind": str(state.kind),
-                "metrics": measure_model(state, ctx, latency) if main else None}
+    baseline = {
+        "name": "baseline",
+        "type": "baseline",
+        "model_kind": str(state.kind),
+        "metrics": measure_model(state, ctx, latency) if main else None,
+    }
     baseline["seconds"] = round(time.perf_counter() - start, 3)
     progress.finish()
     entries = []
@@ -95,10 +101,18 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         progress.finish()
         if ctx.dist is not None:
             ctx.dist.barrier()  # the other ranks wait while rank 0 measures
-        entries.append({"name": label, "type": stage.name, "index": index,
-                        "seconds": round(seconds, 3), "model_kind": str(state.kind),
-                        "notes": notes + stage.notes, "details": stage.details,
-                        "metrics": metrics})
+        entries.append(
+            {
+                "name": label,
+                "type": stage.name,
+                "index": index,
+                "seconds": round(seconds, 3),
+                "model_kind": str(state.kind),
+                "notes": notes + stage.notes,
+                "details": stage.details,
+                "metrics": metrics,
+            }
+        )
     return baseline, entries, state, last_torch
 
 
@@ -113,8 +127,10 @@ def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:
         state = stage.run(state, ctx)
         if dist is not None:
             prints = dist.all_gather(fingerprint(state))
-            stage.details["distributed"] = {"world_size": dist.world_size,
-                                            "ranks_agree": len(set(prints)) == 1}
+            stage.details["distributed"] = {
+                "world_size": dist.world_size,
+                "ranks_agree": len(set(prints)) == 1,
+            }
             if len(set(prints)) != 1:
                 ctx.progress.warn(f"{stage.name}: the ranks' models differ after training")
         return state, notes
@@ -132,10 +148,13 @@ def _broadcast_state(state, ctx):
 
     payload = None
     if ctx.dist.is_main:
-        payload = {"kind": str(state.kind), "inputs": state.inputs, "module": state.module,
-                   "onnx": None if state.onnx_model is None
-                   else state.onnx_model.SerializeToString(),
-                   "masks": ctx.shared.get("sparsity_masks")}
+        payload = {
+            "kind": str(state.kind),
+            "inputs": state.inputs,
+            "module": state.module,
+            "onnx": None if state.onnx_model is None else state.onnx_model.SerializeToString(),
+            "masks": ctx.shared.get("sparsity_masks"),
+        }
     payload = ctx.dist.broadcast(payload)
     if ctx.dist.is_main:
         return state
@@ -147,8 +166,9 @@ def _broadcast_state(state, ctx):
         return ModelState.from_torch(payload["module"], payload["inputs"], state.source)
     import onnx
 
-    return ModelState.from_onnx(onnx.load_from_string(payload["onnx"]), payload["inputs"],
-                                state.source)
+    return ModelState.from_onnx(
+        onnx.load_from_string(payload["onnx"]), payload["inputs"], state.source
+    )
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
@@ -161,12 +181,15 @@ def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
     model = onnx_form(state)
     sample = {k: v[:8] for k, v in ctx.datasets.eval.inputs.items()}
     diff = check_parity(state, model, sample, threads=ctx.threads, atol=1e-4, rtol=1e-3)
-    return state.with_onnx(model), [f"converted torch → ONNX (fp32, opset {DEFAULT_OPSET}) "
-                                    f"before this stage; parity max |diff| {diff:.2e}"]
+    return state.with_onnx(model), [
+        f"converted torch → ONNX (fp32, opset {DEFAULT_OPSET}) "
+        f"before this stage; parity max |diff| {diff:.2e}"
+    ]
 
 
-def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
-            progress: Progress) -> RunResult:
+def _finish(
+    loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries, progress: Progress
+) -> RunResult:
     import yaml
 
     from mcomp.atomic import write_bytes_atomic, write_text_atomic
@@ -179,27 +202,38 @@ def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries,
         # rank 0 writes every file; the others leave with its verdict
         return RunResult(report=None, ok=ctx.dist.broadcast(None))
     final = entries[-1]["metrics"] if entries else baseline["metrics"]
-    constraints = check_constraints(loaded.recipe.constraints, baseline["metrics"], final,
-                                    ctx.metric)
+    constraints = check_constraints(
+        loaded.recipe.constraints, baseline["metrics"], final, ctx.metric
+    )
     model_path = out / loaded.recipe.output.model
-    artifacts = {"model": str(model_path), "report": str(out / "report.json"),
-                 "recipe": str(out / "recipe.resolved.yaml")}
+    artifacts = {
+        "model": str(model_path),
+        "report": str(out / "report.json"),
+        "recipe": str(out / "recipe.resolved.yaml"),
+    }
     torch_name = loaded.recipe.output.torch_model
     program = None
     if torch_name is not None:
         program = _torch_program(last_torch, torch_name)
         artifacts["torch_model"] = str(out / torch_name)
-    report = build_report(recipe=loaded.resolved(), recipe_file=str(loaded.file),
-                          env=environment(ctx.threads, device=ctx.device,
-                                          world_size=ctx.dist.world_size if ctx.dist else 1),
-                          baseline=baseline, stages=entries,
-                          constraints=constraints, artifacts=artifacts)
+    report = build_report(
+        recipe=loaded.resolved(),
+        recipe_file=str(loaded.file),
+        env=environment(
+            ctx.threads, device=ctx.device, world_size=ctx.dist.world_size if ctx.dist else 1
+        ),
+        baseline=baseline,
+        stages=entries,
+        constraints=constraints,
+        artifacts=artifacts,
+    )
     try:
         write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
         if program is not None:
             write_bytes_atomic(out / torch_name, program)
-        write_text_atomic(out / "recipe.resolved.yaml",
-                          yaml.safe_dump(loaded.resolved(), sort_keys=False))
+        write_text_atomic(
+            out / "recipe.resolved.yaml", yaml.safe_dump(loaded.resolved(), sort_keys=False)
+        )
         from mcomp.report.json_text import report_json
 
         write_text_atomic(out / "report.json", report_json(report))
@@ -220,15 +254,22 @@ def _torch_program(state, name: str) -> bytes:
     from mcomp.model.convert import example_inputs
 
     if state is None:
-        raise OutputError(f"output.torch_model: {name}: the model never was a torch module "
-                          "(an ONNX input); remove the key")
+        raise OutputError(
+            f"output.torch_model: {name}: the model never was a torch module "
+            "(an ONNX input); remove the key"
+        )
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.export.export(state.module.eval(), example_inputs(state),
-                                      dynamic_shapes=tuple({0: batch} for _ in state.inputs))
+        program = torch.export.export(
+            state.module.eval(),
+            example_inputs(state),
+            dynamic_shapes=tuple({0: batch} for _ in state.inputs),
+        )
     except Exception as exc:
-        raise OutputError(f"output.torch_model: torch.export cannot trace the model "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise OutputError(
+            f"output.torch_model: torch.export cannot trace the model "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
@@ -239,8 +280,9 @@ def require_eval(datasets, progress: Progress):
     if datasets.eval is not None:
         return datasets
     if datasets.train is None:
-        raise DataError("data.eval: the recipe names no eval split (nor train); add "
-                        "`data: {eval: ...}`")
+        raise DataError(
+            "data.eval: the recipe names no eval split (nor train); add `data: {eval: ...}`"
+        )
     progress.warn("data.eval is not set: evaluating on the train split")
     datasets.eval = datasets.train
     return datasets

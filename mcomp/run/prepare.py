@@ -40,22 +40,33 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
     state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
     progress.log("loading data")
-    datasets = require_eval(load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed),
-                            progress)
+    datasets = require_eval(
+        load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed), progress
+    )
     state.inputs = resolve_inputs(recipe.model.inputs, state, datasets)
     datasets = conform_datasets(datasets, state.inputs)
     probe(state, datasets, threads)
     metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
     device, dist = _devices(recipe, datasets, progress)
-    ctx = StageContext(datasets=datasets, seed=seed, threads=threads, metric=metric,
-                       task=recipe.task, batch_size=recipe.data.batch_size, original=state,
-                       workdir=workdir, progress=progress,
-                       # a bundled recipe lives in site-packages: its relative paths mean cwd
-                       recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir,
-                       device=device, dist=dist,
-                       accuracy_budget=recipe.constraints.max_accuracy_drop)
-    ctx.shared[REFERENCE_KEY] = predict_split(state, datasets.eval,
-                                              batch_size=recipe.data.batch_size, threads=threads)
+    ctx = StageContext(
+        datasets=datasets,
+        seed=seed,
+        threads=threads,
+        metric=metric,
+        task=recipe.task,
+        batch_size=recipe.data.batch_size,
+        original=state,
+        workdir=workdir,
+        progress=progress,
+        # a bundled recipe lives in site-packages: its relative paths mean cwd
+        recipe_dir=Path.cwd() if loaded.packaged else loaded.base_dir,
+        device=device,
+        dist=dist,
+        accuracy_budget=recipe.constraints.max_accuracy_drop,
+    )
+    ctx.shared[REFERENCE_KEY] = predict_split(
+        state, datasets.eval, batch_size=recipe.data.batch_size, threads=threads
+    )
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
     # Stages change modules in place; the original stays intact for fidelity and teachers.
     working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
@@ -73,7 +84,9 @@ def _devices(recipe, datasets, progress: Progress):
     if dist is not None:
         train = datasets.train
         if train is not None and len(train) < dist.world_size:
-            raise DataError(f"data.train: {len(train)} samples cannot be shared among "
-                            f"{dist.world_size} processes; use fewer (--nproc_per_node)")
+            raise DataError(
+                f"data.train: {len(train)} samples cannot be shared among "
+                f"{dist.world_size} processes; use fewer (--nproc_per_node)"
+            )
         progress.log(f"distributed: rank {dist.rank} of {dist.world_size} ({dist.backend})")
     return device, dist

@@ -13,8 +13,9 @@ from mcomp.errors import ModelLoadError
 from mcomp.recipe.schema import ModelFormat
 
 
-def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
-                runs: int, profile: bool = False) -> dict[str, Any]:
+def bench_model(
+    path: Path, *, batches: list[int], threads: int, warmup: int, runs: int, profile: bool = False
+) -> dict[str, Any]:
     """Time each batch size in its own block (warm-up, then `runs` timed calls).
 
     Memory is the growth of the resident set from before the session is created to its peak
@@ -29,9 +30,11 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
     from mcomp.model.open import ModelRef, detect_model_format, open_model
 
     if detect_model_format(path) != ModelFormat.ONNX:
-        raise ModelLoadError(f"{path}: bench times ONNX models and this is a torch file; "
-                             "export it first (a recipe with an `export` stage), or use "
-                             "`mcomp compare`, which converts torch models")
+        raise ModelLoadError(
+            f"{path}: bench times ONNX models and this is a torch file; "
+            "export it first (a recipe with an `export` stage), or use "
+            "`mcomp compare`, which converts torch models"
+        )
     state = open_model(ModelRef(path))
     import onnxruntime  # noqa: F401  (its import is the process's cost, not the session's)
 
@@ -44,43 +47,66 @@ def bench_model(path: Path, *, batches: list[int], threads: int, warmup: int,
     peak = peak_rss_bytes()
     growth = peak - before if peak is not None and before is not None else None
     del session
-    profiled = _profile(raw, feeds[max(batches)], max(batches), threads, warmup, runs) \
-        if profile else None
+    profiled = (
+        _profile(raw, feeds[max(batches)], max(batches), threads, warmup, runs) if profile else None
+    )
     return {
-        "model": str(path), "size_bytes": len(raw), "threads": threads,
-        "warmup": warmup, "runs": runs, "cpu_isa": cpu_features(),
+        "model": str(path),
+        "size_bytes": len(raw),
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "cpu_isa": cpu_features(),
         "inputs": [i.model_dump() for i in state.inputs],
         "batches": results,
-        "memory": {"rss_before_bytes": before, "peak_rss_bytes": peak,
-                   "session_peak_bytes": max(0, growth) if growth is not None else None,
-                   "exact": exact_peak},
+        "memory": {
+            "rss_before_bytes": before,
+            "peak_rss_bytes": peak,
+            "session_peak_bytes": max(0, growth) if growth is not None else None,
+            "exact": exact_peak,
+        },
         **({"profile": profiled} if profiled else {}),
     }
 
 
-def _profile(raw: bytes, feed: dict[str, np.ndarray], batch: int, threads: int, warmup: int,
-             runs: int) -> dict[str, Any]:
+def _profile(
+    raw: bytes, feed: dict[str, np.ndarray], batch: int, threads: int, warmup: int, runs: int
+) -> dict[str, Any]:
     """Kernel milliseconds per op type, largest first, and the share in int8 (or 4-bit)
     kernels: where an int8 model's time goes when it is not faster than expected."""
     from mcomp.measure.ort_profile import QUANTIZED_KERNEL_PREFIXES, op_times
 
     times = op_times(raw, feed, threads, runs=min(runs, 10), warmup=min(warmup, 3))
     total = sum(times.values())
-    ops = [{"op": op, "ms": round(ms, 4), "share": round(ms / total, 4) if total else 0.0,
-            "quantized": op.startswith(QUANTIZED_KERNEL_PREFIXES)}
-           for op, ms in sorted(times.items(), key=lambda item: -item[1])]
+    ops = [
+        {
+            "op": op,
+            "ms": round(ms, 4),
+            "share": round(ms / total, 4) if total else 0.0,
+            "quantized": op.startswith(QUANTIZED_KERNEL_PREFIXES),
+        }
+        for op, ms in sorted(times.items(), key=lambda item: -item[1])
+    ]
     quantized = sum(row["ms"] for row in ops if row["quantized"])
-    return {"batch": batch, "kernel_ms": round(total, 4),
-            "quantized_kernel_share": round(quantized / total, 4) if total else 0.0, "ops": ops}
+    return {
+        "batch": batch,
+        "kernel_ms": round(total, 4),
+        "quantized_kernel_share": round(quantized / total, 4) if total else 0.0,
+        "ops": ops,
+    }
 
 
-def _time_batch(session, feed: dict[str, np.ndarray], batch: int, warmup: int,
-                runs: int) -> dict[str, Any]:
+def _time_batch(
+    session, feed: dict[str, np.ndarray], batch: int, warmup: int, runs: int
+) -> dict[str, Any]:
     from mcomp.measure.ort_session import run_timings
 
     timings = run_timings(session, feed, warmup=warmup, runs=runs)
     p50 = statistics.median(timings)
-    return {"batch": batch, "p50_ms": round(p50, 4),
-            "p90_ms": round(float(np.percentile(timings, 90)), 4),
-            "mean_ms": round(statistics.fmean(timings), 4),
-            "throughput_per_s": round(batch * 1000.0 / p50, 2) if p50 > 0 else None}
+    return {
+        "batch": batch,
+        "p50_ms": round(p50, 4),
+        "p90_ms": round(float(np.percentile(timings, 90)), 4),
+        "mean_ms": round(statistics.fmean(timings), 4),
+        "throughput_per_s": round(batch * 1000.0 / p50, 2) if p50 > 0 else None,
+    }

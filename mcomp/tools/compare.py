@@ -30,8 +30,9 @@ class CompareOptions:
     metric: str = "accuracy"
 
 
-def compare_models(ref_a: ModelRef, ref_b: ModelRef, split: Split | None,
-                   options: CompareOptions) -> dict[str, Any]:
+def compare_models(
+    ref_a: ModelRef, ref_b: ModelRef, split: Split | None, options: CompareOptions
+) -> dict[str, Any]:
     """Every figure of A and B with the ratio B / A (< 1: B is smaller or faster)."""
     from mcomp.data.open import fit_split, random_inputs
 
@@ -41,25 +42,37 @@ def compare_models(ref_a: ModelRef, ref_b: ModelRef, split: Split | None,
     split_b = fit_split(b, split, options.threads) if split is not None else None
     _check_signatures(a, b)
     if not a.inputs:
-        raise MCompError("compare: the input shape of the models is unknown; pass --data or "
-                         "--input-shape")
-    feeds = [s.inputs if s is not None else random_inputs(m, AGREEMENT_SAMPLES)
-             for m, s in ((a, split_a), (b, split_b))]
+        raise MCompError(
+            "compare: the input shape of the models is unknown; pass --data or --input-shape"
+        )
+    feeds = [
+        s.inputs if s is not None else random_inputs(m, AGREEMENT_SAMPLES)
+        for m, s in ((a, split_a), (b, split_b))
+    ]
     figures = {**_static_figures(a, b), **_latency(a, b, feeds, options)}
     if split is not None and split.labels is not None:
-        figures["metric"] = _pair(*(_metric(m, s, options) for m, s in ((a, split_a),
-                                                                       (b, split_b))))
-    return {"a": a.source, "b": b.source, "inputs": [i.model_dump() for i in a.inputs],
-            "threads": options.threads, "metric_name": options.metric if "metric" in figures
-            else None, "figures": figures, "agreement": _agreement(a, b, feeds, options),
-            "samples": "data" if split is not None else f"{AGREEMENT_SAMPLES} random"}
+        figures["metric"] = _pair(
+            *(_metric(m, s, options) for m, s in ((a, split_a), (b, split_b)))
+        )
+    return {
+        "a": a.source,
+        "b": b.source,
+        "inputs": [i.model_dump() for i in a.inputs],
+        "threads": options.threads,
+        "metric_name": options.metric if "metric" in figures else None,
+        "figures": figures,
+        "agreement": _agreement(a, b, feeds, options),
+        "samples": "data" if split is not None else f"{AGREEMENT_SAMPLES} random",
+    }
 
 
 def _check_signatures(a: ModelState, b: ModelState) -> None:
     if a.inputs and b.inputs and not same_signature(a.inputs, b.inputs):
-        raise MCompError(f"compare: the models take different inputs: A {a.source} takes "
-                         f"{describe_signature(a.inputs)}, B {b.source} takes "
-                         f"{describe_signature(b.inputs)}")
+        raise MCompError(
+            f"compare: the models take different inputs: A {a.source} takes "
+            f"{describe_signature(a.inputs)}, B {b.source} takes "
+            f"{describe_signature(b.inputs)}"
+        )
 
 
 def _pair(value_a: float | None, value_b: float | None) -> dict[str, Any]:
@@ -74,9 +87,13 @@ def _static_figures(a: ModelState, b: ModelState) -> dict[str, Any]:
     def facts(state: ModelState) -> dict[str, int]:
         raw = onnx_form(state).SerializeToString()
         params, nonzero = _params(state)
-        return {"size_bytes": len(raw), "size_compressed_bytes": len(zlib.compress(raw, 9)),
-                "params": params, "nonzero_params": nonzero,
-                "macs": count_onnx_macs(onnx_form(state))}
+        return {
+            "size_bytes": len(raw),
+            "size_compressed_bytes": len(zlib.compress(raw, 9)),
+            "params": params,
+            "nonzero_params": nonzero,
+            "macs": count_onnx_macs(onnx_form(state)),
+        }
 
     fa, fb = facts(a), facts(b)
     return {key: _pair(fa[key], fb[key]) for key in fa}
@@ -93,21 +110,27 @@ def _params(state: ModelState) -> tuple[int, int]:
     return (sum(t.numel() for t in tensors), sum(int(torch.count_nonzero(t)) for t in tensors))
 
 
-def _latency(a: ModelState, b: ModelState, feeds: list[dict[str, np.ndarray]],
-             options: CompareOptions) -> dict[str, Any]:
+def _latency(
+    a: ModelState, b: ModelState, feeds: list[dict[str, np.ndarray]], options: CompareOptions
+) -> dict[str, Any]:
     """onnxruntime latency at `batch`: A and B alternate for `rounds` rounds, each timed in its
     own block (interleaving single calls inflates both), and the medians are compared."""
     from mcomp.measure.figures import onnx_form
     from mcomp.measure.ort_session import batch_feed, create_session, time_session
 
-    sessions = [create_session(onnx_form(m).SerializeToString(), options.threads,
-                               source=m.source) for m in (a, b)]
+    sessions = [
+        create_session(onnx_form(m).SerializeToString(), options.threads, source=m.source)
+        for m in (a, b)
+    ]
     batch_feeds = [batch_feed(feed, options.batch) for feed in feeds]
     timings: list[list[float]] = [[], []]
     for _ in range(options.rounds):
         for index in (0, 1):
-            timings[index].append(time_session(sessions[index], batch_feeds[index],
-                                               warmup=options.warmup, runs=options.runs))
+            timings[index].append(
+                time_session(
+                    sessions[index], batch_feeds[index], warmup=options.warmup, runs=options.runs
+                )
+            )
     medians = [round(statistics.median(t), 4) for t in timings]
     return {f"latency_ms_b{options.batch}": _pair(*medians)}
 
@@ -125,15 +148,21 @@ def _metric(state: ModelState, split: Split, options: CompareOptions) -> float:
     return evaluate_model(state, split, metric=options.metric, threads=options.threads)["metric"]
 
 
-def _agreement(a: ModelState, b: ModelState, feeds: list[dict[str, np.ndarray]],
-               options: CompareOptions) -> dict[str, Any]:
+def _agreement(
+    a: ModelState, b: ModelState, feeds: list[dict[str, np.ndarray]], options: CompareOptions
+) -> dict[str, Any]:
     out_a, out_b = _outputs(a, feeds[0], options), _outputs(b, feeds[1], options)
     if out_a.shape != out_b.shape:
-        return {"comparable": False,
-                "note": f"outputs differ in shape: A {out_a.shape}, B {out_b.shape}"}
+        return {
+            "comparable": False,
+            "note": f"outputs differ in shape: A {out_a.shape}, B {out_b.shape}",
+        }
     diff = np.abs(out_a.astype(np.float64) - out_b)
-    result = {"comparable": True, "max_abs_diff": float(diff.max()),
-              "mean_abs_diff": float(diff.mean())}
+    result = {
+        "comparable": True,
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }
     if out_a.ndim >= 2 and out_a.shape[-1] > 1:
         result["top1_agreement"] = float(np.mean(out_a.argmax(-1) == out_b.argmax(-1)))
     return result

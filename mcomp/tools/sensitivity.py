@@ -15,8 +15,13 @@ from mcomp.progress import Progress
 from mcomp.recipe.load import load_recipe
 
 
-def run_sensitivity(recipe: str, overrides: tuple[str, ...], ratios: tuple[float, ...],
-                    out_dir: Path, progress: Progress) -> dict[str, Any]:
+def run_sensitivity(
+    recipe: str,
+    overrides: tuple[str, ...],
+    ratios: tuple[float, ...],
+    out_dir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
     """Analyse, then write sensitivity.json / .csv / .png into `out_dir`."""
     from mcomp.compressors.prune.sensitivity import analyze_sensitivity
     from mcomp.compressors.prune.stage import PruneOptions
@@ -39,8 +44,10 @@ def run_sensitivity(recipe: str, overrides: tuple[str, ...], ratios: tuple[float
     warnings = []
     png = _plot(analysis)
     if png is None:
-        warnings.append("matplotlib is not installed, so no sensitivity.png was drawn: "
-                        "pip install 'mcomp[plot]'")
+        warnings.append(
+            "matplotlib is not installed, so no sensitivity.png was drawn: "
+            "pip install 'mcomp[plot]'"
+        )
     else:
         files.append(out_dir / "sensitivity.png")
         write_bytes_atomic(files[-1], png)
@@ -53,8 +60,7 @@ def _csv(analysis: dict[str, Any]) -> str:
     writer.writerow(["layer", "params", "ratio", analysis["metric_name"], "drop"])
     for name, entry in analysis["layers"].items():
         for point in entry["points"]:
-            writer.writerow([name, entry["params"], point["ratio"], point["metric"],
-                             point["drop"]])
+            writer.writerow([name, entry["params"], point["ratio"], point["metric"], point["drop"]])
     return buffer.getvalue()
 
 
@@ -68,8 +74,12 @@ def _plot(analysis: dict[str, Any]) -> bytes | None:
         return None
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
     for name, entry in analysis["layers"].items():
-        axes.plot([p["ratio"] for p in entry["points"]], [p["metric"] for p in entry["points"]],
-                  marker="o", label=name)
+        axes.plot(
+            [p["ratio"] for p in entry["points"]],
+            [p["metric"] for p in entry["points"]],
+            marker="o",
+            label=name,
+        )
     axes.axhline(analysis["baseline"], color="grey", linestyle="--", label="baseline")
     axes.set_xlabel(f"pruning ratio ({analysis['method']}), one layer at a time")
     axes.set_ylabel(analysis["metric_name"])

@@ -56,23 +56,37 @@ class HintSpec(StageOptions):
 class DistillSettings(StageOptions):
     """What to distill from and how; used by `distill` and by `finetune: {distill: ...}`."""
 
-    teacher: TeacherSpec | None = Field(None, description="Default: the original model, "
-                                        "before any stage ran.")
+    teacher: TeacherSpec | None = Field(
+        None, description="Default: the original model, before any stage ran."
+    )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature T.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; "
-                         "1 - alpha weighs the task loss on labels.")
+    alpha: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Weight of the distillation term; 1 - alpha weighs the task loss on labels.",
+    )
     hints: list[HintSpec] = Field(default_factory=list)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            labels: torch.Tensor | None, *, temperature: float, alpha: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
     """alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * cross-entropy; no labels: the KD term only."""
     import torch.nn.functional as F
 
     t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1),
-                  F.log_softmax(teacher_logits / t, dim=-1), reduction="batchmean",
-                  log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1),
+        F.log_softmax(teacher_logits / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
     if labels is None:
         return kl * t * t
     return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels.long())
@@ -81,9 +95,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 def check_task(ctx: StageContext, label: str) -> None:
     """Distillation matches class distributions: classification only."""
     if ctx.task != Task.CLASSIFICATION:
-        raise StageError(f"{label}: distillation supports `task: classification` only (it "
-                         "matches softened class probabilities); for regression, train the "
-                         f"student with `finetune` on labels (task is {ctx.task})")
+        raise StageError(
+            f"{label}: distillation supports `task: classification` only (it "
+            "matches softened class probabilities); for regression, train the "
+            f"student with `finetune` on labels (task is {ctx.task})"
+        )
 
 
 def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> torch.nn.Module:
@@ -101,9 +117,16 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
             if str(base / folder) not in sys.path:
                 sys.path.insert(0, str(base / folder))
         try:
-            state = load_model(ModelSpec(path=spec.path, format=spec.format,
-                                         factory=spec.factory, factory_args=spec.factory_args,
-                                         python_path=spec.python_path), base_dir=base)
+            state = load_model(
+                ModelSpec(
+                    path=spec.path,
+                    format=spec.format,
+                    factory=spec.factory,
+                    factory_args=spec.factory_args,
+                    python_path=spec.python_path,
+                ),
+                base_dir=base,
+            )
         except MCompError as exc:  # its message names `model.*`; say it is the teacher's
             raise StageError(f"{label}.teacher: {exc}") from None
     if state.kind != ModelKind.TORCH:
@@ -113,22 +136,28 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
     return state.module.eval().requires_grad_(False)
 
 
-def check_hints(student: torch.nn.Module, teacher: torch.nn.Module,
-                hints: list[HintSpec], label: str) -> None:
+def check_hints(
+    student: torch.nn.Module, teacher: torch.nn.Module, hints: list[HintSpec], label: str
+) -> None:
     """Every hint names a module that exists, with a did-you-mean when it does not."""
     for index, hint in enumerate(hints):
-        for side, module, name in (("student", student, hint.student),
-                                   ("teacher", teacher, hint.teacher)):
+        for side, module, name in (
+            ("student", student, hint.student),
+            ("teacher", teacher, hint.teacher),
+        ):
             names = [n for n, _ in module.named_modules() if n]
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
                 hint_text = f" (did you mean {close[0]!r}?)" if close else ""
-                raise StageError(f"{label}: hints[{index}].{side}: no layer {name!r} in the "
-                                 f"{side}{hint_text}; layers are: {', '.join(names[:20])}")
+                raise StageError(
+                    f"{label}: hints[{index}].{side}: no layer {name!r} in the "
+                    f"{side}{hint_text}; layers are: {', '.join(names[:20])}"
+                )
 
 
-def check_outputs(student: torch.nn.Module, teacher: torch.nn.Module, state: ModelState,
-                  label: str) -> None:
+def check_outputs(
+    student: torch.nn.Module, teacher: torch.nn.Module, state: ModelState, label: str
+) -> None:
     """Teacher and student must give logits of the same shape on the same input."""
     import torch
 
@@ -141,9 +170,11 @@ def check_outputs(student: torch.nn.Module, teacher: torch.nn.Module, state: Mod
         s_out, t_out = _first(student(*example)), _first(teacher(*example))
         student.train(was_training)
     if s_out.shape != t_out.shape:
-        raise StageError(f"{label}: the student's output shape {tuple(s_out.shape)} differs "
-                         f"from the teacher's {tuple(t_out.shape)} (batch of 2); both must "
-                         "give logits over the same classes")
+        raise StageError(
+            f"{label}: the student's output shape {tuple(s_out.shape)} differs "
+            f"from the teacher's {tuple(t_out.shape)} (batch of 2); both must "
+            "give logits over the same classes"
+        )
 
 
 class DistillLoss:
@@ -152,8 +183,13 @@ class DistillLoss:
     Use as a context manager: forward hooks on hint layers are removed on exit.
     """
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module,
-                 settings: DistillSettings, state: ModelState) -> None:
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        settings: DistillSettings,
+        state: ModelState,
+    ) -> None:
         self.student, self.teacher, self.settings = student, teacher, settings
         self._features: dict[tuple[str, int], torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -177,8 +213,10 @@ class DistillLoss:
         with torch.no_grad():
             self.student(*example)
             self.teacher(*example)
-        return [_projection(self._features[("student", i)], self._features[("teacher", i)], hint)
-                for i, hint in enumerate(self.settings.hints)]
+        return [
+            _projection(self._features[("student", i)], self._features[("teacher", i)], hint)
+            for i, hint in enumerate(self.settings.hints)
+        ]
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for proj in self.projections for p in proj.parameters()]
@@ -190,12 +228,14 @@ class DistillLoss:
         with torch.no_grad():
             teacher_logits = _first(self.teacher(*batch))
         s = self.settings
-        loss = kd_loss(_first(outputs), teacher_logits, labels, temperature=s.temperature,
-                       alpha=s.alpha)
+        loss = kd_loss(
+            _first(outputs), teacher_logits, labels, temperature=s.temperature, alpha=s.alpha
+        )
         for index, (hint, proj) in enumerate(zip(s.hints, self.projections, strict=True)):
             student_feature = proj(self._features[("student", index)])
-            loss = loss + hint.weight * F.mse_loss(student_feature,
-                                                   self._features[("teacher", index)].detach())
+            loss = loss + hint.weight * F.mse_loss(
+                student_feature, self._features[("teacher", index)].detach()
+            )
         return loss
 
     def __enter__(self) -> DistillLoss:
@@ -219,13 +259,22 @@ def _projection(student_feature, teacher_feature, hint: HintSpec):
         return torch.nn.Conv2d(s[1], t[1], kernel_size=1)
     if len(s) == 2 and len(t) == 2:
         return torch.nn.Linear(s[1], t[1])
-    raise StageError(f"hint {hint.student!r} -> {hint.teacher!r}: student feature {s[1:]} and "
-                     f"teacher feature {t[1:]} cannot be matched (only the channel/feature "
-                     "width may differ); pick layers with the same spatial size")
+    raise StageError(
+        f"hint {hint.student!r} -> {hint.teacher!r}: student feature {s[1:]} and "
+        f"teacher feature {t[1:]} cannot be matched (only the channel/feature "
+        "width may differ); pick layers with the same spatial size"
+    )
 
 
-def distill_train(state: ModelState, ctx: StageContext, config, settings: DistillSettings, *,
-                  masks: dict, label: str) -> dict[str, Any]:
+def distill_train(
+    state: ModelState,
+    ctx: StageContext,
+    config,
+    settings: DistillSettings,
+    *,
+    masks: dict,
+    label: str,
+) -> dict[str, Any]:
     """Train `state.module` against the teacher with `train_module`; returns report details."""
     from mcomp.training.loop import train_module
 
@@ -235,16 +284,28 @@ def distill_train(state: ModelState, ctx: StageContext, config, settings: Distil
     teacher.to(ctx.device)  # the batches are on the training device
     try:
         with DistillLoss(state.module, teacher, settings, state) as loss_fn:
-            result = train_module(state, ctx, config, masks=masks, label=label,
-                                  loss_fn=loss_fn, extra_parameters=loss_fn.parameters())
+            result = train_module(
+                state,
+                ctx,
+                config,
+                masks=masks,
+                label=label,
+                loss_fn=loss_fn,
+                extra_parameters=loss_fn.parameters(),
+            )
             projected = [type(p).__name__ for p in loss_fn.projections]
     finally:
         teacher.to("cpu")  # measurement and fidelity run on the CPU
-    return {"train_loss": result.train_loss, "eval_metric": result.eval_metric,
-            "best_epoch": result.best_epoch + 1, "masked_tensors": len(masks),
-            "teacher": settings.teacher.path if settings.teacher else "original model",
-            "temperature": settings.temperature, "alpha": settings.alpha,
-            "hint_projections": projected}
+    return {
+        "train_loss": result.train_loss,
+        "eval_metric": result.eval_metric,
+        "best_epoch": result.best_epoch + 1,
+        "masked_tensors": len(masks),
+        "teacher": settings.teacher.path if settings.teacher else "original model",
+        "temperature": settings.temperature,
+        "alpha": settings.alpha,
+        "hint_projections": projected,
+    }
 
 
 def _first(outputs):

@@ -50,11 +50,17 @@ class TrainResult:
     best_epoch: int = -1
 
 
-def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
-                 masks: dict[str, torch.Tensor], label: str = "finetune",
-                 loss_fn: Callable[..., torch.Tensor] | None = None,
-                 on_step: Hook | None = None,
-                 extra_parameters: list[torch.Tensor] | None = None) -> TrainResult:
+def train_module(
+    state: ModelState,
+    ctx: StageContext,
+    config: TrainConfig,
+    *,
+    masks: dict[str, torch.Tensor],
+    label: str = "finetune",
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    on_step: Hook | None = None,
+    extra_parameters: list[torch.Tensor] | None = None,
+) -> TrainResult:
     """Train `state.module` in place; returns per-epoch loss and eval metric.
 
     `extra_parameters` are trained beside the module's own but are not part of it (e.g. the
@@ -66,8 +72,10 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
     if split is None:
         raise StageError(f"{label}: needs `data.train`; the recipe names no train split")
     if split.labels is None and loss_fn is None:
-        raise StageError(f"{label}: the train split has no labels; add them (`labels: y`) or "
-                         "train against a teacher with distillation")
+        raise StageError(
+            f"{label}: the train split has no labels; add them (`labels: y`) or "
+            "train against a teacher with distillation"
+        )
     module = state.module.to(ctx.device)
     params = dict(module.named_parameters())
     for mask in masks.values():
@@ -93,7 +101,7 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
             order = ctx.dist.shard(order, len(split))
         total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
+            index = order[start : start + config.batch_size]
             batch = [t[index].to(ctx.device) for t in inputs]
             optimizer.zero_grad(set_to_none=True)
             outputs = runner(*batch)
@@ -118,11 +126,14 @@ def train_module(state: ModelState, ctx: StageContext, config: TrainConfig, *,
         value = _evaluate(state, ctx)
         result.train_loss.append(round(total / count, 6))
         result.eval_metric.append(value)
-        ctx.progress.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
-                         f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}")
+        ctx.progress.log(
+            f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
+            f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}"
+        )
         eligible = epoch >= config.best_from_epoch
-        if eligible and (best_value is None
-                         or _better(value, best_value, ctx.metric.higher_is_better)):
+        if eligible and (
+            best_value is None or _better(value, best_value, ctx.metric.higher_is_better)
+        ):
             best_value, result.best_epoch = value, epoch
             best = copy.deepcopy(module.state_dict()) if config.keep_best else None
     ctx.progress.finish()
@@ -167,8 +178,9 @@ def _task_loss(task: Task) -> Callable[..., Any]:
 
     if task == Task.CLASSIFICATION:
         return lambda outputs, labels, _: F.cross_entropy(_first(outputs), labels.long())
-    return lambda outputs, labels, _: F.mse_loss(_first(outputs),
-                                                 labels.to(_first(outputs).dtype).view_as(_first(outputs)))
+    return lambda outputs, labels, _: F.mse_loss(
+        _first(outputs), labels.to(_first(outputs).dtype).view_as(_first(outputs))
+    )
 
 
 def _first(outputs):
@@ -180,8 +192,9 @@ def _optimizer(module, config: TrainConfig, extra_parameters: list):
 
     params = [p for p in module.parameters() if p.requires_grad] + list(extra_parameters)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
