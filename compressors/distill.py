@@ -23,7 +23,7 @@ al., "FitNets", ICLR 2015.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -31,8 +31,7 @@ from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 from mcomp.training.distillation import DistillSettings
-
-MASKS_KEY = "sparsity_masks"  # ctx.shared, written by prune (see prune.py)
+from mcomp.training.options import TrainingOptions
 
 
 class StudentSpec(StageOptions):
@@ -45,16 +44,9 @@ class StudentSpec(StageOptions):
     )
 
 
-class TrainingOptions(StageOptions):
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    schedule: Literal["constant", "cosine", "step"] = "constant"
-    keep_best: bool = True
-
-
 class DistillOptions(DistillSettings, TrainingOptions):
+    # matching soft targets takes more steps than fitting labels (benchmarks/RESULTS.md)
+    epochs: int = Field(5, ge=1, description="Passes over the train split.")
     student: StudentSpec | None = Field(None, description="Default: the current model.")
 
 
@@ -79,9 +71,8 @@ class DistillStage(Stage):
         return True  # trains: every rank under DistributedDataParallel
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
-        from mcomp.compressors.finetune import sparsity_masks
         from mcomp.training.distillation import distill_train, load_teacher
-        from mcomp.training.loop import TrainConfig
+        from mcomp.training.masks import training_masks
 
         opts = self.options
         copied: dict[str, Any] = {}
@@ -90,11 +81,12 @@ class DistillStage(Stage):
             if opts.student.init_from_teacher:
                 copied = copy_matching(load_teacher(opts, ctx, self.name), student)
             model = model.with_module(student)
-            ctx.shared.pop(MASKS_KEY, None)  # pruning masks belong to the old architecture
+            ctx.facts.masks = {}  # pruning masks belong to the old architecture
             self.notes.append(f"new student from {opts.student.factory}")
-        masks = sparsity_masks(model, ctx)
-        config = TrainConfig(**opts.model_dump(include=set(TrainingOptions.model_fields)))
-        self.details = distill_train(model, ctx, config, opts, masks=masks, label=self.name)
+        masks = training_masks(model.module, ctx.facts.masks)
+        self.details = distill_train(
+            model, ctx, opts.train_config(), opts, masks=masks, label=self.name
+        )
         if opts.student is not None:
             self.details["student"] = {
                 "factory": opts.student.factory,

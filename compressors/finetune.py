@@ -14,33 +14,23 @@ every optimizer step; weights already zero in a loaded model are kept at zero to
 sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
 metric are reported, and the best eval checkpoint is restored at the end. With `distill:` the
 loss is the distillation loss of `mcomp.training.distillation` (teacher, temperature, alpha,
-hints), the
-same code as the `distill` stage.
+hints), the same code as the `distill` stage. The training options are the shared
+`TrainingOptions` (`mcomp.training.options`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from mcomp.model.state import ModelKind, ModelState
-from mcomp.stage import Stage, StageContext, StageOptions
+from mcomp.stage import Stage, StageContext
 from mcomp.training.distillation import DistillSettings
+from mcomp.training.options import TrainingOptions
 
-MASKS_KEY = "sparsity_masks"  # written by the prune stage: {parameter name: kept-weights mask}
-MASKED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
+QAT_EMA = 0.01  # the qat stage's default EMA of activation ranges
 
 
-class FinetuneOptions(StageOptions):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
-    keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
+class FinetuneOptions(TrainingOptions):
     distill: DistillSettings | None = Field(
         None, description="Train against a teacher (knowledge distillation) instead of labels only."
     )
@@ -84,14 +74,17 @@ class FinetuneStage(Stage):
         return True
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
-        from mcomp.training.loop import TrainConfig, train_module
+        from mcomp.training.loop import train_module
+        from mcomp.training.masks import training_masks
 
-        masks = sparsity_masks(model, ctx)
-        config = TrainConfig(**self.options.model_dump(exclude={"distill", "qat"}))
+        masks = training_masks(model.module, ctx.facts.masks)
+        config = self.options.train_config()
         if self.options.qat:
-            from mcomp.compressors.qat.stage import qat_train
+            from mcomp.compressors.qat.train import qat_train
 
-            self.details = qat_train(model, ctx, config, masks=masks, ema=0.01, label=self.name)
+            self.details, ctx.facts.qat_ranges = qat_train(
+                model, ctx, config, masks=masks, ema=QAT_EMA, label=self.name
+            )
             return model.with_module(model.module)
         if self.options.distill is not None:
             from mcomp.training.distillation import distill_train
@@ -108,24 +101,3 @@ class FinetuneStage(Stage):
             "masked_tensors": len(masks),
         }
         return model.with_module(model.module)
-
-
-def sparsity_masks(model: ModelState, ctx: StageContext) -> dict:
-    """Masks from an earlier prune stage, else the zeros already in Conv/Linear weights."""
-    import torch
-
-    from mcomp.model.module_names import strip_wrapper_prefix
-
-    masks = dict(ctx.shared.get(MASKS_KEY, {}))
-    for name, module in model.module.named_modules():
-        key = f"{strip_wrapper_prefix(name)}.weight"
-        if type(module).__name__ in MASKED_TYPES and key not in masks:
-            weight = module.weight.detach()
-            if bool((weight == 0).any()):
-                masks[key] = weight != 0
-    by_param = {}
-    for name, _ in model.module.named_parameters():
-        stripped = strip_wrapper_prefix(name)
-        if stripped in masks:
-            by_param[name] = masks[stripped].to(torch.bool)
-    return by_param

@@ -37,7 +37,6 @@ from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext, StageOptions
 
-MASKS_KEY = "sparsity_masks"  # ctx.shared, written by prune (see prune.py)
 RANK_CHOICES = ("rank", "rank_ratio", "energy", "params_ratio")
 
 
@@ -288,4 +287,4 @@ def _replace(root, old, new) -> None:
 
 def _drop_mask(ctx: StageContext, name: str) -> None:
     # The factorized weights are dense; an earlier pruning mask no longer applies.
-    ctx.shared.get(MASKS_KEY, {}).pop(f"{name}.weight", None)
+    ctx.facts.masks.pop(f"{name}.weight", None)

@@ -1,6 +1,7 @@
 """The stage contract: what every compressor stage declares and the one method it runs.
 
-A stage is a class with four class attributes and one method. A complete example:
+A stage is a class with four class attributes and one method. A complete example (a test
+registers it and checks that the written model really changed):
 
     class ScaleWeights(Stage):
         '''Multiply every weight by a factor.  YAML: `- scale: {factor: 2.0}`'''
@@ -14,6 +15,7 @@ A stage is a class with four class attributes and one method. A complete example
 
         def run(self, model: ModelState, ctx: StageContext) -> ModelState:
             import torch
+
             with torch.no_grad():
                 for p in model.module.parameters():
                     p.mul_(self.options.factor)
@@ -21,6 +23,12 @@ A stage is a class with four class attributes and one method. A complete example
 
 Register it with one line in `mcomp.compressors.registry.STAGES`. Keep torch/onnxruntime
 imports inside functions: the module is imported to validate recipes, which must stay fast.
+
+A stage may change the module in place and return the same state, as above: the pipeline
+drops every cache of the returned model (its fp32 ONNX export, onnxruntime sessions) before
+measuring or converting it, so a stale export can never be published. Facts for later
+stages go into `ctx.facts` (typed fields, `StageFacts`); report facts into `self.details`
+and short remarks into `self.notes`.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from mcomp.progress import Progress
 from mcomp.recipe.schema import Task
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from mcomp.data.load import Datasets
     from mcomp.measure.metrics import MetricSpec
     from mcomp.run.distributed import DistContext
@@ -48,12 +59,32 @@ class StageOptions(BaseModel):
 
 
 @dataclass
-class StageContext:
-    """What a stage may use besides the model: data, seed, threads, evaluation, progress.
+class QatRange:
+    """One module's activation range learned by quantization-aware training."""
 
-    `shared` carries facts from one stage to a later one (e.g. the pruning masks that
-    finetune keeps); keys are documented where they are written.
-    """
+    weight: np.ndarray  # the trained weight: identifies the module's node in the ONNX graph
+    low: float
+    high: float
+
+
+@dataclass
+class StageFacts:
+    """What one stage leaves for a later one: a typed field each, written and read by name."""
+
+    # {parameter name without wrapper prefix: bool mask of kept weights}. Written by magnitude
+    # pruning; read by the training stages, which keep pruned weights at zero; cleared by
+    # stages that change parameter names or shapes (channel and layer pruning, a new
+    # distillation student); lowrank removes the layers it replaces.
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # {module name: QatRange} from `finetune: {qat: true}`; the next quantize stage takes them
+    # as onnxruntime tensor overrides (and clears them).
+    qat_ranges: dict[str, QatRange] | None = None
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the model: data, seed, threads, evaluation, progress, and
+    the facts earlier stages left (`facts`)."""
 
     datasets: Datasets
     seed: int
@@ -64,7 +95,10 @@ class StageContext:
     original: ModelState
     workdir: Path
     progress: Progress
-    shared: dict[str, Any] = field(default_factory=dict)
+    facts: StageFacts = field(default_factory=StageFacts)
+    # the original model's outputs on the eval split (fidelity metrics and label-free metrics
+    # compare against them); set when the run is prepared
+    reference_outputs: np.ndarray | None = None
     recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
     device: str = "cpu"  # where training stages run ("cpu" | "cuda")
     dist: DistContext | None = None  # set under torchrun with several processes

@@ -83,7 +83,7 @@ def test_weight4_turns_every_linear_into_matmul_nbits(models, options):
 def test_bits_4_with_another_mode_is_an_options_error():
     from pydantic import ValidationError
 
-    from mcomp.compressors.quantize.stage import QuantizeOptions
+    from mcomp.compressors.quantize.options import QuantizeOptions
 
     with pytest.raises(ValidationError, match="bits: 4 is weight-only"):
         QuantizeOptions(bits=4, mode="dynamic")

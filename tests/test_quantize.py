@@ -342,7 +342,7 @@ def test_patterns_matching_nothing_are_warnings(cnn_dir):
 def test_calibration_method_given_twice_is_a_recipe_error():
     from pydantic import ValidationError
 
-    from mcomp.compressors.quantize.stage import QuantizeOptions
+    from mcomp.compressors.quantize.options import QuantizeOptions
 
     assert QuantizeOptions(calibration_method="entropy").calibration.method == "entropy"
     with pytest.raises(ValidationError, match="give the calibration method once"):
@@ -354,7 +354,7 @@ def test_calibration_data_that_does_not_fit_is_a_stage_error(cnn_dir):
     from mcomp.data.load import Datasets, Split
     from mcomp.progress import NullProgress
 
-    model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
+    model = onnx.load(str(cnn_dir / "cnn.onnx"))
 
     def reader(split):
         ctx = SimpleNamespace(
@@ -477,7 +477,7 @@ def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir,
         batch_size=4,
         progress=NullProgress(),
     )
-    model = SimpleNamespace(onnx_model=onnx.load(str(cnn_dir / "cnn.onnx")))
+    model = onnx.load(str(cnn_dir / "cnn.onnx"))
     scales = {}
     for strided in (True, False):
         reader = CountingReader(ctx, model, None)

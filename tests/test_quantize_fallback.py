@@ -157,7 +157,7 @@ def test_no_budget_means_no_search(outlier_dir):
 def test_fallback_options_are_checked():
     from pydantic import ValidationError
 
-    from mcomp.compressors.quantize.stage import QuantizeOptions
+    from mcomp.compressors.quantize.options import QuantizeOptions
 
     with pytest.raises(ValidationError, match="max_trials"):
         QuantizeOptions(fallback={"max_trials": 0})

@@ -233,8 +233,8 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
     """Train the centroids with weights reparametrised as centroids[index] (shared gradients)."""
     from torch.nn.utils import parametrize
 
-    from mcomp.compressors.finetune import sparsity_masks
     from mcomp.training.loop import TrainConfig, train_module
+    from mcomp.training.masks import training_masks
 
     for layer, centroids, assignment, keep in codes.values():
         parametrize.register_parametrization(
@@ -242,7 +242,7 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
         )
     try:
         # Masks for layers not clustered; clustered zeros are structural (`keep`).
-        masks = sparsity_masks(model, ctx)
+        masks = training_masks(model.module, ctx.facts.masks)
         config = TrainConfig(epochs=opts.finetune_epochs, lr=opts.lr, batch_size=ctx.batch_size)
         result = train_module(model, ctx, config, masks=masks, label="cluster finetune")
     finally:

@@ -15,6 +15,10 @@ from mcomp.errors import StageError
 if TYPE_CHECKING:
     import torch
 
+    from mcomp.compressors.prune.options import PruneOptions
+    from mcomp.model.state import ModelState
+    from mcomp.stage import StageContext
+
 MAX_LAYER_RATIO = 0.9  # global ranking may not empty a layer completely
 
 
@@ -182,3 +186,93 @@ def _ratio_for_macs(
         else:
             high = mid
     return high
+
+
+def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: StageContext) -> dict:
+    """`method: channel` of the prune stage on `model.module` (in place, one-shot or gradual);
+    returns the report details."""
+    from mcomp.compressors.prune.options import select_prunable
+    from mcomp.compressors.select import layer_candidates
+    from mcomp.model.convert import example_inputs
+
+    module = model.module
+    chosen = {id(m) for _, m in select_prunable(module, options)}
+    prunable = [m for _, m in layer_candidates(module, list(options.layer_types))]
+    # Keep the output layer: removing its neurons would change the model's outputs.
+    ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
+    common = dict(
+        importance=options.importance,
+        global_scope=options.scope == "global",
+        ignored=ignored,
+        round_to=options.round_to,
+        loss_fn=_task_loss(ctx),
+        grad_batches=_taylor_batches(model, ctx) if options.importance == "taylor" else None,
+    )
+    example = example_inputs(model, batch=1)
+    if options.gradual is not None:
+        return _prune_channels_gradually(model, ctx, example, options, common)
+    return prune_channels(
+        module,
+        example,
+        ratio=options.sparsity,
+        target_macs_ratio=options.target_macs_ratio,
+        **common,
+    )
+
+
+def _prune_channels_gradually(
+    model: ModelState, ctx: StageContext, example, options: PruneOptions, common: dict
+) -> dict:
+    import torch_pruning as tp
+
+    from mcomp.compressors.prune.gradual import agp_sparsity, prune_channels_gradually
+
+    gradual = options.gradual
+    macs_before, params_before = tp.utils.count_ops_and_params(model.module, example)
+
+    def schedule(ratio: float, steps: int) -> list[float]:
+        return [agp_sparsity(ratio, gradual.initial_sparsity, k, steps) for k in range(steps + 1)]
+
+    step = iterative_pruner(
+        model.module,
+        example,
+        ratio=options.sparsity,
+        steps=gradual.steps,
+        schedule=schedule,
+        **common,
+    )
+    details = prune_channels_gradually(model, ctx, prune_step=step, options=gradual)
+    macs_after, params_after = tp.utils.count_ops_and_params(model.module, example)
+    return {
+        **details,
+        "macs_before": int(macs_before),
+        "macs_after": int(macs_after),
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+    }
+
+
+def _taylor_batches(model: ModelState, ctx: StageContext, count: int = 4) -> list:
+    """A few labelled training batches for Taylor importance."""
+    import torch
+
+    split = ctx.datasets.train
+    if split is None or split.labels is None:
+        return []
+    batches = []
+    for inputs, labels in split.batches(ctx.batch_size):
+        tensors = tuple(torch.from_numpy(inputs[spec.name]) for spec in model.inputs)
+        batches.append((tensors, torch.from_numpy(labels)))
+        if len(batches) == count:
+            break
+    return batches
+
+
+def _task_loss(ctx: StageContext):
+    import torch.nn.functional as F
+
+    from mcomp.recipe.schema import Task
+
+    if ctx.task == Task.CLASSIFICATION:
+        return lambda outputs, labels: F.cross_entropy(outputs, labels.long())
+    return lambda outputs, labels: F.mse_loss(outputs, labels.to(outputs.dtype).view_as(outputs))

@@ -5,24 +5,26 @@
 Used by the `prune` stage when `gradual:` is set. Sparsity rises over the first
 `prune_fraction` of the training steps in `steps` increments, then the model trains on at the
 final sparsity; the best checkpoint is chosen only among epochs at the final sparsity.
-Training runs through the one loop of mcomp (`mcomp.training.loop.train_module`).
+Training runs through the one loop of mcomp (`mcomp.training.loop.train_module`), with the
+shared training options (`mcomp.training.options.TrainingOptions`; 8 epochs by default).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from mcomp.model.state import ModelState
-from mcomp.stage import StageContext, StageOptions
+from mcomp.stage import StageContext
+from mcomp.training.options import TrainingOptions
 
 if TYPE_CHECKING:
     import torch
 
 
-class GradualOptions(StageOptions):
+class GradualOptions(TrainingOptions):
     """AGP schedule and the training that carries it."""
 
     steps: int = Field(8, ge=1, description="Number of sparsity increments (n).")
@@ -35,27 +37,12 @@ class GradualOptions(StageOptions):
         description="Share of training over "
         "which sparsity rises; the rest trains at final sparsity.",
     )
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
 
 
 def agp_sparsity(final: float, initial: float, step: int, steps: int) -> float:
     """Sparsity after `step` of `steps` increments on the cubic AGP curve."""
     progress = min(max(step / steps, 0.0), 1.0)
     return final + (initial - final) * (1.0 - progress) ** 3
-
-
-def train_config(options: GradualOptions, best_from_epoch: int):
-    from mcomp.training.loop import TrainConfig
-
-    return TrainConfig(
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        lr=options.lr,
-        optimizer=options.optimizer,
-        best_from_epoch=best_from_epoch,
-    )
 
 
 def prune_magnitude_gradually(
@@ -97,7 +84,7 @@ def prune_magnitude_gradually(
     result = train_module(
         model,
         ctx,
-        train_config(options, last_prune_epoch),
+        options.train_config(best_from_epoch=last_prune_epoch),
         masks=by_param,
         label="prune (gradual)",
         on_step=on_step,
@@ -158,30 +145,19 @@ def prune_channels_gradually(
     `prune_step(ratio)` removes channels up to the given cumulative ratio; the optimizer is
     rebuilt after each structural change (its state refers to the old tensor shapes).
     """
-    from mcomp.training.loop import TrainConfig, train_module
+    from mcomp.training.loop import train_module
 
     epochs_per_step = max(1, options.epochs // (options.steps + 1))
     schedule, losses = [], []
     for step in range(1, options.steps + 1):
         ratio = prune_step(step)
         schedule.append(round(ratio, 4))
-        config = TrainConfig(
-            epochs=epochs_per_step,
-            batch_size=options.batch_size,
-            lr=options.lr,
-            optimizer=options.optimizer,
-            keep_best=False,
-        )
+        config = options.train_config(epochs=epochs_per_step, keep_best=False)
         losses += train_module(
             model, ctx, config, masks={}, label=f"prune (gradual {step}/{options.steps})"
         ).train_loss
     final_epochs = max(1, options.epochs - epochs_per_step * options.steps)
-    config = TrainConfig(
-        epochs=final_epochs,
-        batch_size=options.batch_size,
-        lr=options.lr,
-        optimizer=options.optimizer,
-    )
+    config = options.train_config(epochs=final_epochs)
     result = train_module(model, ctx, config, masks={}, label="prune (gradual, final)")
     return {
         "schedule": schedule,

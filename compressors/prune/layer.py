@@ -88,3 +88,33 @@ def check_block_names(names: list[str], candidates: list[str]) -> None:
                 f"prune.blocks: {name!r} is not a droppable block{hint}; blocks "
                 f"whose output keeps their input's shape: {', '.join(candidates)}"
             )
+
+
+def check_layer_options(model: ModelState, blocks: list[str], num_blocks: int | None) -> None:
+    """`method: layer` needs blocks that exist, or no more blocks than the model has."""
+    from mcomp.model.convert import example_inputs
+
+    if not blocks and not num_blocks:
+        raise StageError("prune: `method: layer` needs `blocks: [names]` or `num_blocks: N`")
+    candidates = droppable_blocks(model.module, example_inputs(model, batch=1))
+    check_block_names(blocks, candidates)
+    if (num_blocks or 0) > len(candidates):
+        raise StageError(
+            f"prune.num_blocks: the model has only {len(candidates)} "
+            f"droppable block(s): {', '.join(candidates) or 'none'}"
+        )
+
+
+def prune_blocks(model: ModelState, ctx: StageContext, options) -> list[dict]:
+    """Drop the named blocks, then `num_blocks` more chosen by metric; what was dropped."""
+    from mcomp.model.convert import example_inputs
+
+    names = list(options.blocks)
+    chosen = [{"block": name} for name in names]
+    if options.num_blocks:
+        candidates = [
+            c for c in droppable_blocks(model.module, example_inputs(model, 1)) if c not in names
+        ]
+        chosen += choose_blocks(model, ctx, candidates, options.num_blocks)
+    drop_blocks(model.module, [c["block"] for c in chosen])
+    return chosen

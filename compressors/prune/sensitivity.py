@@ -9,8 +9,11 @@ sparsity for the same overall (parameter-weighted) target.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
+from mcomp.errors import StageError
 from mcomp.progress import Progress
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -27,11 +30,11 @@ def analyze_sensitivity(
 
     `options` are a prune stage's options (method, include/exclude, layer_types).
     """
-    from mcomp.compressors.prune.stage import select_modules
+    from mcomp.compressors.prune.options import select_prunable
 
     progress = progress or ctx.progress
     baseline = ctx.evaluate(state)
-    layers = [name for name, _ in select_modules(state.module, options, ctx, warn=True)]
+    layers = [name for name, _ in select_prunable(state.module, options, ctx.progress)]
     results: dict[str, Any] = {}
     progress.start("sensitivity", total=len(layers) * len(ratios))
     for name in layers:
@@ -94,6 +97,19 @@ def _prune_channels_of(state, module, ratio: float) -> None:
         ignored=others,
         round_to=None,
     )
+
+
+def read_sensitivity(path: Path) -> dict[str, Any]:
+    """A sensitivity.json written by `mcomp sensitivity`, checked for what the stage needs."""
+    try:
+        table = json.loads(path.read_text())
+        table["layers"]  # noqa: B018  (the one key the prune stage needs)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(
+            f"prune.sensitivity: {path} is not a sensitivity.json written by "
+            "`mcomp sensitivity RECIPE`; run it first"
+        ) from None
+    return table
 
 
 def allocate_sparsity(

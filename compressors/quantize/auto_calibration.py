@@ -11,64 +11,98 @@ used, since choosing on it would leak it into the result.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mcomp.compressors.quantize.calibration_reader import graph_inputs
 from mcomp.compressors.quantize.int8_check import float_outputs, relative_output_error
 from mcomp.compressors.quantize.options import QuantizeOptions
+from mcomp.compressors.quantize.ort_quantize import (
+    QUANTIZED_OPS,
+    QuantizedModel,
+    quantize_with_onnxruntime,
+)
 from mcomp.errors import StageError
-from mcomp.model.state import ModelState
-from mcomp.stage import StageContext
+
+if TYPE_CHECKING:
+    from mcomp.stage import StageContext
 
 AUTO_METHODS = ("minmax", "percentile")
 SCORING_SAMPLES = 64
 
 
-def quantize_auto(
-    stage,
+def quantize_once(
     prepared_path: Path,
     target: Path,
-    model: ModelState,
+    options: QuantizeOptions,
+    *,
+    mode: str,
     excluded: set[str],
     ctx: StageContext,
+    overrides: dict,
+) -> QuantizedModel:
+    """One quantization of the prepared model with `options`, `calibration.method: auto`
+    decided by output error (what the stage, the fallback and QAT all call)."""
+    if mode == "static" and options.calibration.method == "auto":
+        return quantize_auto(
+            prepared_path, target, options, excluded=excluded, ctx=ctx, overrides=overrides
+        )
+    return quantize_with_onnxruntime(
+        prepared_path, target, options, mode=mode, excluded=excluded, ctx=ctx, overrides=overrides
+    )
+
+
+def quantize_auto(
+    prepared_path: Path,
+    target: Path,
     options: QuantizeOptions,
-):
-    """(the chosen quantized model, the chosen method or None, output error per method).
+    *,
+    excluded: set[str],
+    ctx: StageContext,
+    overrides: dict,
+) -> QuantizedModel:
+    """Static quantization with each of AUTO_METHODS; the one closest to fp32.
 
-    `stage` is the QuantizeStage; its `quantize_once` runs each explicit method. A method
-    whose quantization fails after another succeeded is skipped; a model with nothing
-    quantized is returned at once (the stage reports that as an error)."""
-    from mcomp.compressors.quantize.stage import QUANTIZED_OPS
-
+    A method whose quantization fails after another succeeded is skipped; a model with
+    nothing quantized is returned at once (the stage reports that as an error)."""
     errors: dict[str, float] = {}
-    models = {}
+    models: dict[str, QuantizedModel] = {}
     feed = reference = None  # the fp32 outputs, computed once
     for method in AUTO_METHODS:
         calibration = options.calibration.model_copy(update={"method": method})
         try:
-            candidate = stage.quantize_once(
+            candidate = quantize_with_onnxruntime(
                 prepared_path,
                 target.with_name(f"{target.stem}.{method}.onnx"),
-                model,
-                excluded,
-                ctx,
-                options=options.model_copy(update={"calibration": calibration}),
+                options.model_copy(update={"calibration": calibration}),
                 mode="static",
+                excluded=excluded,
+                ctx=ctx,
+                overrides=overrides,
             )
         except StageError:
             if not models:
                 raise
             break  # keep what the first method gave
-        if not any(node.op_type in QUANTIZED_OPS for node in candidate.graph.node):
-            return candidate, None, {}
+        if not any(node.op_type in QUANTIZED_OPS for node in candidate.model.graph.node):
+            return candidate
         models[method] = candidate
         if reference is None:  # the calibration reader has checked the split's inputs by now
-            names = [value.name for value in graph_inputs(candidate)]
+            names = [value.name for value in graph_inputs(candidate.model)]
             feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES] for name in names}
             reference = float_outputs(prepared_path.read_bytes(), feed, ctx.threads)
         errors[method] = relative_output_error(
-            reference, candidate.SerializeToString(), feed, ctx.threads
+            reference, candidate.model.SerializeToString(), feed, ctx.threads
         )
     chosen = min(errors, key=lambda m: (not np.isfinite(errors[m]), errors[m]))
-    return models[chosen], chosen, {m: round(float(e), 6) for m, e in errors.items()}
+    result = models[chosen]
+    result.calibration = {
+        **(result.calibration or {}),
+        "method": chosen,
+        "requested": "auto",
+        "output_error": {m: round(float(e), 6) for m, e in errors.items()},
+    }
+    # the result's options name the method auto chose (the chosen candidate's own options),
+    # so a fallback trial built from them repeats that choice instead of deciding again
+    return result

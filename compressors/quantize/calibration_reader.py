@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from mcomp.errors import StageError
-from mcomp.model.state import ModelState
 from mcomp.stage import StageContext
 
 CHUNK_BATCHES = 8
@@ -20,7 +19,8 @@ CHUNK_BATCHES = 8
 class CalibrationReader:
     """Feeds the calibration split to onnxruntime batch by batch (never all at once)."""
 
-    def __init__(self, ctx: StageContext, model: ModelState, samples: int | None) -> None:
+    def __init__(self, ctx: StageContext, model, samples: int | None) -> None:
+        """`model`: the ONNX model (a ModelProto) whose graph inputs the reader feeds."""
         split = ctx.datasets.calibration
         if split is None or len(split) == 0:
             raise StageError(
@@ -29,9 +29,9 @@ class CalibrationReader:
             )
         if samples is not None and samples < len(split):
             split = split.subset(np.arange(samples))
-        _check_calibration_inputs(split, model.onnx_model)
+        _check_calibration_inputs(split, model)
         self._split, self._batch_size, self._progress = split, ctx.batch_size, ctx.progress
-        self._names = [value.name for value in graph_inputs(model.onnx_model)]
+        self._names = [value.name for value in graph_inputs(model)]
         self.samples = len(split)
         self.batch_count = -(-len(split) // ctx.batch_size)
         self._range = range(self.batch_count)

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mcomp.compressors.quantize.auto_calibration import quantize_once
+
 if TYPE_CHECKING:
-    from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
+    from mcomp.compressors.quantize.options import QuantizeOptions
+    from mcomp.compressors.quantize.ort_quantize import QuantizedModel
     from mcomp.model.state import ModelState
     from mcomp.stage import StageContext
 
@@ -57,13 +60,52 @@ class Goal:
         return self.drop(metric) <= self.budget + TOLERANCE
 
 
+def accuracy_goal(model: ModelState, options: QuantizeOptions, ctx: StageContext) -> Goal | None:
+    """The metric the quantized model must reach, or None when no budget is known.
+
+    An explicit `max_accuracy_drop` counts from the stage's fp32 input; the recipe's
+    constraint counts from the run's baseline, as the pipeline checks it at the end."""
+    if options.max_accuracy_drop is None and ctx.accuracy_budget is None:
+        return None  # no budget: nothing to evaluate before quantizing
+    higher = ctx.metric.higher_is_better
+    input_metric = ctx.evaluate(model)
+    if options.max_accuracy_drop is not None:
+        return Goal(
+            input_metric,
+            input_metric,
+            options.max_accuracy_drop,
+            higher,
+            "quantize.max_accuracy_drop",
+        )
+    return Goal(
+        ctx.evaluate(ctx.original),
+        input_metric,
+        ctx.accuracy_budget,
+        higher,
+        "constraints.max_accuracy_drop",
+    )
+
+
 @dataclass
 class Trial:
     label: str
-    options: QuantizeOptions
     excluded: frozenset[str]
     metric: float
-    model: Any = field(repr=False)
+    result: QuantizedModel = field(repr=False)
+
+    @property
+    def options(self) -> QuantizeOptions:
+        return self.result.options
+
+
+@dataclass
+class FallbackResult:
+    """The chosen quantization, the nodes it leaves in float, report facts and notes."""
+
+    chosen: QuantizedModel
+    excluded: set[str]
+    facts: dict[str, Any]
+    notes: list[str]
 
 
 class _Search:
@@ -71,23 +113,24 @@ class _Search:
 
     def __init__(
         self,
-        stage: QuantizeStage,
         prepared_path: Path,
         state: ModelState,
         ctx: StageContext,
+        *,
+        options: QuantizeOptions,
         mode: str,
         goal: Goal,
+        overrides: dict,
     ) -> None:
-        self.stage, self.prepared_path, self.state = stage, prepared_path, state
-        self.ctx, self.mode, self.goal = ctx, mode, goal
-        self.limits = stage.options.fallback
+        self.prepared_path, self.state, self.ctx = prepared_path, state, ctx
+        self.options, self.mode, self.goal, self.overrides = options, mode, goal, overrides
+        self.limits = options.fallback
         self.trials: list[Trial] = []
         self.started = time.perf_counter()
 
-    def record(self, label: str, options, excluded, model) -> Trial:
-        metric = self.ctx.evaluate(self.state.with_onnx(model))
-        # `calibration.method: auto` is recorded as the method it chose for this model
-        trial = Trial(label, self.stage.resolved(options), frozenset(excluded), metric, model)
+    def record(self, label: str, excluded, result: QuantizedModel) -> Trial:
+        metric = self.ctx.evaluate(self.state.with_onnx(result.model))
+        trial = Trial(label, frozenset(excluded), metric, result)
         self.trials.append(trial)
         self.ctx.progress.log(
             f"quantize fallback: {label}: {self.ctx.metric.name} "
@@ -102,18 +145,20 @@ class _Search:
             and time.perf_counter() - self.started < self.limits.max_seconds
         )
 
-    def attempt(self, label: str, options, excluded: set[str]) -> Trial:
-        target = self.prepared_path.parent / f"trial{len(self.trials)}.onnx"
-        model = self.stage.quantize_once(
+    def quantize(self, target: Path, options: QuantizeOptions, excluded: set[str]):
+        return quantize_once(
             self.prepared_path,
             target,
-            self.state,
-            excluded,
-            self.ctx,
-            options=options,
+            options,
             mode=self.mode,
+            excluded=excluded,
+            ctx=self.ctx,
+            overrides=self.overrides,
         )
-        return self.record(label, options, excluded, model)
+
+    def attempt(self, label: str, options: QuantizeOptions, excluded: set[str]) -> Trial:
+        target = self.prepared_path.parent / f"trial{len(self.trials)}.onnx"
+        return self.record(label, excluded, self.quantize(target, options, excluded))
 
     def best(self) -> Trial:
         passing = [t for t in self.trials if self.goal.met(t.metric)]
@@ -121,21 +166,27 @@ class _Search:
             return min(passing, key=lambda t: (len(t.excluded), self.goal.drop(t.metric)))
         return min(self.trials, key=lambda t: self.goal.drop(t.metric))
 
+    def closest(self) -> Trial:
+        return min(self.trials, key=lambda t: self.goal.drop(t.metric))
+
 
 def fallback_search(
-    stage: QuantizeStage,
     prepared_path: Path,
     *,
-    first,
+    first: QuantizedModel,
+    options: QuantizeOptions,
     excluded: set[str],
     state: ModelState,
     goal: Goal,
     ctx: StageContext,
     mode: str,
-):
-    """Search for a quantization within `goal`; returns (model, excluded nodes, details)."""
-    search = _Search(stage, prepared_path, state, ctx, mode, goal)
-    plain = search.record("plain", stage.options, excluded, first)
+    overrides: dict,
+) -> FallbackResult:
+    """Search for a quantization within `goal`, starting from the plain one (`first`)."""
+    search = _Search(
+        prepared_path, state, ctx, options=options, mode=mode, goal=goal, overrides=overrides
+    )
+    plain = search.record("plain", excluded, first)
     facts: dict[str, Any] = {
         "budget": goal.budget,
         "budget_from": goal.source,
@@ -143,7 +194,8 @@ def fallback_search(
         "fp32_input_metric": round(goal.input_metric, 6),
     }
     if goal.met(plain.metric):
-        return first, excluded, {**facts, "needed": False, "trials": _trial_rows(search)}
+        facts.update(needed=False, trials=_trial_rows(search))
+        return FallbackResult(first, excluded, facts, [])
     if not goal.met(goal.input_metric):
         message = (
             f"fallback cannot meet {goal.source}={goal.budget}: even with every node "
@@ -151,21 +203,11 @@ def fallback_search(
             "keeping the plain int8 model"
         )
         ctx.progress.warn(f"quantize: {message}")
-        stage.notes.append(message)
-        return (
-            first,
-            excluded,
-            {
-                **facts,
-                "needed": True,
-                "met": False,
-                "message": message,
-                "trials": _trial_rows(search),
-            },
-        )
-    trial = _cheap_alternatives(search, excluded) if stage.options.fallback.alternatives else plain
+        facts.update(needed=True, met=False, message=message, trials=_trial_rows(search))
+        return FallbackResult(first, excluded, facts, [message])
+    trial = _cheap_alternatives(search, excluded) if options.fallback.alternatives else plain
     if not goal.met(trial.metric) and search.can_try():
-        trial = _exclude_sensitive(search, excluded)
+        _exclude_sensitive(search, excluded)
     chosen = search.best()
     met = goal.met(chosen.metric)
     facts.update(
@@ -175,13 +217,13 @@ def fallback_search(
         trials=_trial_rows(search),
         float_nodes=sorted(chosen.excluded - excluded),
         seconds=round(time.perf_counter() - search.started, 2),
-        latency_cost=_latency_cost(plain.model, chosen.model, ctx),
+        latency_cost=_latency_cost(plain.result.model, chosen.result.model, ctx),
     )
     if met:
-        stage.notes.append(
+        notes = [
             f"fallback: {len(chosen.excluded - excluded)} node(s) left in float "
             f"to meet {goal.source}={goal.budget} ({chosen.label})"
-        )
+        ]
     else:
         message = (
             f"fallback: {goal.source}={goal.budget} not met within {len(search.trials)} "
@@ -189,23 +231,22 @@ def fallback_search(
             f"({chosen.label}); raise fallback.max_trials or max_seconds, or group_size"
         )
         facts["message"] = message
-        stage.notes.append(message)
+        notes = [message]
         ctx.progress.warn(f"quantize: {message}")
-    stage.set_calibration_facts(chosen.options)
-    return chosen.model, set(chosen.excluded), facts
+    return FallbackResult(chosen.result, set(chosen.excluded), facts, notes)
 
 
 def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
     """Per-channel weights, then the calibration methods the first quantization did not use;
     the best trial."""
-    options = search.stage.options
+    options = search.options
     variants = []
     if not options.per_channel:
         variants.append(("per_channel", {"per_channel": True}))
     if search.mode == "static":
         # auto ranked minmax and percentile by output error; the budget is on the metric, so
         # the method it did not keep is still worth a trial
-        chosen = search.stage.resolved(options).calibration.method
+        chosen = search.trials[0].options.calibration.method
         for method in ("minmax", "percentile", "entropy"):
             if chosen != method:
                 calibration = options.calibration.model_copy(update={"method": method})
@@ -218,26 +259,19 @@ def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
         trial = search.attempt(label, options.model_copy(update=update), excluded)
         if search.goal.met(trial.metric):
             return trial
-    return min(search.trials, key=lambda t: search.goal.drop(t.metric))
+    return search.closest()
 
 
 def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
     """Put the most sensitive nodes back in float, a group per trial, until the goal holds."""
     from mcomp.compressors.quantize.sensitivity import rank_nodes
 
-    base = min(search.trials, key=lambda t: search.goal.drop(t.metric))
-    analysed = base.model
+    base = search.closest()
+    analysed = base.result.model
     if search.mode == "static" and base.options.format != "qdq":  # names are kept in QDQ only
         target = search.prepared_path.parent / "sensitivity.qdq.onnx"
-        analysed = search.stage.quantize_once(
-            search.prepared_path,
-            target,
-            search.state,
-            set(base.excluded),
-            search.ctx,
-            options=base.options.model_copy(update={"format": "qdq"}),
-            mode=search.mode,
-        )
+        qdq = base.options.model_copy(update={"format": "qdq"})
+        analysed = search.quantize(target, qdq, set(base.excluded)).model
     ranking = rank_nodes(
         search.prepared_path,
         analysed,
@@ -246,7 +280,6 @@ def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
         skip=set(base.excluded),
         samples=SENSITIVITY_SAMPLES,
     )
-    search.ranking = ranking
     floated = set(base.excluded)
     group = search.limits.group_size
     trial = base

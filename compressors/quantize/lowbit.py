@@ -28,7 +28,7 @@ import numpy as np
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
-    from mcomp.compressors.quantize.stage import Weight4Options
+    from mcomp.compressors.quantize.options import Weight4Options
 
 INT_RANGES = {
     np.dtype(np.int8): (-128, 127),

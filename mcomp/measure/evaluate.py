@@ -13,8 +13,6 @@ from mcomp.model.state import ModelState
 if TYPE_CHECKING:
     from mcomp.stage import StageContext
 
-REFERENCE_KEY = "reference_outputs"  # ctx.shared: the original model's eval outputs
-
 
 def eval_outputs(model: ModelState, ctx: StageContext) -> np.ndarray:
     split = ctx.datasets.eval
@@ -24,12 +22,12 @@ def eval_outputs(model: ModelState, ctx: StageContext) -> np.ndarray:
 def evaluate_metric(model: ModelState, ctx: StageContext) -> float:
     """The task metric of `model` on the eval split."""
     outputs = eval_outputs(model, ctx)
-    return ctx.metric.fn(outputs, ctx.datasets.eval.labels, ctx.shared[REFERENCE_KEY])
+    return ctx.metric.fn(outputs, ctx.datasets.eval.labels, ctx.reference_outputs)
 
 
 def evaluate_all(model: ModelState, ctx: StageContext) -> tuple[float, dict[str, float]]:
     """The task metric and the fidelity metrics, from one pass over the eval split."""
     outputs = eval_outputs(model, ctx)
-    reference = ctx.shared[REFERENCE_KEY]
+    reference = ctx.reference_outputs
     value = ctx.metric.fn(outputs, ctx.datasets.eval.labels, reference)
     return value, fidelity(outputs, reference, ctx.task)

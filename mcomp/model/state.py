@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,12 @@ class ModelState:
     """A model in one of two forms, with its input signature.
 
     `onnx_cache` holds the fp32 ONNX export of `module` made while measuring it; the pipeline
-    reuses it for the automatic torch → ONNX conversion so a model is exported once. Any stage
-    that changes `module` must return a state without it (see `with_module`).
+    reuses it for the automatic torch → ONNX conversion so a model is exported once. Keys of
+    `extra` starting with "_" are caches of this exact model too (an onnxruntime session).
+    The pipeline drops the caches a stage's result shares with the stage's input
+    (`without_caches_of`), so a stage that edits the module in place and returns the same
+    state can never publish a stale export; a cache the stage made itself (cluster's
+    index-coded ONNX) is kept.
     """
 
     kind: ModelKind
@@ -55,6 +60,21 @@ class ModelState:
             module=module,
             source=self.source,
             extra=self._carried_extra(),
+        )
+
+    def without_caches_of(self, given: ModelState) -> ModelState:
+        """This state (a stage's result) without the caches it shares with `given` (the
+        stage's input): they describe the model before the stage ran."""
+        stale_export = self.onnx_cache is not None and self.onnx_cache is given.onnx_cache
+        stale_keys = [
+            k for k, v in self.extra.items() if k.startswith("_") and given.extra.get(k) is v
+        ]
+        if not stale_export and not stale_keys:
+            return self
+        return dataclasses.replace(
+            self,
+            onnx_cache=None if stale_export else self.onnx_cache,
+            extra={k: v for k, v in self.extra.items() if k not in stale_keys},
         )
 
     def _carried_extra(self) -> dict[str, Any]:

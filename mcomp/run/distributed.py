@@ -126,6 +126,4 @@ def evaluate_sharded(state, ctx) -> float:
         else None
     )
     parts = [p for p in dist.all_gather(outputs) if p is not None]
-    from mcomp.measure.evaluate import REFERENCE_KEY
-
-    return ctx.metric.fn(np.concatenate(parts), split.labels, ctx.shared[REFERENCE_KEY])
+    return ctx.metric.fn(np.concatenate(parts), split.labels, ctx.reference_outputs)

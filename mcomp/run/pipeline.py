@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcomp.errors import DataError, OutputError
+from mcomp.errors import OutputError
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 
@@ -124,7 +124,7 @@ def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:
     dist = ctx.dist
     if dist is None or stage.runs_on_all_ranks():
         state, notes = _convert_if_needed(state, stage, ctx)
-        state = stage.run(state, ctx)
+        state = stage.run(state, ctx).without_caches_of(state)
         if dist is not None:
             prints = dist.all_gather(fingerprint(state))
             stage.details["distributed"] = {
@@ -137,7 +137,7 @@ def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:
     notes: list[str] = []
     if dist.is_main:
         state, notes = _convert_if_needed(state, stage, ctx)
-        state = stage.run(state, ctx)
+        state = stage.run(state, ctx).without_caches_of(state)
     return _broadcast_state(state, ctx), notes
 
 
@@ -153,15 +153,12 @@ def _broadcast_state(state, ctx):
             "inputs": state.inputs,
             "module": state.module,
             "onnx": None if state.onnx_model is None else state.onnx_model.SerializeToString(),
-            "masks": ctx.shared.get("sparsity_masks"),
+            "masks": ctx.facts.masks,
         }
     payload = ctx.dist.broadcast(payload)
     if ctx.dist.is_main:
         return state
-    if payload["masks"] is not None:
-        ctx.shared["sparsity_masks"] = payload["masks"]
-    else:
-        ctx.shared.pop("sparsity_masks", None)
+    ctx.facts.masks = payload["masks"]
     if payload["kind"] == "torch":
         return ModelState.from_torch(payload["module"], payload["inputs"], state.source)
     import onnx
@@ -273,16 +270,3 @@ def _torch_program(state, name: str) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
-
-
-def require_eval(datasets, progress: Progress):
-    """The eval split, or train with a warning when the recipe names none."""
-    if datasets.eval is not None:
-        return datasets
-    if datasets.train is None:
-        raise DataError(
-            "data.eval: the recipe names no eval split (nor train); add `data: {eval: ...}`"
-        )
-    progress.warn("data.eval is not set: evaluating on the train split")
-    datasets.eval = datasets.train
-    return datasets

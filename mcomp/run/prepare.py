@@ -17,12 +17,10 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
 
     from mcomp.compressors.registry import stage_class
     from mcomp.data.load import load_datasets
-    from mcomp.measure.evaluate import REFERENCE_KEY
     from mcomp.measure.inference import predict_split
     from mcomp.measure.metrics import resolve_metric
     from mcomp.model.load import load_model
     from mcomp.model.signature import conform_datasets, probe, resolve_inputs
-    from mcomp.run.pipeline import require_eval
     from mcomp.run.threads import apply_threads, resolve_threads, seed_everything
     from mcomp.stage import StageContext
 
@@ -64,7 +62,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
         dist=dist,
         accuracy_budget=recipe.constraints.max_accuracy_drop,
     )
-    ctx.shared[REFERENCE_KEY] = predict_split(
+    ctx.reference_outputs = predict_split(
         state, datasets.eval, batch_size=recipe.data.batch_size, threads=threads
     )
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
@@ -90,3 +88,16 @@ def _devices(recipe, datasets, progress: Progress):
             )
         progress.log(f"distributed: rank {dist.rank} of {dist.world_size} ({dist.backend})")
     return device, dist
+
+
+def require_eval(datasets, progress: Progress):
+    """The eval split, or train with a warning when the recipe names none."""
+    if datasets.eval is not None:
+        return datasets
+    if datasets.train is None:
+        raise DataError(
+            "data.eval: the recipe names no eval split (nor train); add `data: {eval: ...}`"
+        )
+    progress.warn("data.eval is not set: evaluating on the train split")
+    datasets.eval = datasets.train
+    return datasets

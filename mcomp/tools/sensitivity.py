@@ -23,8 +23,8 @@ def run_sensitivity(
     progress: Progress,
 ) -> dict[str, Any]:
     """Analyse, then write sensitivity.json / .csv / .png into `out_dir`."""
+    from mcomp.compressors.prune.options import PruneOptions
     from mcomp.compressors.prune.sensitivity import analyze_sensitivity
-    from mcomp.compressors.prune.stage import PruneOptions
     from mcomp.run.distributed import launched_by_torchrun
     from mcomp.run.pipeline import RunOptions
     from mcomp.run.prepare import prepare_run

@@ -1,0 +1,73 @@
+"""Options of the `prune` stage, and the layers they select (see stage.py for each method)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mcomp.compressors.prune.gradual import GradualOptions
+from mcomp.compressors.select import select_layers
+from mcomp.progress import Progress
+from mcomp.stage import StageOptions
+
+
+class PruneOptions(StageOptions):
+    method: Literal["magnitude", "channel", "layer"] = "magnitude"
+    sparsity: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of weights set to zero (magnitude) or of channels removed (channel).",
+    )
+    scope: Literal["global", "layer"] = "global"
+    include: list[str] = Field(
+        default_factory=lambda: ["*"], description="Glob patterns over module names."
+    )
+    exclude: list[str] = Field(default_factory=list)
+    layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
+        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+    )
+    importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l1"
+    target_macs_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="channel: prune until MACs are at most this fraction of before.",
+    )
+    round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
+    gradual: GradualOptions | None = Field(
+        None, description="Raise sparsity step by step during training (AGP) instead of at once."
+    )
+    blocks: list[str] = Field(
+        default_factory=list,
+        description="layer: names of shape-preserving blocks to replace with identity.",
+    )
+    num_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="layer: drop this many blocks, "
+        "those whose removal costs the least eval metric.",
+    )
+    sensitivity: str | None = Field(
+        None,
+        description="magnitude: a sensitivity.json from "
+        "`mcomp sensitivity` (relative to the recipe); sensitive "
+        "layers get less sparsity for the same overall target.",
+    )
+
+
+def select_prunable(
+    root, options: PruneOptions, progress: Progress | None = None
+) -> list[tuple[str, Any]]:
+    """The layers `options` prune: of `layer_types`, matching `include`, not `exclude`
+    (names without wrapper prefixes). With `progress`, unmatched patterns are warnings."""
+    return select_layers(
+        root,
+        include=options.include,
+        exclude=options.exclude,
+        layer_types=list(options.layer_types),
+        label="prune",
+        progress=progress,
+        verb="prune",
+    )

@@ -1,0 +1,178 @@
+"""The quantize stage's work as one plain function: `quantize_model`.
+
+    fp32 ONNX ─ pre-process ─ mode ─ nodes left float ─ quantize_once ─ [fallback] ─ prove
+                (ORT)         (auto)  (exclude_*, attention)  (ORT + auto calibration)
+
+The `quantize` stage and the `qat` stage (with its learned ranges) both call it; the pieces
+it calls are plain functions too, none of which knows a stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcomp.compressors.quantize.auto_calibration import quantize_once
+from mcomp.compressors.quantize.fallback import accuracy_goal, fallback_search
+from mcomp.compressors.quantize.options import QuantizeOptions
+from mcomp.compressors.quantize.ort_quantize import QUANTIZED_OPS, QuantizedModel, reduce_range
+from mcomp.compressors.quantize.prepare import attention_nodes, pack_initializers, preprocess
+from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode
+from mcomp.errors import StageError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from mcomp.model.state import ModelState
+    from mcomp.stage import QatRange, StageContext
+
+
+@dataclass
+class QuantizeResult:
+    """The quantized model with the stage's report details and notes."""
+
+    model: onnx.ModelProto
+    details: dict[str, Any]
+    notes: list[str]
+
+
+def quantize_model(
+    model: ModelState,
+    options: QuantizeOptions,
+    ctx: StageContext,
+    *,
+    learned: dict[str, QatRange] | None = None,
+    warned: set[str] | None = None,
+) -> QuantizeResult:
+    """Quantize `model` (an ONNX state) as `options` say.
+
+    `learned`: activation ranges from quantization-aware training, applied as onnxruntime
+    tensor overrides (static mode). `warned`: exclude patterns already warned about."""
+    import onnx
+
+    folder = ctx.workdir / "quantize"
+    folder.mkdir(exist_ok=True)
+    source = folder / "fp32.onnx"
+    onnx.save(model.onnx_model, source)
+    prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
+    prepared = onnx.load(str(prepared_path))
+    mode, why = resolve_mode(prepared, options.mode)
+    if mode == "weight4":
+        return _quantize_weight4(model, prepared, options, ctx, folder)
+    details: dict[str, Any] = {}
+    excluded = excluded_nodes(prepared, options, ctx.progress, set() if warned is None else warned)
+    if mode == "static" and options.float_attention:
+        attention = attention_nodes(prepared) - excluded
+        excluded |= attention
+        if attention:
+            details["float_attention_nodes"] = len(attention)
+    overrides = _learned_overrides(prepared, learned, mode, ctx, details)
+    first = quantize_once(
+        prepared_path,
+        folder / "int8.onnx",
+        options,
+        mode=mode,
+        excluded=excluded,
+        ctx=ctx,
+        overrides=overrides,
+    )
+    if first.float_outputs is not None:
+        details["float_outputs"] = first.float_outputs
+    details.update(
+        mode=mode,
+        format=options.format if mode == "static" else "dynamic",
+        activation_type=options.activation_type,
+        weight_type=options.weight_type,
+        reduce_range=reduce_range(options),
+        per_channel=options.per_channel,
+    )
+    chosen, notes = first, []
+    goal = accuracy_goal(model, options, ctx)
+    if goal is not None and options.fallback.enabled:
+        found = fallback_search(
+            prepared_path,
+            first=first,
+            options=options,
+            excluded=excluded,
+            state=model,
+            goal=goal,
+            ctx=ctx,
+            mode=mode,
+            overrides=overrides,
+        )
+        chosen, excluded, notes = found.chosen, found.excluded, found.notes
+        details["fallback"] = found.facts
+        # the chosen model's settings, not the first trial's
+        details["per_channel"] = chosen.options.per_channel
+        if chosen.float_outputs is not None:
+            details["float_outputs"] = chosen.float_outputs
+    details["excluded_nodes"] = sorted(excluded)
+    if options.mode == "auto":
+        details["mode_requested"] = "auto"
+        notes.append(f"mode auto: {mode} ({why})")
+    notes += _finish(model, chosen, prepared, ctx, folder, options, details, QUANTIZED_OPS)
+    return QuantizeResult(chosen.model, details, notes)
+
+
+def _quantize_weight4(model, prepared, options: QuantizeOptions, ctx, folder: Path):
+    from mcomp.compressors.quantize.lowbit import quantize_weight4
+
+    quantized = quantize_weight4(prepared, options.weight4, folder)
+    details = {"mode": "weight4", "bits": 4, **options.weight4.model_dump()}
+    result = QuantizedModel(quantized, options)
+    notes = _finish(
+        model, result, prepared, ctx, folder, options, details, QUANTIZED_OPS | {"MatMulNBits"}
+    )
+    return QuantizeResult(quantized, details, notes)
+
+
+def _learned_overrides(prepared, learned, mode: str, ctx: StageContext, details: dict) -> dict:
+    """onnxruntime tensor overrides from QAT's learned ranges (static mode only)."""
+    if not learned:
+        return {}
+    if mode != "static":
+        ctx.progress.warn(f"quantize: QAT ranges apply to static mode only, not {mode}")
+        return {}
+    from mcomp.compressors.quantize.learned_ranges import tensor_overrides
+
+    overrides, facts = tensor_overrides(prepared, learned)
+    details["qat"] = facts
+    if facts["unmapped"]:
+        ctx.progress.warn(
+            f"quantize: no ONNX node found for the QAT ranges of "
+            f"{facts['unmapped']}; they are calibrated instead"
+        )
+    return overrides
+
+
+def _finish(
+    model: ModelState,
+    chosen: QuantizedModel,
+    prepared,
+    ctx: StageContext,
+    folder: Path,
+    options: QuantizeOptions,
+    details: dict[str, Any],
+    ops: set[str],
+) -> list[str]:
+    """Pack the result, count its quantized nodes, prove what runs in int8; the notes."""
+    from mcomp.compressors.quantize.int8_check import prove_int8
+
+    quantized = chosen.model
+    pack_initializers(quantized)
+    counts: dict[str, int] = {}
+    for node in quantized.graph.node:
+        if node.op_type in ops:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        raise StageError(
+            "quantize: onnxruntime quantized no node of this model; check "
+            "`op_types`/`exclude_nodes`/`exclude_op_types`"
+        )
+    details["int8_nodes"] = counts
+    if chosen.calibration:
+        details["calibration"] = chosen.calibration
+    return prove_int8(
+        model.onnx_model, quantized, [quantized, prepared], ctx, folder, options, details
+    )

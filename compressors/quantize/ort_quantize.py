@@ -1,0 +1,198 @@
+"""One onnxruntime quantization of the prepared fp32 model, with an explicit calibration
+method (static) or none (dynamic), plus the two edits mcomp makes to the result.
+
+Static mode calls `quantize_static` (QDQ or QOperator) with a `CalibrationReader` that streams
+the calibration split; `entropy` ranges are computed by mcomp (`entropy.py`) and handed over
+as tensor overrides, since onnxruntime's own entropy calibrator returns minmax's ranges.
+Dynamic mode calls `quantize_dynamic` on MatMul-family ops after rewriting Gemm as
+MatMul + Add (onnxruntime's dynamic quantizer skips Gemm); convolutions never, since
+ConvInteger ran slower than fp32 on these machines. Afterwards the graph outputs are made
+float again (`float_outputs`) and, with `scale: pow2`, every scale is rounded to a power of 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcomp.compressors.quantize.calibration_reader import CalibrationReader
+from mcomp.compressors.quantize.options import QuantizeOptions, effective_reduce_range
+from mcomp.compressors.quantize.prepare import gemm_to_matmul, keep_outputs_float, working_directory
+from mcomp.errors import StageError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from mcomp.stage import StageContext
+
+QUANTIZED_OPS = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QGemm",
+}
+# dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
+DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
+
+
+@dataclass
+class QuantizedModel:
+    """One quantization of the prepared model, and what it was made with."""
+
+    model: onnx.ModelProto
+    options: QuantizeOptions  # as used: `calibration.method: auto` holds the method it chose
+    calibration: dict[str, Any] | None = None  # static: method, samples, ...
+    float_outputs: list[str] | None = None  # graph outputs made float again (static QDQ)
+
+
+def quantize_with_onnxruntime(
+    prepared_path: Path,
+    target: Path,
+    options: QuantizeOptions,
+    *,
+    mode: str,
+    excluded: set[str],
+    ctx: StageContext,
+    overrides: dict,
+) -> QuantizedModel:
+    """Quantize the prepared model at `prepared_path` into `target` (explicit method)."""
+    import onnx
+
+    # onnxruntime's quantizer writes helper files into the current directory, and its
+    # histogram calibrators print progress on stdout, which carries only mcomp's results
+    # (mcomp's own progress says "calibrating"): their chatter is dropped.
+    calibration = None
+    with working_directory(target.parent), contextlib.redirect_stdout(io.StringIO()):
+        if mode == "static":
+            calibration = _quantize_static(prepared_path, target, options, excluded, ctx, overrides)
+        else:
+            _quantize_dynamic(prepared_path, target, excluded, options)
+    quantized = onnx.load(str(target))
+    restored = None
+    if mode == "static" and options.format == "qdq" and options.float_outputs:
+        restored = keep_outputs_float(quantized)
+    if mode == "static" and options.scale == "pow2":
+        from mcomp.compressors.quantize.lowbit import round_scales_pow2
+
+        quantized = round_scales_pow2(quantized)
+    return QuantizedModel(quantized, options, calibration, restored)
+
+
+def reduce_range(options: QuantizeOptions) -> bool:
+    """`options.reduce_range` decided for this CPU (`auto`: see `effective_reduce_range`)."""
+    import platform
+
+    from mcomp.measure.cpu_features import cpu_features
+
+    return effective_reduce_range(options, cpu_features(), platform.machine())
+
+
+def _quantize_static(
+    source: Path,
+    target: Path,
+    options: QuantizeOptions,
+    excluded: set[str],
+    ctx: StageContext,
+    overrides: dict,
+) -> dict[str, Any]:
+    """onnxruntime's quantize_static; returns the calibration facts."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    calib = options.calibration
+    method, facts = calib.method, {}
+    fp32 = onnx.load(str(source), load_external_data=False)
+    overrides = dict(overrides)
+    if method == "entropy":
+        from mcomp.compressors.quantize.entropy import HISTOGRAM_BINS, entropy_ranges
+
+        # ORT's own entropy calibration gives minmax's ranges (see entropy.py): mcomp
+        # computes them, and ORT's minmax pass is only what the quantizer needs
+        ranges = entropy_ranges(
+            source,
+            CalibrationReader(ctx, fp32, calib.samples),
+            symmetric=options.symmetric_activations,
+            folder=target.parent,
+        )
+        ctx.progress.finish()
+        overrides = {**ranges, **overrides}  # QAT's learned ranges win
+        method, facts = "minmax", {"histogram_bins": HISTOGRAM_BINS}
+    reader = CalibrationReader(ctx, fp32, calib.samples)
+    methods = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile}
+    extra = {
+        "ActivationSymmetric": options.symmetric_activations,
+        "WeightSymmetric": options.symmetric_weights,
+        # collect in chunks of batches: memory flat in the number of samples
+        "CalibStridedMinMax": reader.stride(),
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = calib.percentile
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
+    formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
+    try:
+        q.quantize_static(
+            str(source),
+            str(target),
+            reader,
+            quant_format=formats[options.format],
+            per_channel=options.per_channel,
+            reduce_range=reduce_range(options),
+            activation_type=_qtype(options.activation_type),
+            weight_type=_qtype(options.weight_type),
+            calibrate_method=methods[method],
+            op_types_to_quantize=options.op_types or None,
+            nodes_to_exclude=sorted(excluded) or None,
+            extra_options=extra,
+        )
+    except Exception as exc:
+        raise StageError(
+            f"quantize: onnxruntime static quantization failed: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    ctx.progress.finish()
+    return {"method": calib.method, "samples": reader.samples, **facts}
+
+
+def _quantize_dynamic(
+    source: Path, target: Path, excluded: set[str], options: QuantizeOptions
+) -> None:
+    import onnx
+    from onnxruntime import quantization as q
+
+    # ORT's dynamic quantizer handles MatMul but not Gemm (what Linear exports to).
+    model = gemm_to_matmul(onnx.load(str(source)))
+    source = target.with_suffix(".matmul.onnx")  # the prepared model stays as it was
+    onnx.save(model, source)
+    # a Gemm excluded by name or type lives on as its MatMul (see gemm_to_matmul)
+    excluded = excluded | {name + "_matmul" for name in excluded}
+    try:
+        q.quantize_dynamic(
+            str(source),
+            str(target),
+            per_channel=options.per_channel,
+            reduce_range=reduce_range(options),
+            weight_type=_qtype(options.weight_type),
+            op_types_to_quantize=options.op_types or DYNAMIC_OP_TYPES,
+            nodes_to_exclude=sorted(excluded) or None,
+            extra_options={"WeightSymmetric": options.symmetric_weights},
+        )
+    except Exception as exc:
+        raise StageError(
+            f"quantize: onnxruntime dynamic quantization failed: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8

@@ -1,0 +1,41 @@
+"""The training options every training stage shares (finetune, distill, gradual prune, qat).
+
+Declared once here; a stage whose default differs (distill trains 5 epochs, qat and gradual
+pruning others) re-declares only that field. `train_config` hands them to the one loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from mcomp.stage import StageOptions
+
+if TYPE_CHECKING:
+    from mcomp.training.loop import TrainConfig
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "step"]
+
+
+class TrainingOptions(StageOptions):
+    """How a stage trains: epochs, batches, optimizer, learning-rate schedule."""
+
+    epochs: int = Field(3, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    optimizer: Optimizer = Field("adam", description="adam, adamw or sgd.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+    schedule: Schedule = Field(
+        "constant", description="Learning rate over epochs: constant, cosine or step."
+    )
+    keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """These options as the training loop's config (`overrides` win)."""
+        from mcomp.training.loop import TrainConfig
+
+        fields = {name: getattr(self, name) for name in TrainingOptions.model_fields}
+        return TrainConfig(**{**fields, **overrides})
