@@ -33,7 +33,7 @@ sys.path.insert(0, {bench!r})
 import numpy as np, torch
 torch.set_num_threads(1)
 import bench_int8
-from mcomp.compressors import calibration_reader
+from mcomp.compressors.quantize import calibration_reader
 from mcomp.model.convert import torch_to_onnx
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import InputSpec

@@ -187,7 +187,8 @@ def model_data(name: str, shape: list[int], rng) -> tuple:
 
 
 def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: int, **options):
-    from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
+    from mcomp.compressors.quantize.core import quantize_model
+    from mcomp.compressors.quantize.options import QuantizeOptions
     from mcomp.data.load import Datasets, Split
     from mcomp.model.state import ModelState
     from mcomp.progress import NullProgress
@@ -207,11 +208,9 @@ def mcomp_quantize(fp32, calib: np.ndarray, mode: str, workdir: Path, threads: i
         workdir=workdir,
         progress=NullProgress(),
     )
-    stage = QuantizeStage(QuantizeOptions(mode=mode, **options))
-    # no metric and no accuracy budget here: no fallback goal (QuantizeStage._goal reads
-    # ctx.metric before it knows whether a budget exists, and fails on metric=None)
-    stage._goal = lambda model, ctx: None
-    return stage.run(state, ctx).onnx_model, stage.details
+    # no accuracy budget here (ctx.accuracy_budget None): no fallback, no metric needed
+    result = quantize_model(state, QuantizeOptions(mode=mode, **options), ctx)
+    return result.model, result.details
 
 
 def plain_ort_quantize(fp32, calib: np.ndarray, workdir: Path):
@@ -444,9 +443,9 @@ KINDS = (
 
 def auto_mode(fp32) -> str:
     """The mode `mode: auto` picks for this model (static for conv nets, else dynamic)."""
-    from mcomp.compressors.quantize.stage import QuantizeOptions, QuantizeStage
+    from mcomp.compressors.quantize.selection import resolve_mode
 
-    return QuantizeStage(QuantizeOptions(mode="auto"))._resolve_mode(fp32)
+    return resolve_mode(fp32, "auto")[0]
 
 
 def target_rows(name: str, auto: str, rows: dict) -> list[dict]:
