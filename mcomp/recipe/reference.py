@@ -23,6 +23,8 @@ Generated from the recipe's pydantic models by `python -m mcomp.recipe.reference
 edit by hand; a test checks it is current). Paths in `model`, `data` and stage options are
 relative to the recipe file. Unknown keys are errors with a "did you mean" hint; numbers and
 booleans are not coerced from strings. `mcomp schema` prints the same as JSON Schema.
+How the parts of a recipe fit together is in [recipes.md](recipes.md); what each stage does
+and reports, in [stages.md](stages.md).
 """
 
 
