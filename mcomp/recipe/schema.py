@@ -169,7 +169,7 @@ class DataSpec(Strict):
     train: SplitSpec | None = Field(
         None,
         description="Training data for finetune, distill, gradual prune and qat: `digits`, a "
-        "path to an .npz file, or a mapping (keys below).",
+        "path to an .npz file, or a mapping of path/builtin/factory, inputs, labels, samples.",
     )
     calibration: SplitSpec | None = Field(
         None,
