@@ -117,22 +117,20 @@ def _f1(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * both / max(a.sum() + b.sum(), 1))
 
 
-def posteriorgrams(names: dict[str, int]):
-    """basic-pitch: F1 against fp32 of each named output binarised at 0.5; `names` maps
-    output name -> index in the session's output list."""
+def posteriorgrams(names: dict[str, str]):
+    """basic-pitch: F1 against fp32 of each output binarised at 0.5; `names` maps a label
+    (note, onset) to the output's name; the measure gets {output name: array} dicts."""
 
-    def measure(references: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    def measure(references: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict:
         out = {}
-        for name, index in names.items():
-            a, b = references[index] > 0.5, outputs[index] > 0.5
-            out[f"{name}_f1"] = _f1(a, b)
-            out[f"{name}_active"] = float(a.mean())
-            out.update(
-                {f"{name}_{k}": v for k, v in map_error(references[index], outputs[index]).items()}
-            )
+        for label, name in names.items():
+            a, b = references[name] > 0.5, outputs[name] > 0.5
+            out[f"{label}_f1"] = _f1(a, b)
+            out[f"{label}_active"] = float(a.mean())
+            errors = map_error(references[name], outputs[name])
+            out.update({f"{label}_{key}": value for key, value in errors.items()})
         return out
 
-    measure.multi_output = True
     return measure
 
 
