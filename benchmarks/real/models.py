@@ -72,7 +72,7 @@ MODELS = (
     RealModel(
         "ppocr_det", RAPIDOCR + "ch_PP-OCRv4_det_infer.onnx", "onnx", "ppocr_det",
         (3, 320, 320), metrics.detector(0.3), "iou", False, "regression", "cosine", 8,
-        depthwise=True,
+        counts=(64, 128), depthwise=True,
     ),
     RealModel(
         "ppocr_rec", RAPIDOCR + "ch_PP-OCRv4_rec_infer.onnx", "onnx", "ppocr_rec",

@@ -240,10 +240,10 @@ def main() -> None:
             traceback.print_exc()
             results.append({"name": model.name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
         sys.stderr.write(report.model_table(results[-1]) + "\n")
-    env = report.environment(args, load, time.perf_counter() - started)
-    if args.json:
-        args.json.write_text(json.dumps({"environment": env, "models": results},
-                                        default=report.jsonable, indent=1) + "\n")  # fmt: skip
+        env = report.environment(args, load, time.perf_counter() - started)
+        if args.json:  # after every model, so an interrupted run keeps what it measured
+            args.json.write_text(json.dumps({"environment": env, "models": results},
+                                            default=report.jsonable, indent=1) + "\n")  # fmt: skip
     text = report.section(args, env, results)
     sys.stdout.write(text)
     if not args.quick and not args.only:
