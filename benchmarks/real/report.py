@@ -159,6 +159,7 @@ def environment(args, load: tuple, seconds: float) -> dict:
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "command": "python benchmarks/real/run.py --threads "
         + f"{args.threads}{'' if args.nncf else ' --no-nncf'}{' --quick' if args.quick else ''}"
+        + ("" if args.budget else " --no-budget")
         + (f" --only {args.only}" if args.only else ""),
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

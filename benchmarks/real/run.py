@@ -2,6 +2,7 @@
 
     python benchmarks/real/run.py [--only NAME] [--nncf/--no-nncf] [--threads 1] [--quick]
                                   [--json OUT.json] [--results benchmarks/RESULTS.md]
+                                  [--budget/--no-budget]
 
 Models (models.py): PP-OCRv4 text detector, recogniser and direction classifier
 (rapidocr-onnxruntime's ONNX files), easyocr's english_g2 recogniser and CRAFT detector
@@ -70,14 +71,14 @@ def make_variants(model, source: Path, data: dict, workdir: Path, args) -> dict:
     found.update(_ort(fp32, calibration, workdir))
     if args.nncf:
         found.update(_nncf(model, fp32, calibration, workdir))
-    found.update(_mcomp(model, source, data, workdir))
+    found.update(_mcomp(model, source, data, workdir, args.budget))
     if any(found[k].get("exit_code") for k in found if k.startswith("mcomp")) and (
         model.kind == "onnx" and _opset(source) < 13
     ):
         # what a user does after mcomp refuses an old-opset graph: convert it and retry;
         # measured too, so the lead sees mcomp's quantizer on these weights meanwhile
         copy = variants.to_opset_13(source, workdir)
-        runs = _mcomp(model, copy, data, workdir / "opset13-copy")
+        runs = _mcomp(model, copy, data, workdir / "opset13-copy", args.budget)
         found.update({f"{label} [opset-13 copy]": entry for label, entry in runs.items()})
     return found
 
@@ -127,9 +128,9 @@ def _nncf(model, fp32: Path, calibration, workdir: Path) -> dict:
     return found
 
 
-def _mcomp(model, source: Path, data: dict, workdir: Path) -> dict:
+def _mcomp(model, source: Path, data: dict, workdir: Path, budget: bool) -> dict:
     found = {}
-    for label, run in variants.mcomp_variants(model, source, data, workdir).items():
+    for label, run in variants.mcomp_variants(model, source, data, workdir, budget).items():
         found[label] = {
             "path": run["model"] if run["model"].exists() else None,
             "seconds": variants.stage_seconds(run["report"], "quantize"),
@@ -222,6 +223,13 @@ def main() -> None:
     parser.add_argument("--nncf", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="few samples and rounds")
+    parser.add_argument(
+        "--budget",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also mcomp with constraints.max_accuracy_drop (its fallback search is the "
+        "slowest part of a run; --no-budget for fast iterations on the default path)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()

@@ -184,18 +184,20 @@ def mcomp_export(model, source: Path, data: dict, workdir: Path) -> dict:
     return run_mcomp(recipe, workdir / "mcomp-export")
 
 
-def mcomp_variants(model, source: Path, data: dict, workdir: Path) -> dict[str, dict]:
-    """mcomp's default (`quantize: {mode: auto}`) and the same with a budget."""
+def mcomp_variants(
+    model, source: Path, data: dict, workdir: Path, budget: bool = True
+) -> dict[str, dict]:
+    """mcomp's default (`quantize: {mode: auto}`) and, with `budget`, the same with
+    `constraints.max_accuracy_drop` on a fidelity metric."""
     workdir.mkdir(parents=True, exist_ok=True)
-    runs = {}
-    for label, kw in (
-        ("mcomp auto", {}),
-        (
+    runs, settings = {}, [("mcomp auto", {})]
+    if budget:
+        settings.append((
             f"mcomp auto, budget {model.budget_metric} -{BUDGET_DROP}",
             {"metric": model.budget_metric,
              "constraints": f"{{max_accuracy_drop: {BUDGET_DROP}}}"},
-        ),
-    ):  # fmt: skip
+        ))  # fmt: skip
+    for label, kw in settings:
         folder = workdir / ("mcomp-auto-budget" if kw else "mcomp-auto")
         folder.mkdir(parents=True, exist_ok=True)
         recipe = folder / "recipe.yaml"
