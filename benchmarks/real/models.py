@@ -68,31 +68,12 @@ def _easyocr_rec_fidelity(reference: np.ndarray, outputs: np.ndarray) -> dict:
 # basic-pitch's own inference code names its ONNX outputs so (basic_pitch/inference.py)
 BASIC_PITCH_OUTPUTS = {"note": "StatefulPartitionedCall:1", "onset": "StatefulPartitionedCall:2"}
 
+# cheapest first, so an interrupted full run has measured the most models (see --resume)
 MODELS = (
-    RealModel(
-        "ppocr_det", RAPIDOCR + "ch_PP-OCRv4_det_infer.onnx", "onnx", "ppocr_det",
-        (3, 320, 320), metrics.detector(0.3), "iou", False, "regression", "cosine", 8,
-        counts=(64, 128), depthwise=True,
-    ),
-    RealModel(
-        "ppocr_rec", RAPIDOCR + "ch_PP-OCRv4_rec_infer.onnx", "onnx", "ppocr_rec",
-        (3, 48, 320), _ppocr_rec_fidelity, "string_agreement", True, "classification",
-        "top1_agreement", 8, nncf_transformer=True,
-    ),
     RealModel(
         "ppocr_cls", RAPIDOCR + "ch_ppocr_mobile_v2.0_cls_infer.onnx", "onnx", "ppocr_cls",
         (3, 48, 192), metrics.classifier, "top1_agreement", True, "classification",
         "top1_agreement", 32, depthwise=True, error_figure="kl",
-    ),
-    RealModel(
-        "easyocr_rec", EASYOCR + "english_g2.pth", "torch", "easyocr_rec", (1, 64, 256),
-        _easyocr_rec_fidelity, "string_agreement", True, "classification", "top1_agreement",
-        8, factory="easyocr_nets:recognizer",
-    ),
-    RealModel(
-        "craft", EASYOCR + "craft_mlt_25k.pth", "torch", "craft", (3, 224, 224),
-        metrics.detector(0.4, channel=0), "iou", False, "regression", "cosine", 4,
-        counts=(32, 64), quick_counts=(8, 8), factory="easyocr_nets:craft",
     ),
     RealModel(
         "mtcnn_rnet", "facenet_pytorch/data/rnet.pt", "torch", "rnet", (3, 24, 24),
@@ -108,6 +89,26 @@ MODELS = (
         "basic_pitch", "basic_pitch/saved_models/icassp_2022/nmp.onnx", "onnx", "basic_pitch",
         (43844, 1), metrics.posteriorgrams(BASIC_PITCH_OUTPUTS),
         "note_f1", False, "regression", "cosine", 8, counts=(64, 128), outputs="all",
+    ),
+    RealModel(
+        "easyocr_rec", EASYOCR + "english_g2.pth", "torch", "easyocr_rec", (1, 64, 256),
+        _easyocr_rec_fidelity, "string_agreement", True, "classification", "top1_agreement",
+        8, factory="easyocr_nets:recognizer",
+    ),
+    RealModel(
+        "ppocr_rec", RAPIDOCR + "ch_PP-OCRv4_rec_infer.onnx", "onnx", "ppocr_rec",
+        (3, 48, 320), _ppocr_rec_fidelity, "string_agreement", True, "classification",
+        "top1_agreement", 8, nncf_transformer=True,
+    ),
+    RealModel(
+        "ppocr_det", RAPIDOCR + "ch_PP-OCRv4_det_infer.onnx", "onnx", "ppocr_det",
+        (3, 320, 320), metrics.detector(0.3), "iou", False, "regression", "cosine", 8,
+        counts=(64, 128), depthwise=True,
+    ),
+    RealModel(
+        "craft", EASYOCR + "craft_mlt_25k.pth", "torch", "craft", (3, 224, 224),
+        metrics.detector(0.4, channel=0), "iou", False, "regression", "cosine", 4,
+        counts=(32, 64), quick_counts=(8, 8), factory="easyocr_nets:craft",
     ),
 )  # fmt: skip
 

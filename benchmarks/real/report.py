@@ -184,6 +184,20 @@ def section(args, env: dict, results: list[dict]) -> str:
         f"- Load average (1/5/15 min) start {' '.join(f'{v:.2f}' for v in env['load_start'])},"
         f" end {' '.join(f'{v:.2f}' for v in env['load_end'])} (a shared machine: compare "
         "ratios within one table, not milliseconds across runs)",
+        *(
+            [
+                f"- **Partial**: {env['models_done']} of {env['models_chosen']} models so far "
+                "(the section is rewritten after every model; finish an interrupted run with "
+                "`--resume JSON`)"
+            ]
+            if env.get("models_done", 0) < env.get("models_chosen", 0)
+            else []
+        ),
+        *(
+            [f"- Taken from an earlier run's JSON (`--resume`): {', '.join(resumed)}"]
+            if (resumed := [r["name"] for r in results if "resumed_from" in r])
+            else []
+        ),
         "",
         "Fidelity is to the fp32 model on the evaluation inputs (benchmarks/real/metrics.py). "
         "size: file bytes / fp32's (zlib: compressed, level 9). fp32/x > 1: faster than "

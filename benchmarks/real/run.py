@@ -217,7 +217,7 @@ def bench_model(model, files: dict, args) -> dict:
     return result
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", metavar="NAME", help="models whose name contains NAME")
     parser.add_argument("--nncf", action=argparse.BooleanOptionalAction, default=True)
@@ -230,32 +230,56 @@ def main() -> None:
         help="also mcomp with constraints.max_accuracy_drop (its fallback search is the "
         "slowest part of a run; --no-budget for fast iterations on the default path)",
     )
-    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--json", type=Path, help="write every figure here (after each model)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="JSON",
+        help="take the models a previous run's --json file measured without error from it "
+        "and run only the others (same options), e.g. to finish an interrupted full run",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)
     files = fetch.fetch()
+    done = {}
+    if args.resume and args.resume.exists():
+        previous = json.loads(args.resume.read_text())["models"]
+        done = {m["name"]: m for m in previous if "error" not in m}
     load, started = os.getloadavg(), time.perf_counter()
-    results = []
-    for model in models.select(args.only):
+    chosen, results = models.select(args.only), []
+    for model in chosen:
         print(f"== {model.name}", file=sys.stderr, flush=True)
-        try:
-            results.append(bench_model(model, files, args))
-        except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the rest
-            traceback.print_exc()
-            results.append({"name": model.name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        if model.name in done:
+            results.append({**done[model.name], "resumed_from": str(args.resume)})
+        else:
+            results.append(_bench_safely(model, files, args))
         sys.stderr.write(report.model_table(results[-1]) + "\n")
         env = report.environment(args, load, time.perf_counter() - started)
-        if args.json:  # after every model, so an interrupted run keeps what it measured
+        env["models_done"], env["models_chosen"] = len(results), len(chosen)
+        # after every model, so an interrupted run keeps what it measured (see --resume)
+        if args.json:
             args.json.write_text(json.dumps({"environment": env, "models": results},
                                             default=report.jsonable, indent=1) + "\n")  # fmt: skip
-    text = report.section(args, env, results)
+        text = report.section(args, env, results)
+        if not args.quick and not args.only:
+            update_results(args.results, text)
     sys.stdout.write(text)
-    if not args.quick and not args.only:
-        update_results(args.results, text)
+
+
+def _bench_safely(model, files: dict, args) -> dict:
+    try:
+        return bench_model(model, files, args)
+    except Exception as exc:  # noqa: BLE001 - one model's failure must not lose the rest
+        traceback.print_exc()
+        return {"name": model.name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
 if __name__ == "__main__":
