@@ -146,14 +146,34 @@ def build_split(builder: str, split: str, count: int, files: dict[str, Path], ca
     render.check_tools()
     # seeded by builder and split only, so a larger set starts with a smaller one's samples
     seed = int(hashlib.sha256(builder.encode()).hexdigest()[:8], 16) + SEEDS[split]
-    x, texts = BUILDERS[builder](np.random.default_rng(seed), render.load_photos(files), count)
+    rng, photos = np.random.default_rng(seed), render.load_photos(files)
+    x, texts = BUILDERS[builder](rng, photos, count)
     if split == "eval":
-        calibration = sorted((cache / "inputs").glob(f"{builder}-calibration-*.npz"))
-        seen = {hashlib.sha256(s.tobytes()).digest() for c in calibration for s in np.load(c)["x"]}
-        if any(hashlib.sha256(s.tobytes()).digest() in seen for s in x):
-            raise RuntimeError(f"{builder}: an evaluation sample equals a calibration sample")
+        x, texts = _without_calibration_samples(builder, x, texts, rng, photos, cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x.astype(np.float32))
     if texts is not None:
         path.with_suffix(".json").write_text(json.dumps(texts, indent=0) + "\n")
     return path
+
+
+def _digest(sample: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(sample, np.float32).tobytes()).digest()
+
+
+def _without_calibration_samples(builder, x, texts, rng, photos, cache):
+    """Evaluation samples equal to a calibration sample (small crops of a flat photo region
+    can coincide) replaced by further draws of the same generator, so the sets are
+    disjoint."""
+    calibration = sorted((cache / "inputs").glob(f"{builder}-calibration-*.npz"))
+    seen = {_digest(s) for c in calibration for s in np.load(c)["x"]}
+    for _ in range(10):
+        clash = [i for i, sample in enumerate(x) if _digest(sample) in seen]
+        if not clash:
+            return x, texts
+        extra, extra_texts = BUILDERS[builder](rng, photos, len(clash))
+        for k, i in enumerate(clash):
+            x[i] = extra[k]
+            if texts is not None:
+                texts[i] = extra_texts[k]
+    raise RuntimeError(f"{builder}: evaluation samples keep equalling calibration samples")
