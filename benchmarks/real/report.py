@@ -104,6 +104,8 @@ def _fidelity_verdicts(model, variants: dict, ours: dict) -> list[str]:
 
 def _latency_verdict(variants: dict, ours: dict, big: str) -> str:
     ort = {k: v for k, v in variants.items() if k.startswith("ORT") and "latency" in v}
+    if not ort:
+        return "latency <= 1.05x fastest plain ORT: no plain ORT int8 model ran"
     parts, holds = [], True
     for key in ("b1", big):
         fastest = min(ort, key=lambda k: ort[k]["latency"][key]["median_ms"])

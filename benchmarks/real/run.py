@@ -94,7 +94,7 @@ def _ort(fp32: Path, calibration, workdir: Path) -> dict:
     name = _input_name(fp32)
     files, seconds, how = variants.ort_variants(fp32, name, calibration, workdir)
     broken = {label: variants.loads(path) for label, path in files.items()}
-    if any(broken.values()):
+    if any(broken.values()) and _opset(fp32) < 13:
         # onnxruntime's quantizer writes per-channel DequantizeLinear (axis) into graphs
         # of opset < 13, which it then refuses; a user would convert the opset and retry
         retry = workdir / "opset13"
@@ -104,7 +104,9 @@ def _ort(fp32: Path, calibration, workdir: Path) -> dict:
     found = {}
     for label, path in files.items():
         notes = [how]
-        if broken[label]:
+        if broken[label] and _opset(fp32) >= 13:
+            notes, path = [how, f"onnxruntime refuses the int8 model: {broken[label]}"], None
+        elif broken[label]:
             notes = [how, f"onnxruntime refused the model: {broken[label]}",
                      f"retried on the fp32 graph converted to opset 13: {how13}"]  # fmt: skip
             path, seconds[label] = files13[label], seconds13[label]
