@@ -179,7 +179,7 @@ def section(args, env: dict, results: list[dict]) -> str:
     lines = [
         f"## real models: int8 (threads={args.threads})",
         "",
-        f"- Command: `{env['command']}` ({env['seconds'] / 60:.0f} min)",
+        f"- Command: `{env['command']}` ({env['seconds'] / 60:.0f} min in this process)",
         f"- Date: {env['date']}; CPU {env['cpu']}, {env['cpus']} CPUs, ISA "
         f"{', '.join(env['isa'])}; python {env['python']}, torch {env['torch']}, "
         f"onnxruntime {env['onnxruntime']}",
