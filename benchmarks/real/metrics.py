@@ -82,7 +82,9 @@ def recognizer(charset: str | list[str]):
         return {
             "string_agreement": float(hits.mean()),
             "cer": errors / max(1, sum(len(e) for e in expected)),
-            "step_top1": steps["top1_agreement"],
+            # per time step; `lines_all_steps`: lines whose every step's argmax is fp32's
+            "step_top1": float(np.mean(reference.argmax(-1) == outputs.argmax(-1))),
+            "lines_all_steps": steps["top1_agreement"],
             "kl": steps["kl"],
             **map_error(reference, outputs),
             "hits": hits,
