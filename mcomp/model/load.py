@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mcomp.errors import MCompError, ModelLoadError
 from mcomp.factory import import_factory
+from mcomp.model.module_names import WRAPPER_PREFIXES, strip_wrapper_prefix
 from mcomp.model.state import ModelState
 from mcomp.model.tensor_types import onnx_inputs
 from mcomp.recipe.schema import InputSpec, ModelFormat, ModelSpec
@@ -154,6 +155,7 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             "not a torch.nn.Module"
         )
     state_dict = obj.get("state_dict", obj) if "state_dict" in obj else obj
+    state_dict = _without_wrapper_prefixes(state_dict, module)
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -163,6 +165,17 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             f"{detail} (check `model.factory_args`)"
         ) from None
     return ModelState.from_torch(module.eval(), [])
+
+
+def _without_wrapper_prefixes(state_dict: dict, module) -> dict:
+    """A state dict saved from a wrapped model (DataParallel/DDP: `module.conv1.weight`,
+    torch.compile: `_orig_mod.conv1.weight`) with the wrapper's prefixes removed, when every
+    key carries one and the bare module's own keys do not; otherwise as it is."""
+    own = module.state_dict().keys()
+    wrapped = all(isinstance(k, str) and k.startswith(WRAPPER_PREFIXES) for k in state_dict)
+    if not state_dict or not wrapped or any(k.startswith(WRAPPER_PREFIXES) for k in own):
+        return state_dict
+    return {strip_wrapper_prefix(key): value for key, value in state_dict.items()}
 
 
 def _load_exported_program(path: Path) -> ModelState:
