@@ -37,9 +37,11 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if debug:
                 raise
+            # Every mistake a user can make has a typed error; reaching this line is not
+            # the user's fault.
             _fail(
-                f"unexpected error: {type(exc).__name__}: {exc} "
-                "(run again with --debug for the traceback)",
+                f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}; this is a bug in "
+                "mcomp, please report it with the output of the same command run with --debug",
                 EXIT_BAD_INPUT,
             )
 

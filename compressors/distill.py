@@ -46,7 +46,7 @@ class StudentSpec(StageOptions):
 
 class DistillOptions(DistillSettings, TrainingOptions):
     # matching soft targets takes more steps than fitting labels (benchmarks/RESULTS.md)
-    epochs: int = Field(5, ge=1, description="Passes over the train split.")
+    epochs: int = Field(5, ge=1, le=100_000, description="Passes over the train split.")
     student: StudentSpec | None = Field(None, description="Default: the current model.")
 
 

@@ -27,7 +27,7 @@ class ExportOptions(StageOptions):
     opset: int = Field(18, ge=13, le=23)
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
-    parity_samples: int = Field(32, ge=1)
+    parity_samples: int = Field(32, ge=1, le=100_000)
 
 
 class ExportStage(Stage):

@@ -41,7 +41,9 @@ RANK_CHOICES = ("rank", "rank_ratio", "energy", "params_ratio")
 
 
 class LowRankOptions(StageOptions):
-    rank: int | None = Field(None, ge=1, description="One rank for every chosen layer.")
+    rank: int | None = Field(
+        None, ge=1, le=1_000_000, description="One rank for every chosen layer."
+    )
     rank_ratio: float | None = Field(
         None,
         gt=0,

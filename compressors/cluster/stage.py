@@ -50,7 +50,9 @@ class ClusterOptions(StageOptions):
     layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
         default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
     )
-    finetune_epochs: int = Field(0, ge=0, description="Centroid training epochs (0: none).")
+    finetune_epochs: int = Field(
+        0, ge=0, le=100_000, description="Centroid training epochs (0: none)."
+    )
     lr: float = Field(1e-4, gt=0, description="Learning rate of centroid training.")
     storage: Literal["indices", "float"] = Field(
         "indices",

@@ -35,7 +35,9 @@ class PruneOptions(StageOptions):
         lt=1,
         description="channel: prune until MACs are at most this fraction of before.",
     )
-    round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
+    round_to: int | None = Field(
+        None, ge=1, le=65_536, description="channel: channel-count multiple."
+    )
     gradual: GradualOptions | None = Field(
         None, description="Raise sparsity step by step during training (AGP) instead of at once."
     )
@@ -46,6 +48,7 @@ class PruneOptions(StageOptions):
     num_blocks: int | None = Field(
         None,
         ge=1,
+        le=10_000,
         description="layer: drop this many blocks, "
         "those whose removal costs the least eval metric.",
     )

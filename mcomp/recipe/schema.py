@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Upper bounds of counts: far above any real use, low enough that a typo (an extra three
+# zeros) fails validation instead of exhausting memory or time hours later.
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_THREADS = 1024
+MAX_BATCH = 65_536
+MAX_SAMPLES = 100_000_000
+MAX_LIST = 1_000  # list-valued options: inputs, python_path, stages, ...
+Dimension = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
 
@@ -33,6 +42,16 @@ def _factory_ref(value: str | None) -> str | None:
     return value
 
 
+def _distinct_names(names: list[str] | None, what: str) -> list[str] | None:
+    """A name listed twice would feed one array to two inputs, or silently drop one."""
+    seen: set[str] = set()
+    for name in names or []:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is listed twice; name each {what} once")
+        seen.add(name)
+    return names
+
+
 class StrEnum(str, Enum):
     """`enum.StrEnum` for Python 3.10: members compare equal to their strings."""
 
@@ -41,9 +60,11 @@ class StrEnum(str, Enum):
 
 
 class Strict(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are not coerced silently."""
+    """Base of every recipe section: unknown keys are errors, values are not coerced silently
+    (strict: `'5'` is not 5, `true` is not 1; an int is still a float). Enum fields say
+    `strict=False`: strict mode would accept only enum members, not their strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False, strict=True)
 
 
 class ModelFormat(StrEnum):
@@ -59,7 +80,9 @@ class InputSpec(Strict):
     """One model input: its name, per-sample shape (no batch axis) and dtype."""
 
     name: str
-    shape: list[int] = Field(description="Shape of one sample, without the batch axis.")
+    shape: list[Dimension] = Field(
+        max_length=16, description="Shape of one sample, without the batch axis."
+    )
     dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool"] = "float32"
 
 
@@ -72,26 +95,35 @@ class ModelSpec(Strict):
         description="A model shipped with mcomp: the quickstart's digits CNN, or a tiny "
         "ResNet (BatchNorm, residual blocks) for structured and layer pruning.",
     )
-    format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
+    format: ModelFormat = Field(
+        ModelFormat.AUTO, strict=False, description="Detected from the content if auto."
+    )
     factory: str | None = Field(
         None, description="'package.module:function' building the module for a state_dict."
     )
     factory_args: dict[str, Any] = Field(default_factory=dict)
     python_path: list[str] = Field(
         default_factory=list,
+        max_length=MAX_LIST,
         description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
     )
     allow_pickle: bool = Field(
         False, description="Load a whole pickled module (executes code from the file)."
     )
     inputs: list[InputSpec] | None = Field(
-        None, description="Model inputs; default: taken from the data arrays."
+        None, max_length=MAX_LIST, description="Model inputs; default: taken from the data arrays."
     )
 
     @field_validator("factory")
     @classmethod
     def _factory_form(cls, value: str | None) -> str | None:
         return _factory_ref(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, value: list[InputSpec] | None) -> list[InputSpec] | None:
+        _distinct_names([spec.name for spec in value or []], "input")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -113,10 +145,14 @@ class SplitSpec(Strict):
     )
     factory_args: dict[str, Any] = Field(default_factory=dict)
     inputs: list[str] | None = Field(
-        None, description="Array names fed to the model inputs, in order (default: ['x'])."
+        None,
+        max_length=MAX_LIST,
+        description="Array names fed to the model inputs, in order (default: ['x']).",
     )
     labels: str | None = Field("y", description="Array name of the labels; null for none.")
-    samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+    samples: int | None = Field(
+        None, gt=0, le=MAX_SAMPLES, description="Use at most this many samples."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -129,6 +165,11 @@ class SplitSpec(Strict):
     @classmethod
     def _factory_form(cls, value: str | None) -> str | None:
         return _factory_ref(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return _distinct_names(value, "array")
 
     @model_validator(mode="after")
     def _one_source(self) -> SplitSpec:
@@ -144,8 +185,12 @@ class DataSpec(Strict):
     train: SplitSpec | None = None
     calibration: SplitSpec | None = None
     eval: SplitSpec | None = None
-    calibration_samples: int = Field(256, gt=0, description="Samples drawn for calibration.")
-    batch_size: int = Field(64, gt=0, description="Batch size for evaluation and calibration.")
+    calibration_samples: int = Field(
+        256, gt=0, le=1_000_000, description="Samples drawn for calibration."
+    )
+    batch_size: int = Field(
+        64, gt=0, le=MAX_BATCH, description="Batch size for evaluation and calibration."
+    )
 
 
 class Task(StrEnum):
@@ -168,9 +213,9 @@ class LatencySpec(Strict):
     """How onnxruntime CPU latency is timed: median of `runs` after `warmup` runs."""
 
     enabled: bool = True
-    batch: int = Field(32, gt=0, description="The larger batch timed beside batch 1.")
-    warmup: int = Field(5, ge=0)
-    runs: int = Field(30, gt=0)
+    batch: int = Field(32, gt=0, le=MAX_BATCH, description="The larger batch timed beside batch 1.")
+    warmup: int = Field(5, ge=0, le=10_000)
+    runs: int = Field(30, gt=0, le=100_000)
 
 
 class RuntimeSpec(Strict):
@@ -190,6 +235,7 @@ class RuntimeSpec(Strict):
     distributed_timeout_s: int = Field(
         1800,
         gt=0,
+        le=7 * 24 * 3600,
         description="Under torchrun: timeout of every collective, so a dead rank "
         "ends the run instead of hanging it.",
     )
@@ -197,8 +243,8 @@ class RuntimeSpec(Strict):
     @field_validator("threads")
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("threads must be at least 1")
+        if isinstance(value, int) and not 1 <= value <= MAX_THREADS:
+            raise ValueError(f"threads must be between 1 and {MAX_THREADS}")
         return value
 
 
@@ -256,10 +302,10 @@ class Recipe(Strict):
     """A whole recipe file."""
 
     version: Literal[1] = 1
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds Python, numpy and torch.")
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
-    task: Task = Task.CLASSIFICATION
+    task: Task = Field(Task.CLASSIFICATION, strict=False)
     metric: str | None = Field(
         None,
         description="One of " + ", ".join(BUILTIN_METRICS) + " or 'package.module:function'"
@@ -271,7 +317,9 @@ class Recipe(Strict):
     )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     stages: list[dict[str, Any]] = Field(
-        min_length=1, description="Ordered stages, each a one-key mapping {stage: options}."
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Ordered stages, each a one-key mapping {stage: options}.",
     )
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)

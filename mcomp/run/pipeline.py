@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcomp.errors import OutputError
+from mcomp.errors import OutputError, StageError
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 
@@ -94,6 +94,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         start = time.perf_counter()
         state, notes = _run_stage(stage, state, ctx)
         if state.kind == "torch":
+            _check_weights_after(state, label)
             last_torch = state
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
@@ -114,6 +115,17 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
             }
         )
     return baseline, entries, state, last_torch
+
+
+def _check_weights_after(state, label: str) -> None:
+    from mcomp.model.finite import describe_nonfinite, first_nonfinite_weight
+
+    found = first_nonfinite_weight(state)
+    if found is not None:
+        raise StageError(
+            f"stage {label}: after this stage {describe_nonfinite(found)}; if it trains, "
+            "training diverged: lower its `lr`"
+        )
 
 
 def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:

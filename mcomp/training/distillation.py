@@ -18,13 +18,13 @@ Training goes through the one loop of mcomp (`mcomp.training.loop.train_module`)
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from mcomp.errors import MCompError, StageError
+from mcomp.factory import extend_python_path
 from mcomp.recipe.schema import ModelFormat, Task
 from mcomp.stage import StageOptions
 
@@ -39,7 +39,7 @@ class TeacherSpec(StageOptions):
     """A teacher model file, loaded like `model:` (paths relative to the recipe file)."""
 
     path: str = Field(description="Teacher model file, relative to the recipe file.")
-    format: ModelFormat = ModelFormat.AUTO
+    format: ModelFormat = Field(ModelFormat.AUTO, strict=False)
     factory: str | None = Field(None, description="'package.module:function' for a state_dict.")
     factory_args: dict[str, Any] = Field(default_factory=dict)
     python_path: list[str] = Field(default_factory=list)
@@ -66,7 +66,7 @@ class DistillSettings(StageOptions):
         le=1,
         description="Weight of the distillation term; 1 - alpha weighs the task loss on labels.",
     )
-    hints: list[HintSpec] = Field(default_factory=list)
+    hints: list[HintSpec] = Field(default_factory=list, max_length=1_000)
 
 
 def kd_loss(
@@ -113,9 +113,7 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
     else:
         spec = settings.teacher
         base = getattr(ctx, "recipe_dir", None) or Path.cwd()
-        for folder in spec.python_path:  # load_model imports the factory from sys.path
-            if str(base / folder) not in sys.path:
-                sys.path.insert(0, str(base / folder))
+        extend_python_path(base / folder for folder in spec.python_path)
         try:
             state = load_model(
                 ModelSpec(

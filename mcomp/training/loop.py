@@ -107,6 +107,13 @@ def train_module(
             outputs = runner(*batch)
             target = None if labels is None else labels[index].to(ctx.device)
             loss = loss_fn(outputs, target, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise StageError(
+                    f"{label}: the training loss became {value} in epoch {epoch + 1}, step "
+                    f"{start // config.batch_size + 1}: training diverged; lower `lr` (now "
+                    f"{config.lr:g})"
+                )
             loss.backward()
             for param, mask in masked:
                 if param.grad is not None:
@@ -118,7 +125,7 @@ def train_module(
                     param.mul_(mask)
             if on_step is not None:
                 on_step(epoch=epoch, step=start // config.batch_size)
-            total += loss.item() * len(index)
+            total += value * len(index)
             count += len(index)
             ctx.progress.advance()
         module.eval()
