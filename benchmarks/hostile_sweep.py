@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import pickle
 import resource
 import subprocess
 import sys
@@ -74,7 +73,7 @@ class Case:
     args: list[str]
     setup: Callable[[Path], None] | None = None
     expect: int = 2
-    stdin_null: bool = True
+    want: str | None = None  # the message must contain this (else: "misleading")
 
 
 def project(folder: Path) -> None:
@@ -190,10 +189,23 @@ def alias_bomb(levels: int) -> str:
     return "\n".join(lines) + "\nmodel: {builtin: digits_cnn}\nstages: [{export: {}}]\n"
 
 
+def flow_alias_bomb(levels: int) -> str:
+    """The alias bomb on one line (a `--set` value)."""
+    items = ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    items += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(items) + "]"
+
+
 def fake_dependency(folder: Path) -> None:
+    """python_path: [lib] holds the factory and fake libraries that would create the marker.
+    (Not the working directory itself: `python -m` puts that first on sys.path.)"""
+    lib = folder / "lib"
+    lib.mkdir()
+    (lib / "mymodels.py").write_text(MODELS_PY)
     marker = folder / "MARKER"
-    for name in ("onnxruntime", "onnx", "yaml", "numpy"):
-        (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('{name}')\n")
+    for name in ("onnxruntime", "onnx", "yaml", "torch_pruning", "onnxscript"):
+        (lib / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('{name}')\n")
+    (folder / "r.yaml").write_text(BASE.replace('python_path: ["."]', 'python_path: ["lib"]'))
 
 
 def pickled_custom(folder: Path) -> None:
@@ -271,9 +283,10 @@ def cases() -> list[Case]:
         # recipes
         Case("alias bomb 9 levels", validate, recipe(alias_bomb(9))),
         Case(
-            "alias in factory_args",
+            "small alias in factory_args (allowed)",
             validate,
             edit('"mymodels:make",', '"mymodels:make", factory_args: {a: &x [1,2], b: *x},'),
+            expect=0,
         ),
         Case("duplicate key model", validate, recipe(BASE + "model: {builtin: digits_cnn}\n")),
         Case("seed '5'", validate, recipe(BASE + "seed: '5'\n")),
@@ -308,14 +321,18 @@ def cases() -> list[Case]:
         ),
         Case("100k nesting", validate, recipe(BASE + "x: " + "[" * 100000 + "]" * 100000 + "\n")),
         Case("--set k=[1,2", [*validate, "--set", "seed=[1,2"]),
-        Case("--set typo", [*validate, "--set", "stages.0.prune.sparsty=0.9"]),
+        Case(
+            "--set typo",
+            [*validate, "--set", "stages.0.prune.sparsty=0.9"],
+            want="--set stages.0.prune.sparsty",
+        ),
         Case("--set into a scalar", [*validate, "--set", "seed.x=1"]),
         Case(
             "--set alias bomb",
             [
                 *validate,
                 "--set",
-                "model.factory_args=" + alias_bomb(9).split("\n")[1].split(": ", 1)[1],
+                "model.factory_args={bomb: " + flow_alias_bomb(9) + "}",
             ],
         ),
         Case(
@@ -323,7 +340,8 @@ def cases() -> list[Case]:
             run,
             edit(
                 "data: {train: data.npz, eval: data.npz",
-                "data: {train: {path: data.npz, inputs: [x, x]}, eval: {path: data.npz, inputs: [x, x]}",
+                "data: {train: {path: data.npz, inputs: [x, x]}, "
+                "eval: {path: data.npz, inputs: [x, x]}",
             ),
         ),
         Case(
@@ -339,6 +357,7 @@ def cases() -> list[Case]:
             "eval labels out of range + gate",
             run,
             both(out_of_range, recipe(BASE.replace("eval: data.npz", "eval: bad.npz") + drop)),
+            want="data.eval",
         ),
         Case(
             "eval labels negative",
@@ -371,6 +390,7 @@ def cases() -> list[Case]:
                 data(x=lambda x, y: x, y=lambda x, y: np.eye(2)[y]),
                 edit("eval: data.npz", "eval: bad.npz"),
             ),
+            want="one-hot",
         ),
         Case(
             "train labels out of range",
@@ -383,6 +403,7 @@ def cases() -> list[Case]:
                     )
                 ),
             ),
+            want="data.train",
         ),
         Case(
             "train labels one-hot",
@@ -395,6 +416,7 @@ def cases() -> list[Case]:
                     )
                 ),
             ),
+            want="one-hot",
         ),
         Case(
             "eval --data labels out of range",
@@ -440,6 +462,7 @@ def cases() -> list[Case]:
                 ),
                 edit("eval: data.npz", "eval: bad.npz"),
             ),
+            want="data.eval",
         ),
         Case(
             "Inf in train inputs",
@@ -455,12 +478,14 @@ def cases() -> list[Case]:
                     )
                 ),
             ),
+            want="data.train",
         ),
-        Case("NaN in weights", run, nan_weights),
+        Case("NaN in weights", run, nan_weights, want="0.weight"),
         Case(
             "finetune lr 1e30",
             run,
             edit("- prune: {sparsity: 0.5}", "- finetune: {epochs: 1, lr: 1.0e30}"),
+            want="lr",
         ),
         # data files
         Case(
@@ -487,13 +512,20 @@ def cases() -> list[Case]:
                 data(x=lambda x, y: np.zeros((64, 5), np.float32), y=lambda x, y: y),
                 edit("eval: data.npz", "eval: bad.npz"),
             ),
+            want="data.eval",
         ),
         Case(
             "data path a directory",
             run,
             both(lambda f: (f / "dir.npz").mkdir(), edit("eval: data.npz", "eval: dir.npz")),
+            want="directory",
         ),
-        Case("data path /dev/zero", run, edit("eval: data.npz", "eval: /dev/zero")),
+        Case(
+            "data path /dev/zero",
+            run,
+            edit("eval: data.npz", "eval: /dev/zero"),
+            want="not a regular file",
+        ),
         Case(
             "Dataset raises mid-iteration",
             run,
@@ -509,19 +541,32 @@ def cases() -> list[Case]:
             "model path a directory",
             run,
             both(lambda f: (f / "dir.pt").mkdir(), edit("path: model.pt", "path: dir.pt")),
+            want="directory",
         ),
         Case(
             "model path a FIFO",
             run,
             both(lambda f: os.mkfifo(f / "fifo.pt"), edit("path: model.pt", "path: fifo.pt")),
+            want="not a regular file",
         ),
-        Case("model path /dev/zero", run, edit("path: model.pt", "path: /dev/zero")),
-        Case("inspect a directory", ["inspect", "."]),
-        Case(".pt with a wrong CRC", run, both(bad_crc, edit("path: model.pt", "path: crc.pt"))),
+        Case(
+            "model path /dev/zero",
+            run,
+            edit("path: model.pt", "path: /dev/zero"),
+            want="not a regular file",
+        ),
+        Case("inspect a directory", ["inspect", "."], want="directory"),
+        Case(
+            ".pt with a wrong CRC",
+            run,
+            both(bad_crc, edit("path: model.pt", "path: crc.pt")),
+            want="CRC",
+        ),
         Case(
             "pickle the safe loader blocks",
             run,
             both(blocked_pickle, edit("path: model.pt", "path: odd.pt")),
+            want="refuses",
         ),
         Case(
             "--allow-pickle, class not importable",
@@ -533,6 +578,7 @@ def cases() -> list[Case]:
                     "path: pickled.pt",
                 ),
             ),
+            want="python_path",
         ),
         Case("factory print() on stdout", run, printing_factory, expect=0),
         Case("python_path shadows dependencies", run, fake_dependency, expect=0),
@@ -583,8 +629,11 @@ def classify(case: Case, proc: subprocess.CompletedProcess | None, folder: Path)
         return "wrong exit"
     if case.expect == 2:
         lines = proc.stderr.strip().splitlines()
-        if len(lines) != 1 or not lines[0].startswith("mcomp: error:"):
+        usage = lines and lines[0].startswith("Usage:") and "Error:" in proc.stderr
+        if not usage and (len(lines) != 1 or not lines[0].startswith("mcomp: error:")):
             return "not one line"
+        if case.want is not None and case.want not in proc.stderr:
+            return "misleading"
     if case.expect == 0 and proc.stdout.strip().count("\n") > 0:
         return "stdout not clean"
     return "clean"
@@ -632,6 +681,7 @@ def main() -> None:
     print(f"cases tried: {len(selected)}")
     for verdict in (
         "clean",
+        "misleading",
         "traceback",
         "catch-all",
         "wrong exit",

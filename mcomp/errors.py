@@ -50,6 +50,10 @@ class StageError(MCompError):
     """A stage could not do its work on this model (e.g. an op that cannot be quantized)."""
 
 
+class NonFiniteError(StageError):
+    """A model's outputs (or a training loss) became NaN or Inf."""
+
+
 class ParityError(StageError):
     """The exported ONNX model's outputs differ from torch's beyond the tolerance."""
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mcomp.errors import NonFiniteError
 from mcomp.measure.inference import predict_split
 from mcomp.measure.metrics import fidelity
 from mcomp.model.state import ModelState
@@ -28,6 +29,11 @@ def evaluate_metric(model: ModelState, ctx: StageContext) -> float:
 def evaluate_all(model: ModelState, ctx: StageContext) -> tuple[float, dict[str, float]]:
     """The task metric and the fidelity metrics, from one pass over the eval split."""
     outputs = eval_outputs(model, ctx)
+    bad = int((~np.isfinite(outputs)).sum()) if outputs.dtype.kind == "f" else 0
+    if bad:
+        raise NonFiniteError(
+            f"the model's outputs on data.eval hold NaN or Inf ({bad} of {outputs.size} values)"
+        )
     reference = ctx.reference_outputs
     value = ctx.metric.fn(outputs, ctx.datasets.eval.labels, reference)
     return value, fidelity(outputs, reference, ctx.task)

@@ -15,6 +15,12 @@ def resolve_inputs(
 ) -> list[InputSpec]:
     """The recipe's `model.inputs`, else the file's own signature, else the data's arrays."""
     if declared:
+        if state.inputs and len(declared) != len(state.inputs):
+            raise DataError(
+                f"model.inputs: names {len(declared)} input(s) "
+                f"{[spec.name for spec in declared]} but the model file takes "
+                f"{len(state.inputs)} {[spec.name for spec in state.inputs]}"
+            )
         return declared
     if state.inputs:
         return state.inputs
@@ -34,7 +40,16 @@ def resolve_inputs(
 def _specs_of(split: Split) -> list[InputSpec]:
     specs = []
     for name, array in split.inputs.items():
-        dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
+        kind = array.dtype.kind
+        if kind not in "biuf":
+            what = "strings" if kind in "US" else f"values of dtype {array.dtype}"
+            raise DataError(f"data.{split.name}: array {name!r} holds {what}, not numbers")
+        if kind == "f":
+            dtype = "float32"
+        elif kind == "b":
+            dtype = "bool"
+        else:  # uint8 images and the like: torch and onnxruntime take int64 or int32
+            dtype = str(array.dtype) if str(array.dtype) in ("int64", "int32") else "int64"
         specs.append(InputSpec(name=name, shape=list(array.shape[1:]), dtype=dtype))
     return specs
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcomp.errors import OutputError, StageError
+from mcomp.errors import NonFiniteError, OutputError, StageError
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 
@@ -98,7 +98,13 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
             last_torch = state
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
-        metrics = measure_model(state, ctx, latency) if main else None
+        try:
+            metrics = measure_model(state, ctx, latency) if main else None
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"stage {label}: after this stage {exc}; if it trains, training diverged: "
+                "lower its `lr`"
+            ) from None
         progress.finish()
         if ctx.dist is not None:
             ctx.dist.barrier()  # the other ranks wait while rank 0 measures

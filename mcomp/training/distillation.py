@@ -42,7 +42,10 @@ class TeacherSpec(StageOptions):
     format: ModelFormat = Field(ModelFormat.AUTO, strict=False)
     factory: str | None = Field(None, description="'package.module:function' for a state_dict.")
     factory_args: dict[str, Any] = Field(default_factory=dict)
-    python_path: list[str] = Field(default_factory=list)
+    python_path: list[str] = Field(default_factory=list, max_length=1_000)
+    allow_pickle: bool = Field(
+        False, description="Load a pickled teacher module or .pt2 (executes code from the file)."
+    )
 
 
 class HintSpec(StageOptions):
@@ -122,11 +125,16 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
                     factory=spec.factory,
                     factory_args=spec.factory_args,
                     python_path=spec.python_path,
+                    allow_pickle=spec.allow_pickle,
                 ),
                 base_dir=base,
             )
         except MCompError as exc:  # its message names `model.*`; say it is the teacher's
-            raise StageError(f"{label}.teacher: {exc}") from None
+            message = str(exc).replace(
+                "`model.allow_pickle: true` in the recipe or pass --allow-pickle",
+                f"`{label}.teacher.allow_pickle: true` (--allow-pickle is for `model:`)",
+            )
+            raise StageError(f"{label}.teacher: {message}") from None
     if state.kind != ModelKind.TORCH:
         raise StageError(f"{label}: the teacher must be a torch model (got {state.kind})")
     # eval mode (BatchNorm statistics and dropout of the teacher must not move) and frozen:

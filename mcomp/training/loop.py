@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcomp.errors import StageError
+from mcomp.errors import NonFiniteError, StageError
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import Task
 
@@ -109,7 +109,7 @@ def train_module(
             loss = loss_fn(outputs, target, batch)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise StageError(
+                raise NonFiniteError(
                     f"{label}: the training loss became {value} in epoch {epoch + 1}, step "
                     f"{start // config.batch_size + 1}: training diverged; lower `lr` (now "
                     f"{config.lr:g})"
