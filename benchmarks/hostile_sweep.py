@@ -232,11 +232,10 @@ def bad_crc(folder: Path) -> None:
 
 
 def blocked_pickle(folder: Path) -> None:
-    import collections
-
+    """A pickle torch's safe loader blocks (a function call): refused, not 'corrupt'."""
     import torch
 
-    torch.save({"w": collections.Counter(a=1)}, folder / "odd.pt")
+    torch.save({"w": Evil(str(folder / "MARKER"))}, folder / "odd.pt")
 
 
 def nan_weights(folder: Path) -> None:

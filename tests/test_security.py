@@ -96,7 +96,16 @@ def project(tmp_path_factory) -> Path:
         document["guards_code"] = [f"{command} == 0"]
         return json.dumps(document).encode()
 
-    for kind, replace in (("sample", sample), ("expr", expression), ("guard", guard)):
+    def target(name: str, raw: bytes) -> bytes:
+        if not name.endswith("/models/model.json"):
+            return raw
+        document = json.loads(raw)
+        node = document["graph_module"]["graph"]["nodes"][0]
+        node["target"] = "torch.os.system"  # torch resolves it by getattr and calls it
+        return json.dumps(document).encode()
+
+    kinds = (("sample", sample), ("expr", expression), ("guard", guard), ("target", target))
+    for kind, replace in kinds:
         _rewrite(folder / "good.pt2", folder / f"evil_{kind}.pt2", replace)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype(np.float32)
@@ -181,7 +190,9 @@ def test_malicious_pt2_pickle_is_refused_at_every_entry_point(project: Path, ent
 
 
 @pytest.mark.parametrize(
-    "kind, what", [("expr", "symbolic expression"), ("guard", "guard")], ids=["expr", "guard"]
+    "kind, what",
+    [("expr", "symbolic expression"), ("guard", "guard"), ("target", "node target")],
+    ids=["expr", "guard", "target"],
 )
 @pytest.mark.parametrize("command", ["inspect", "run"])
 def test_pt2_expressions_and_guards_that_are_code_are_refused(project, kind, what, command):
@@ -199,7 +210,23 @@ def test_pt2_expressions_and_guards_that_are_code_are_refused(project, kind, wha
 
 
 def test_a_plain_pt2_still_loads_everywhere(project: Path):
-    # the refusals above are not a refusal of every .pt2
+    # the refusals above are not a refusal of every .pt2: also not of one with real guards
+    import torch
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, x, y):
+            return x[:, :4] + y.sum()
+
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(
+        TwoInputs(),
+        (torch.randn(4, 6), torch.randn(4, 6)),
+        dynamic_shapes=({0: batch, 1: torch.export.Dim("width", min=5)}, {0: batch}),
+    )
+    assert program._guards_code, "the fixture must carry guards"
+    torch.export.save(program, project / "guarded.pt2")
+    result = invoke(project, "inspect", "guarded.pt2")
+    assert result.exit_code == 0, result.stderr
     assert invoke(project, "inspect", "good.pt2").exit_code == 0
     result = invoke(project, "eval", "good.pt2", "--data", "data.npz", "--json")
     assert result.exit_code == 0, result.output

@@ -324,6 +324,14 @@ class Recipe(Strict):
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # Literal[1] accepts `true` and `1.0` (both == 1), even in strict mode
+        if type(value) is not int:
+            raise ValueError("version must be the integer 1")
+        return value
+
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
