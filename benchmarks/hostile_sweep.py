@@ -224,9 +224,11 @@ def pickled_custom(folder: Path) -> None:
 def bad_crc(folder: Path) -> None:
     raw = bytearray((folder / "model.pt").read_bytes())
     with zipfile.ZipFile(folder / "model.pt") as archive:
-        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
-    # flip one byte of the first tensor's data (stored, not compressed): the CRC now lies
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        offset = next(i for i in archive.infolist() if i.filename.endswith("data/0")).header_offset
+    # flip one byte of the first tensor's data (stored, not compressed): the CRC now lies;
+    # the data starts after the local header, whose padding torch sizes itself
+    start = offset + 30 + int.from_bytes(raw[offset + 26 : offset + 28], "little")
+    start += int.from_bytes(raw[offset + 28 : offset + 30], "little")
     raw[start + 1] ^= 0xFF
     (folder / "crc.pt").write_bytes(bytes(raw))
 

@@ -94,6 +94,10 @@ class Where:
             override = self.overrides.get(loc[:end])
             if override is not None:
                 return RecipeError(message, file=f"--set {override}", key=key)
+        if loc not in self.positions:  # a key that only a --set below it created
+            for path, override in self.overrides.items():
+                if path[: len(loc)] == loc:
+                    return RecipeError(message, file=f"--set {override}", key=key)
         line, col = position_of(self.positions, loc)
         return RecipeError(message, file=self.file, key=key, line=line, column=col)
 
