@@ -115,27 +115,26 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
         _check_expansion(node)
         data = loader.construct_document(node)
     except _Refusal as exc:
-        mark = exc.mark
-        raise RecipeError(
-            str(exc),
-            file=source,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
+        raise _located(str(exc), exc.mark, source) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(
-            f"malformed YAML: {problem}",
-            file=source,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
+        raise _located(
+            f"malformed YAML: {problem}", getattr(exc, "problem_mark", None), source
         ) from None
     finally:
         loader.dispose()
     positions: Positions = {}
     _walk(node, (), positions)
     return data, positions
+
+
+def _located(message: str, mark: yaml.Mark | None, source: str) -> RecipeError:
+    """A file's error at LINE:COL; a one-line `--set` value's at its character."""
+    if mark is None:
+        return RecipeError(message, file=source)
+    if source.startswith("--set "):
+        return RecipeError(f"{message} (at character {mark.column + 1} of the value)", file=source)
+    return RecipeError(message, file=source, line=mark.line + 1, column=mark.column + 1)
 
 
 def _check_flow_depth(text: str, source: str) -> None:
