@@ -177,7 +177,8 @@ def test_nan_in_the_weights_names_the_tensor(project, tmp_path):
 def test_a_diverging_finetune_names_the_stage_and_epoch(project):
     stages = "  - finetune: {epochs: 3, lr: 1e30, batch_size: 16}\n  - export: {}"
     line = one_error(run(project, recipe(project, stages=stages)), "finetune", "lr")
-    assert "training loss became" in line or "after this stage" in line
+    assert "finetune: the training loss became" in line or "finetune: after epoch" in line
+    assert "epoch" in line and "diverged" in line
     assert "export parity" not in line
 
 

@@ -107,10 +107,10 @@ def train_module(
             outputs = runner(*batch)
             target = None if labels is None else labels[index].to(ctx.device)
             loss = loss_fn(outputs, target, batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
                 raise NonFiniteError(
-                    f"{label}: the training loss became {value} in epoch {epoch + 1}, step "
+                    f"{label}: the training loss became {loss_value} in epoch {epoch + 1}, step "
                     f"{start // config.batch_size + 1}: training diverged; lower `lr` (now "
                     f"{config.lr:g})"
                 )
@@ -125,12 +125,18 @@ def train_module(
                     param.mul_(mask)
             if on_step is not None:
                 on_step(epoch=epoch, step=start // config.batch_size)
-            total += value * len(index)
+            total += loss_value * len(index)
             count += len(index)
             ctx.progress.advance()
         module.eval()
         total, count = _reduce_loss(total, count, ctx)
-        value = _evaluate(state, ctx)
+        try:
+            value = _evaluate(state, ctx)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"{label}: after epoch {epoch + 1} {exc}: training diverged; lower `lr` (now "
+                f"{config.lr:g})"
+            ) from None
         result.train_loss.append(round(total / count, 6))
         result.eval_metric.append(value)
         ctx.progress.log(
