@@ -65,6 +65,7 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
 
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     from mcomp.measure.figures import measure_model
+    from mcomp.run.prepare import check_labels_fit
     from mcomp.run.threads import seed_everything
 
     latency = loaded.recipe.runtime.latency
@@ -72,6 +73,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for stage in stages:
         stage.check(state, ctx)
+    check_labels_fit(ctx, stages)
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
     progress.start("measuring baseline")
     start = time.perf_counter()

@@ -72,7 +72,6 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
         state, datasets.eval, batch_size=recipe.data.batch_size, threads=threads
     )
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
-    _check_labels(datasets, ctx, trains=any(stage.runs_on_all_ranks() for stage in stages))
     # Stages change modules in place; the original stays intact for fidelity and teachers.
     working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
     return working, ctx, stages
@@ -90,12 +89,15 @@ def check_weights(state, key: str) -> None:
         )
 
 
-def _check_labels(datasets, ctx, *, trains: bool) -> None:
+def check_labels_fit(ctx, stages) -> None:
     """Eval labels (for a label metric) and train labels (for a training stage) fit the
-    model's outputs on the baseline."""
+    model's outputs on the baseline. Called after the stages' own checks, whose errors
+    (a stage that cannot work at all) come first."""
     from mcomp.data.checks import check_labels
     from mcomp.recipe.schema import Task
 
+    datasets = ctx.datasets
+    trains = any(stage.runs_on_all_ranks() for stage in stages)
     outputs = ctx.reference_outputs
     if ctx.metric.needs_labels:
         classification = ctx.metric.name == "accuracy"
