@@ -371,7 +371,11 @@ def write_onnx_mlp(model: nn.Module, path: Path) -> None:
 def test_onnx_file_static_quantize_then_export(project):
     folder, model = project
     write_onnx_mlp(model, folder / "model.onnx")
-    report, _, out = run(folder, "{path: model.onnx}", "[{quantize: {mode: static}}, {export: {}}]")
+    report, _, out = run(
+        folder,
+        "{path: model.onnx}",
+        "[{quantize: {mode: static, weight_type: int8}}, {export: {}}]",  # int8 counted below
+    )
     assert report["ok"]
     check_baseline(report, model, folder)
     assert report["baseline"]["model_kind"] == "onnx"
