@@ -36,13 +36,17 @@ def build_report(
     stages: list[dict[str, Any]],
     constraints: list[dict[str, Any]],
     artifacts: dict[str, str],
+    latency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The report document (schema: docs/report.md); `latency` says how the latency figures
+    were timed (`mcomp.run.latency`)."""
     final = stages[-1]["metrics"] if stages else baseline["metrics"]
     return {
         "mcomp_version": __version__,
         "recipe_file": recipe_file,
         "recipe": recipe,
         "environment": env,
+        "latency": latency or {"enabled": False},
         "baseline": baseline,
         "stages": stages,
         "final": {"metrics": final, "delta": deltas(baseline["metrics"], final)},
@@ -53,7 +57,9 @@ def build_report(
 
 
 def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Differences and ratios of the final model against the baseline."""
+    """Differences and ratios of the final model against the baseline; speed-ups with their
+    interval (`mcomp.report.speedup`)."""
+    from mcomp.report.speedup import speedup_between
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 4) if a and b else None
@@ -68,4 +74,9 @@ def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "macs_ratio": ratio(before["macs"], after["macs"]),
         "speedup_b1": ratio(before["latency_ms_b1"], after["latency_ms_b1"]),
         "speedup_batch": ratio(before["latency_ms_batch"], after["latency_ms_batch"]),
+        "speedup_interval": {
+            label: None if found is None else [round(found.low, 4), round(found.high, 4)]
+            for label in ("b1", "batch")
+            for found in [speedup_between(before, after, label)]
+        },
     }
