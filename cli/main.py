@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mcomp import __version__
+from mcomp.cli.cmd_report import plot_option
 from mcomp.cli.errors import EXIT_LIMIT_BROKEN, error_boundary
 from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_argument, set_option
 
@@ -65,6 +66,7 @@ def cli() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set).",
 )
+@plot_option
 @set_option
 @error_boundary
 def run(
@@ -78,6 +80,7 @@ def run(
     threads: int | None,
     allow_pickle: bool,
     summary_md: Path | None,
+    plot_file: Path | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Run the recipe's stages and write the compressed ONNX model and the report.
@@ -89,7 +92,7 @@ def run(
       mcomp run quickstart
       mcomp run recipe.yaml --out build/ --report report.json
       mcomp run recipe.yaml --set stages.0.prune.sparsity=0.8 --json > report.json
-      mcomp run recipe.yaml --summary-md summary.md
+      mcomp run recipe.yaml --summary-md summary.md --plot stages.png
     """
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.run_extras import write_run_extras
@@ -105,6 +108,10 @@ def run(
     if result.report is not None:
         write_run_extras(result.report, summary_md)
         _emit(result.report, report_file, as_json, quiet)
+        if plot_file is not None:
+            from mcomp.report.plot import plot_reports
+
+            plot_reports([("run", result.report)], plot_file)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)
 
@@ -178,6 +185,7 @@ from mcomp.cli.cmd_compare import compare  # noqa: E402
 from mcomp.cli.cmd_eval import eval_command  # noqa: E402
 from mcomp.cli.cmd_init import init  # noqa: E402
 from mcomp.cli.cmd_inspect import inspect  # noqa: E402
+from mcomp.cli.cmd_report import report  # noqa: E402
 from mcomp.cli.cmd_sensitivity import sensitivity  # noqa: E402
 
 cli.add_command(inspect)
@@ -186,6 +194,7 @@ cli.add_command(bench)
 cli.add_command(compare)
 cli.add_command(init)
 cli.add_command(sensitivity)
+cli.add_command(report)
 
 if __name__ == "__main__":
     main()

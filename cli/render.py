@@ -14,7 +14,7 @@ from rich.table import Table
 
 from mcomp.report.speedup import speedup_between
 
-TITLE = "mcomp: before/after each stage (×N = N times smaller/faster than the baseline)"
+TITLE = "mcomp: before/after each stage (×N: N times smaller/faster than the baseline)"
 SIZE_COLUMNS = ("stage", "params", "sparse", "size", "deflated", "MACs")
 NO_WRAP = {"stage", "params", "MACs"}
 
@@ -90,8 +90,8 @@ def _headers(base: dict[str, Any]) -> dict[str, str]:
     return names | {"metric": base["metric_name"], "b1": "ms b1", "batch": f"ms b{batch}"}
 
 
-def _table(keys: tuple[str, ...], rows: list[dict[str, str]], headers, title: str | None):
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+def _table(keys: tuple[str, ...], rows: list[dict[str, str]], headers: dict[str, str]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for key in keys:
         table.add_column(
             headers[key], justify="left" if key == "stage" else "right", no_wrap=key in NO_WRAP
@@ -111,13 +111,10 @@ def report_tables(report: dict[str, Any], width: int) -> list[Table]:
     ]
     headers = _headers(base)
     quality = ("stage", "metric", "Δ", "b1", "batch", "s")
-    wide = _table(SIZE_COLUMNS + quality[1:], rows, headers, TITLE)
+    wide = _table(SIZE_COLUMNS + quality[1:], rows, headers)
     if _width(wide) <= width:
         return [wide]
-    return [
-        _table(SIZE_COLUMNS, rows, headers, TITLE),
-        _table(quality, rows, headers, None),
-    ]
+    return [_table(SIZE_COLUMNS, rows, headers), _table(quality, rows, headers)]
 
 
 def _width(table: Table) -> int:
@@ -128,6 +125,7 @@ def _width(table: Table) -> int:
 
 def render_report(report: dict[str, Any], console: Console) -> None:
     """The before/after table(s), the notes, how latency was timed, the constraints."""
+    console.print(TITLE, highlight=False)
     for table in report_tables(report, console.width):
         console.print(table)
     for entry in report["stages"]:
