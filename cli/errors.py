@@ -47,7 +47,10 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
+    from mcomp.cli.json_error import emit_json_error
+
     text = message.replace("\n", " ")
+    emit_json_error(text, code)  # with --json: the error as JSON on stdout too
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
         text = f"rank {os.environ.get('RANK', '?')}: {text}"
     if sys.stderr.isatty():

@@ -12,6 +12,8 @@ import click
 from mcomp import __version__
 from mcomp.cli.cmd_report import plot_option
 from mcomp.cli.errors import EXIT_LIMIT_BROKEN, error_boundary
+from mcomp.cli.json_error import JsonErrorGroup
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_argument, set_option
 
 EPILOG = """\b
@@ -19,7 +21,9 @@ Exit codes: 0 ok, 1 a recipe limit (constraints) was broken, 2 bad input or a fa
 Docs: README.md (recipe reference, report schema)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(
+    cls=JsonErrorGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG
+)
 @click.version_option(__version__, "--version", "-V", prog_name="mcomp")
 def cli() -> None:
     """Compress a PyTorch or ONNX model from a YAML recipe: prune, finetune, quantize to int8,
@@ -49,6 +53,7 @@ def cli() -> None:
 )
 @json_option
 @quiet_option
+@verbose_option
 @debug_option
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option(
@@ -75,6 +80,7 @@ def run(
     report_file: Path | None,
     as_json: bool,
     quiet: bool,
+    verbose: bool,
     debug: bool,
     seed: int | None,
     threads: int | None,
@@ -85,7 +91,8 @@ def run(
 ) -> None:
     """Run the recipe's stages and write the compressed ONNX model and the report.
 
-    RECIPE is a YAML file or the name of a bundled recipe (quickstart).
+    RECIPE is a YAML file or the name of a bundled recipe (quickstart; `mcomp recipes`
+    lists them).
 
     \b
     Examples:
@@ -104,7 +111,8 @@ def run(
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
     # under torchrun only rank 0 talks and writes; the others stay quiet
     follower = int(os.environ.get("RANK", "0")) > 0
-    result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
+    with libraries_filtered(verbose, quiet or follower):
+        result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
     if result.report is not None:
         write_run_extras(result.report, summary_md)
         _emit(result.report, report_file, as_json, quiet)
@@ -185,6 +193,7 @@ from mcomp.cli.cmd_compare import compare  # noqa: E402
 from mcomp.cli.cmd_eval import eval_command  # noqa: E402
 from mcomp.cli.cmd_init import init  # noqa: E402
 from mcomp.cli.cmd_inspect import inspect  # noqa: E402
+from mcomp.cli.cmd_recipes import recipes  # noqa: E402
 from mcomp.cli.cmd_report import report  # noqa: E402
 from mcomp.cli.cmd_sensitivity import sensitivity  # noqa: E402
 
@@ -195,6 +204,7 @@ cli.add_command(compare)
 cli.add_command(init)
 cli.add_command(sensitivity)
 cli.add_command(report)
+cli.add_command(recipes)
 
 if __name__ == "__main__":
     main()

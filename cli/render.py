@@ -19,11 +19,20 @@ SIZE_COLUMNS = ("stage", "params", "sparse", "size", "deflated", "MACs")
 NO_WRAP = {"stage", "params", "MACs"}
 
 
+def columns_off_terminal() -> int:
+    """Width of output that is not a terminal (CI logs, pipes): $COLUMNS when set, else wide
+    enough for the table not to wrap."""
+    import os
+
+    value = os.environ.get("COLUMNS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 150
+
+
 def stderr_console() -> Console:
-    """stderr console; off a terminal (CI logs) wide enough for the table not to wrap."""
+    """stderr console; off a terminal as wide as `columns_off_terminal`."""
     import sys
 
-    return Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    return Console(stderr=True, width=None if sys.stderr.isatty() else columns_off_terminal())
 
 
 def human_bytes(value: float | None) -> str:
