@@ -158,6 +158,10 @@ def latency_lines(report: dict[str, Any]) -> list[str]:
     ]
     if timing.get("busy_warning"):
         lines.append(f"warning: {timing['busy_warning']}")
+    env = report.get("environment") or {}
+    if "cpu_isa_source" in env:
+        found = ", ".join(env["cpu_isa"]) or "no int8-relevant instruction set"
+        lines.append(f"CPU: {found} (from {env['cpu_isa_source']}), {env['threads']} thread(s)")
     return lines
 
 

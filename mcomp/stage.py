@@ -105,6 +105,8 @@ class StageContext:
     # the recipe's `constraints.max_accuracy_drop` (vs the run's baseline): stages that can
     # trade accuracy for size/speed (quantize's fallback) aim for it when given no budget
     accuracy_budget: float | None = None
+    # where training runs and why, logged by the training loop on its first call of the run
+    device_note: str | None = None
 
     def evaluate(self, model: ModelState) -> float:
         """The task metric of `model` on the eval split (torch or onnxruntime)."""

@@ -13,7 +13,7 @@ def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> di
     import onnxruntime
     import torch
 
-    from mcomp.measure.cpu_features import cpu_features
+    from mcomp.measure.cpu_features import detect_cpu_features
 
     return {
         "python": platform.python_version(),
@@ -21,7 +21,8 @@ def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> di
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
         "threads": threads,
-        "cpu_isa": cpu_features(),
+        "cpu_isa": list(detect_cpu_features().names),
+        "cpu_isa_source": detect_cpu_features().source,
         "training_device": device,
         "world_size": world_size,
     }

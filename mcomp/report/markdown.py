@@ -33,7 +33,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         _row("baseline", base, base),
     ]
     lines += [_row(entry["name"], entry["metrics"], base) for entry in report["stages"]]
-    lines += _latency_note(report.get("latency") or {})
+    lines += _latency_note(report.get("latency") or {}, report.get("environment") or {})
     if report["constraints"]:
         lines += ["", "| constraint | value | limit | result |", "|---|---:|---:|---|"]
         lines += [
@@ -80,14 +80,17 @@ def _latency(m: dict[str, Any], base: dict[str, Any], label: str) -> str:
     return text if found is None else f"{text} {found.text()}"
 
 
-def _latency_note(timing: dict[str, Any]) -> list[str]:
+def _latency_note(timing: dict[str, Any], env: dict[str, Any]) -> list[str]:
     if not timing.get("enabled"):
         return []
+    cpu = ""
+    if "cpu_isa_source" in env:
+        cpu = f" CPU: {', '.join(env['cpu_isa']) or 'none'} (from {env['cpu_isa_source']})."
     lines = [
         "",
         f"Latency: median ms over {timing['rounds']} rounds (min–max in brackets), every "
         "model timed side by side at the end of the run; `≈`: no difference beyond the "
-        "spread.",
+        f"spread.{cpu}",
     ]
     if timing.get("busy_warning"):
         lines += ["", f"**Warning:** {timing['busy_warning']}."]

@@ -35,7 +35,7 @@ def bench_model(
     `profile`: also the kernel time per op type at the largest batch, from onnxruntime's
     profiler in a session of its own (after the timing, so it changes none of the figures).
     """
-    from mcomp.measure.cpu_features import cpu_features
+    from mcomp.measure.cpu_features import detect_cpu_features
     from mcomp.measure.ort_session import create_session
     from mcomp.measure.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from mcomp.model.open import ModelRef, detect_model_format, open_model
@@ -67,7 +67,8 @@ def bench_model(
         "threads": threads,
         "warmup": warmup,
         "runs": runs,
-        "cpu_isa": cpu_features(),
+        "cpu_isa": list(detect_cpu_features().names),
+        "cpu_isa_source": detect_cpu_features().source,
         "inputs": [i.model_dump() for i in state.inputs],
         "inputs_from": data_name if data is not None else "random (integer inputs: zeros)",
         "batches": results,
