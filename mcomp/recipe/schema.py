@@ -245,7 +245,7 @@ class ConstraintsSpec(Strict):
         None,
         gt=0,
         description="Baseline latency / final latency at the larger batch, at the "
-        "conservative end of its interval (slowest baseline round / fastest final round).",
+        "conservative end: the lowest of the round-by-round ratios (docs/report.md).",
     )
     max_latency_ms: float | None = Field(
         None,

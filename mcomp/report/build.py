@@ -62,6 +62,8 @@ def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     interval (`mcomp.report.speedup`)."""
     from mcomp.report.speedup import speedup_between
 
+    found = [(label, speedup_between(before, after, label)) for label in ("b1", "batch")]
+
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 4) if a and b else None
 
@@ -73,11 +75,8 @@ def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             before["size_compressed_bytes"], after["size_compressed_bytes"]
         ),
         "macs_ratio": ratio(before["macs"], after["macs"]),
-        "speedup_b1": ratio(before["latency_ms_b1"], after["latency_ms_b1"]),
-        "speedup_batch": ratio(before["latency_ms_batch"], after["latency_ms_batch"]),
+        **{f"speedup_{label}": None if s is None else round(s.value, 4) for label, s in found},
         "speedup_interval": {
-            label: None if found is None else [round(found.low, 4), round(found.high, 4)]
-            for label in ("b1", "batch")
-            for found in [speedup_between(before, after, label)]
+            label: None if s is None else [round(s.low, 4), round(s.high, 4)] for label, s in found
         },
     }

@@ -1,8 +1,8 @@
 """Check the recipe's limits against the final model's measurements.
 
 Latency limits decide on the conservative end of the measured interval (docs/report.md):
-`min_speedup` on the slowest baseline round over the fastest final one, `max_latency_ms` on
-the final model's slowest round. Each such check says how sure it is: `clear` when the whole
+`min_speedup` on the lowest round-by-round speed-up, `max_latency_ms` on the final model's
+slowest round. Each such check says how sure it is: `clear` when the whole
 interval lies on one side of the limit, `uncertain` when the limit falls inside it (counted as
 broken: a CI gate must not pass on a lucky round).
 """

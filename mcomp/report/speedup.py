@@ -1,22 +1,29 @@
 """Speed-ups with their spread, from latency figures timed side by side.
 
 A model's latency is the median of its round medians, and its spread the lowest and the
-highest round median (`mcomp.measure.side_by_side`). The speed-up of B over A is
-`median_A / median_B`; its interval runs from the conservative `min_A / max_B` to the
-optimistic `max_A / min_B`, so it contains 1 exactly when the two spreads overlap. A
-difference is *resolved* only when the whole interval lies more than `RESOLUTION` away from
-1: separate onnxruntime sessions of one and the same graph differ by a few percent, so a
-smaller difference is not a result even when the spreads happen to be apart. Unresolved
-speed-ups print as `≈`.
+highest round median (`mcomp.measure.side_by_side`). In every round each model is timed
+within milliseconds of the others, so the speed-up of B over A is taken round by round,
+`A_r / B_r`: its value is the median of those ratios and its interval their lowest and
+highest. A drift of the machine between rounds (another process starting) slows A and B of
+the same round alike and cancels, where comparing the two models' own spreads would count it
+twice. Reports without rounds fall back to `median_A / median_B` within the conservative
+`min_A / max_B` .. `max_A / min_B` (the interval that contains 1 exactly when the spreads
+overlap).
 
-    >>> s = speedup({"median_ms": 2.0, "min_ms": 1.9, "max_ms": 2.1},
-    ...             {"median_ms": 1.0, "min_ms": 0.95, "max_ms": 1.1})
+A difference is *resolved* only when the whole interval lies more than `RESOLUTION` away from
+1: separate onnxruntime sessions of one and the same graph differ by a few percent, so a
+smaller difference is not a result. Unresolved speed-ups print as `≈`.
+
+    >>> a = {"median_ms": 2.0, "min_ms": 1.9, "max_ms": 2.1, "rounds_ms": [2.0, 2.1, 1.9]}
+    >>> b = {"median_ms": 1.0, "min_ms": 0.95, "max_ms": 1.1, "rounds_ms": [1.0, 1.1, 0.95]}
+    >>> s = speedup(a, b)
     >>> s.text(), round(s.low, 3), round(s.high, 3)
-    ('×2', 1.727, 2.211)
+    ('×2', 1.909, 2.0)
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +73,12 @@ def speedup(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -
     # rounds of one run pair up; a report edited by hand might not have both
     rounds = zip(before.get("rounds_ms", ()), after.get("rounds_ms", ()), strict=False)
     paired = tuple(a / b for a, b in rounds if b)
+    if paired:
+        return Speedup(statistics.median(paired), min(paired), max(paired), paired)
     return Speedup(
         value=before["median_ms"] / after["median_ms"],
         low=before["min_ms"] / after["max_ms"],
         high=before["max_ms"] / after["min_ms"],
-        paired=paired,
     )
 
 
