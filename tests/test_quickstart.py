@@ -34,7 +34,19 @@ def quickstart(tmp_path_factory):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "mcomp", "run", "quickstart", "--json", "--report", "r.json", *FAST],
+        [
+            sys.executable,
+            "-m",
+            "mcomp",
+            "run",
+            "quickstart",
+            "--json",
+            "--report",
+            "r.json",
+            "--plot",
+            "stages.png",
+            *FAST,
+        ],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -115,6 +127,7 @@ def test_final_model_is_int8_and_runs_in_onnxruntime(quickstart):
     assert session.run(None, {"x": x})[0].shape == (3, 10)
     for name in ("report.json", "recipe.resolved.yaml"):
         assert (folder / "mcomp-out" / name).is_file()
+    assert (folder / "stages.png").read_bytes()[:4] == b"\x89PNG"  # mcomp run --plot
     assert not list((folder / "mcomp-out").glob(".*.tmp"))  # no temp files left behind
 
 
