@@ -217,3 +217,41 @@ def test_latency_spec_rounds_default_and_bounds():
     assert LatencySpec().rounds == 5
     with pytest.raises(ValidationError):
         LatencySpec(rounds=0)
+
+
+def _entry(name: str, rounds_b1, rounds_batch, details=None) -> dict:
+    return {
+        "name": name,
+        "notes": [],
+        "details": details or {},
+        "metrics": metrics(tuple(rounds_b1), tuple(rounds_batch)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("int8_rounds", "said"),
+    [
+        ((0.5, 0.5, 0.52), None),  # clearly faster: nothing to say
+        ((1.0, 0.95, 1.06), "not measurably faster than"),
+        ((1.5, 1.6, 1.55), "slower than"),
+    ],
+)
+def test_int8_verdict_comes_from_the_end_of_run_figures(int8_rounds, said):
+    from mcomp.progress import NullProgress
+    from mcomp.run.latency import _int8_verdict
+
+    fp32 = _entry("finetune", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    advice = "try: a larger batch"
+    int8 = _entry("quantize", (1.0,) * 3, int8_rounds, {"speed_advice": advice, "mode": "static"})
+    progress = NullProgress()
+    _int8_verdict(fp32, int8, 32, progress)
+    if said is None:
+        assert int8["notes"] == [] and progress.warnings == []
+        return
+    (note,) = int8["notes"]
+    assert note.startswith(f"int8 is {said} its fp32 input at batch 32") and note.endswith(advice)
+    assert progress.warnings == [f"quantize: {note}"]
+    # a stage that quantizes nothing gets no verdict
+    other = _entry("export", (1.0,) * 3, int8_rounds)
+    _int8_verdict(fp32, other, 32, progress)
+    assert other["notes"] == []

@@ -45,17 +45,7 @@ def time_run_models(
         progress=ctx.progress,
     )
     load = probe.stop()
-    for entry, figures in zip(entries, stats, strict=True):
-        metrics = entry["metrics"]
-        metrics["latency_ms_b1"] = round(figures["b1"].median_ms, 4)
-        metrics["latency_ms_batch"] = round(figures["batch"].median_ms, 4)
-        metrics["latency_batch"] = spec.batch
-        metrics["latency"] = {label: figures[label].as_dict() for label in LABELS}
-    base = entries[0]["metrics"]
-    for entry in entries[1:]:
-        entry["metrics"]["speedup"] = {
-            label: speedup_between(base, entry["metrics"], label).as_dict() for label in LABELS
-        }
+    _fill_in(entries, stats, spec.batch)
     warning = busy_warning(load)
     if warning:
         ctx.progress.warn(f"latency: {warning}")
@@ -74,6 +64,21 @@ def time_run_models(
         "machine": load,
         "busy_warning": warning,
     }
+
+
+def _fill_in(entries: list[dict[str, Any]], stats: list, batch: int) -> None:
+    """Every entry's medians and spread, and each stage's speed-up over the baseline."""
+    for entry, figures in zip(entries, stats, strict=True):
+        metrics = entry["metrics"]
+        metrics["latency_ms_b1"] = round(figures["b1"].median_ms, 4)
+        metrics["latency_ms_batch"] = round(figures["batch"].median_ms, 4)
+        metrics["latency_batch"] = batch
+        metrics["latency"] = {label: figures[label].as_dict() for label in LABELS}
+    base = entries[0]["metrics"]
+    for entry in entries[1:]:
+        entry["metrics"]["speedup"] = {
+            label: speedup_between(base, entry["metrics"], label).as_dict() for label in LABELS
+        }
 
 
 def _int8_verdict(previous: dict[str, Any], entry: dict[str, Any], batch: int, progress) -> None:
