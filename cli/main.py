@@ -18,7 +18,7 @@ from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_ar
 
 EPILOG = """\b
 Exit codes: 0 ok, 1 a recipe limit (constraints) was broken, 2 bad input or a failed run.
-Docs: README.md (recipe reference, report schema)."""
+Docs: docs/index.md (recipe reference, report schema, CI use)."""
 
 
 @click.group(

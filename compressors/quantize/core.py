@@ -57,7 +57,7 @@ def quantize_model(
     onnx.save(model.onnx_model, source)
     prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
     prepared = onnx.load(str(prepared_path))
-    mode, why = resolve_mode(prepared, options.mode)
+    mode, why = resolve_mode(prepared, options.mode, sample_shapes(model))
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
     details: dict[str, Any] = {}
@@ -174,5 +174,18 @@ def _finish(
     if chosen.calibration:
         details["calibration"] = chosen.calibration
     return prove_int8(
-        model.onnx_model, quantized, [quantized, prepared], ctx, folder, options, details
+        model.onnx_model,
+        quantized,
+        [quantized, prepared],
+        ctx,
+        folder,
+        options,
+        details,
+        input_shapes=sample_shapes(model),
     )
+
+
+def sample_shapes(model: ModelState) -> dict[str, list[int]]:
+    """Per-sample input shapes by name: what fixes the graph's symbolic dimensions when
+    MACs are counted."""
+    return {spec.name: list(spec.shape) for spec in model.inputs}
