@@ -198,3 +198,17 @@ def test_help_shows_examples():
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0
     assert 'mcomp report main/report.json pr/report.json --fail-on "metric<-0.005' in result.output
+
+
+def test_reports_written_before_the_spread_existed_still_render(sample):
+    old = copy.deepcopy(sample)
+    old.pop("latency")
+    old["environment"].pop("cpu_isa_source")
+    for entry in [old["baseline"], *old["stages"]]:
+        entry["metrics"].pop("latency")
+        entry["metrics"].pop("speedup", None)
+    text = rendered(old, 120)
+    assert "0.129 ×1.3" in text and "latency: median of" not in text
+    from mcomp.report.markdown import summary_markdown
+
+    assert "| 0.129 ×1.3 |" in summary_markdown(old)
