@@ -46,7 +46,7 @@ class JsonErrorGroup(click.Group):
     """The command group: click's own usage errors (bad option values, missing arguments)
     become a JSON error object too when the command line asks for --json."""
 
-    def main(self, args=None, *posargs, **kwargs):  # noqa: ANN001  (click's signature)
+    def main(self, args=None, *posargs, **kwargs):
         self._argv = list(sys.argv[1:] if args is None else args)
         return super().main(args, *posargs, **kwargs)
 
