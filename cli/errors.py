@@ -50,10 +50,13 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
+    from mcomp.cli.json_error import emit_json_error
+
     # one line whatever the message quotes: a key named "\r" or an escape sequence from a
     # hostile file must not split the line or reach the terminal raw
     text = " ".join(message.splitlines())
     text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+    emit_json_error(text, code)  # with --json: the error as JSON on stdout too
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
         text = f"rank {os.environ.get('RANK', '?')}: {text}"
     if sys.stderr.isatty():

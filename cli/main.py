@@ -10,7 +10,10 @@ from pathlib import Path
 import click
 
 from mcomp import __version__
+from mcomp.cli.cmd_report import plot_option
 from mcomp.cli.errors import EXIT_LIMIT_BROKEN, error_boundary
+from mcomp.cli.json_error import JsonErrorGroup
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_argument, set_option
 
 EPILOG = """\b
@@ -18,7 +21,9 @@ Exit codes: 0 ok, 1 a recipe limit (constraints) was broken, 2 bad input or a fa
 Docs: docs/index.md (recipe reference, report schema, CI use)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(
+    cls=JsonErrorGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG
+)
 @click.version_option(__version__, "--version", "-V", prog_name="mcomp")
 def cli() -> None:
     """Compress a PyTorch or ONNX model from a YAML recipe: prune, finetune, quantize to int8,
@@ -48,6 +53,7 @@ def cli() -> None:
 )
 @json_option
 @quiet_option
+@verbose_option
 @debug_option
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Override the recipe's seed.")
 @click.option(
@@ -65,6 +71,7 @@ def cli() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set).",
 )
+@plot_option
 @set_option
 @error_boundary
 def run(
@@ -73,23 +80,26 @@ def run(
     report_file: Path | None,
     as_json: bool,
     quiet: bool,
+    verbose: bool,
     debug: bool,
     seed: int | None,
     threads: int | None,
     allow_pickle: bool,
     summary_md: Path | None,
+    plot_file: Path | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Run the recipe's stages and write the compressed ONNX model and the report.
 
-    RECIPE is a YAML file or the name of a bundled recipe (quickstart).
+    RECIPE is a YAML file or the name of a bundled recipe (quickstart; `mcomp recipes`
+    lists them).
 
     \b
     Examples:
       mcomp run quickstart
       mcomp run recipe.yaml --out build/ --report report.json
       mcomp run recipe.yaml --set stages.0.prune.sparsity=0.8 --json > report.json
-      mcomp run recipe.yaml --summary-md summary.md
+      mcomp run recipe.yaml --summary-md summary.md --plot stages.png
     """
     from mcomp.cli.progress_ui import make_progress
     from mcomp.cli.run_extras import write_run_extras
@@ -101,10 +111,15 @@ def run(
     options = RunOptions(out_dir=out_dir, allow_pickle=allow_pickle, seed=seed, threads=threads)
     # under torchrun only rank 0 talks and writes; the others stay quiet
     follower = int(os.environ.get("RANK", "0")) > 0
-    result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
+    with libraries_filtered(verbose, quiet or follower):
+        result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
     if result.report is not None:
         write_run_extras(result.report, summary_md)
         _emit(result.report, report_file, as_json, quiet)
+        if plot_file is not None:
+            from mcomp.report.plot import plot_reports
+
+            plot_reports([("run", result.report)], plot_file)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)
 
@@ -178,6 +193,8 @@ from mcomp.cli.cmd_compare import compare  # noqa: E402
 from mcomp.cli.cmd_eval import eval_command  # noqa: E402
 from mcomp.cli.cmd_init import init  # noqa: E402
 from mcomp.cli.cmd_inspect import inspect  # noqa: E402
+from mcomp.cli.cmd_recipes import recipes  # noqa: E402
+from mcomp.cli.cmd_report import report  # noqa: E402
 from mcomp.cli.cmd_sensitivity import sensitivity  # noqa: E402
 
 cli.add_command(inspect)
@@ -186,6 +203,8 @@ cli.add_command(bench)
 cli.add_command(compare)
 cli.add_command(init)
 cli.add_command(sensitivity)
+cli.add_command(report)
+cli.add_command(recipes)
 
 if __name__ == "__main__":
     main()

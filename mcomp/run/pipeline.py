@@ -63,12 +63,24 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
         return _finish(loaded, out, (state, last_torch), ctx, baseline, stage_entries, progress)
 
 
+def _measure(state, ctx, main: bool, models: list[bytes]):
+    """The model's figures (rank 0 only), keeping its ONNX bytes for the end-of-run timing."""
+    from mcomp.measure.figures import measure_model, onnx_form
+
+    if not main:
+        return None
+    metrics = measure_model(state, ctx)
+    models.append(onnx_form(state).SerializeToString())
+    return metrics
+
+
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
-    from mcomp.measure.figures import measure_model
+    from mcomp.report.constraints import absolute_budget
+    from mcomp.run.latency import time_run_models
     from mcomp.run.prepare import check_labels_fit
     from mcomp.run.threads import seed_everything
 
-    latency = loaded.recipe.runtime.latency
+    models: list[bytes] = []  # every entry's ONNX form, timed side by side at the end
     # Every stage checks its options against the model before any work is done, so a bad
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for stage in stages:
@@ -81,10 +93,14 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         "name": "baseline",
         "type": "baseline",
         "model_kind": str(state.kind),
-        "metrics": measure_model(state, ctx, latency) if main else None,
+        "metrics": _measure(state, ctx, main, models),
     }
     baseline["seconds"] = round(time.perf_counter() - start, 3)
     progress.finish()
+    if main:  # a relative budget (max_relative_drop) is known in metric units from here on
+        ctx.accuracy_budget = absolute_budget(
+            loaded.recipe.constraints, baseline["metrics"]["metric"]
+        )
     entries = []
     names = Counter()
     last_torch = state if state.kind == "torch" else None
@@ -101,7 +117,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
         try:
-            metrics = measure_model(state, ctx, latency) if main else None
+            metrics = _measure(state, ctx, main, models)
         except NonFiniteError as exc:
             raise NonFiniteError(
                 f"stage {label}: after this stage {exc}; if it trains, training diverged: "
@@ -121,6 +137,12 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
                 "details": stage.details,
                 "metrics": metrics,
             }
+        )
+    if main:
+        # how the latency was timed travels with the baseline entry to the report, which
+        # lifts it to its own top-level `latency` block (see _finish)
+        baseline["timing"] = time_run_models(
+            [baseline, *entries], models, ctx, loaded.recipe.runtime.latency
         )
     return baseline, entries, state, last_torch
 
@@ -243,6 +265,7 @@ def _finish(
         stages=entries,
         constraints=constraints,
         artifacts=artifacts,
+        latency=baseline.pop("timing", None),
     )
     try:
         write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
