@@ -56,6 +56,8 @@ def quantize_model(
     source = folder / "fp32.onnx"
     onnx.save(model.onnx_model, source)
     prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
+    if prepared_path != source:  # the scratch folder keeps only what is read again
+        source.unlink(missing_ok=True)
     prepared = onnx.load(str(prepared_path))
     mode, why = resolve_mode(prepared, options.mode)
     if mode == "weight4":
