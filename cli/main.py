@@ -103,7 +103,6 @@ def run(
       mcomp run recipe.yaml --resume            # reuse the stages that did not change
     """
     from mcomp.cli.progress_ui import make_progress
-    from mcomp.cli.run_extras import append_step_summary
     from mcomp.progress import NullProgress
     from mcomp.recipe.load import load_recipe
     from mcomp.run.pipeline import RunOptions, run_pipeline
@@ -126,13 +125,25 @@ def run(
     follower = int(os.environ.get("RANK", "0")) > 0
     result = run_pipeline(loaded, options, NullProgress() if follower else make_progress(quiet))
     if result.report is not None:
-        append_step_summary(result.report, summary_md)
-        _emit(result.report, as_json or str(report_file) == "-", quiet, str(summary_md) == "-")
+        _emit(result.report, as_json or str(report_file) == "-", quiet, summary_md)
     if not result.ok:
         sys.exit(EXIT_LIMIT_BROKEN)
 
 
-def _emit(report: dict, as_json: bool, quiet: bool, summary_to_stdout: bool) -> None:
+def _emit(report: dict, as_json: bool, quiet: bool, summary_md: Path | None) -> None:
+    from mcomp.cli.run_extras import append_step_summary
+    from mcomp.interrupt import Terminated, say_outcome
+
+    try:
+        append_step_summary(report, summary_md)
+        _print_result(report, as_json, quiet, str(summary_md) == "-")
+    except (KeyboardInterrupt, Terminated) as exc:  # the message must not say "nothing"
+        folder = str(Path(report["artifacts"]["model"]).parent)
+        say_outcome(exc, f"the outputs in {folder} were written")
+        raise
+
+
+def _print_result(report: dict, as_json: bool, quiet: bool, summary_to_stdout: bool) -> None:
     from mcomp.cli.render import render_report, stderr_console
     from mcomp.report.json_text import report_json
 

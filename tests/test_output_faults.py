@@ -8,6 +8,7 @@ mcomp/run/fault_points.py). The model is an ONNX MLP, so that no run pays for a 
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -321,3 +322,75 @@ def test_a_read_only_output_folder_is_refused_before_any_work(project, old_set, 
     assert ("Permission denied" in last) != ("Read-only file system" in last)
     assert "loading model" not in result.stderr, "refused before any work"
     assert same_files(out, old_set)
+
+
+def test_report_dash_prints_the_json_and_resume_reuses_the_stages(project, old_set, tmp_path):
+    out = copy_of(old_set, tmp_path)
+
+    code, stdout, stderr = finish(
+        mcomp("run", "recipe.yaml", "--out", str(out), "--report", "-", "--resume", cwd=project)
+    )
+
+    assert code == 0, stderr
+    report = json.loads(stdout)  # the one document on stdout: no `ok:` line after it
+    assert [s["resumed"] for s in report["stages"]] == [True, True]
+    assert "stage 1/2: quantize: reused from the cache" in stderr
+    assert (out / "model.onnx").read_bytes() == (old_set / "model.onnx").read_bytes()
+
+
+def test_report_through_a_link_to_stdout_writes_into_the_pipe(project, tmp_path):
+    link = tmp_path / "r.json"
+    link.symlink_to("/proc/self/fd/1")  # what replaced /dev/stdout with a file before
+
+    code, stdout, stderr = finish(
+        mcomp(
+            "run", "export.yaml", "--out", str(tmp_path / "out"), "--report", str(link), cwd=project
+        )
+    )
+
+    assert code == 0, stderr
+    text, status = stdout.rsplit("\n", 2)[0], stdout.splitlines()[-1]
+    assert json.loads(text)["ok"] is True and status.startswith("ok: ")
+    assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
+
+
+STUCK = """
+import ctypes, signal, sys
+from pathlib import Path
+
+from mcomp.interrupt import emergency_cleanup, handle_termination
+
+scratch = Path(sys.argv[1])
+
+
+def cleanup():
+    scratch.rmdir()
+    return "the outputs in out are unchanged"
+
+
+with handle_termination(), emergency_cleanup(cleanup):
+    # as a main thread deep in a library call: the signal cannot reach its Python handler
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    print("ready", flush=True)
+    ctypes.CDLL(None).sleep(120)
+"""
+
+
+def test_sigterm_while_stuck_in_a_library_call_still_cleans_up_and_exits_143(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK, str(scratch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 143
+    assert time.monotonic() - started < 30, "the watchdog's grace, not the library call's end"
+    assert stderr == "mcomp: terminated (SIGTERM); the outputs in out are unchanged\n"
+    assert not scratch.exists()

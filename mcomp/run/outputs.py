@@ -81,8 +81,13 @@ class OutputFolder:
         return text
 
     def close(self) -> None:
-        """Release the lock; remove the scratch area, and what this run added to a folder
-        it leaves unchanged (nothing, unless stages were cached for --resume)."""
+        """Release the lock after `tidy()`."""
+        self.tidy()
+        self.lock.release()
+
+    def tidy(self) -> None:
+        """Remove the scratch area, and what this run added to a folder it leaves unchanged
+        (nothing, unless stages were cached for --resume)."""
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         cached = self.cache_dir.is_dir() and any(self.cache_dir.iterdir())
         if not self.committed and not cached:
@@ -90,7 +95,6 @@ class OutputFolder:
                 shutil.rmtree(self.path, ignore_errors=True)
             elif not self.had_work_area:
                 shutil.rmtree(self.work_area, ignore_errors=True)
-        self.lock.release()
 
 
 def open_output_folder(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcomp.errors import OutputError
-from mcomp.interrupt import Terminated, deferred_signals, say_outcome
+from mcomp.interrupt import Terminated, deferred_signals, emergency_cleanup, say_outcome
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 from mcomp.run.destinations import Destination
@@ -139,10 +139,18 @@ def open_run_writer(
         out, replace=str(output.replace), wait=options.wait, progress=progress
     )
     writer = RunWriter(folder, folder.scratch_dir, progress, command=options.command)
+
+    def stuck() -> str:  # SIGTERM while the main thread is stuck in a library call
+        if not folder.committed:
+            shutil.rmtree(folder.sibling("next"), ignore_errors=True)
+        folder.tidy()
+        return folder.outcome(writer.reusable())
+
     try:
         writer.extras = _plan_extras(options, out, output)
         folder.scratch_dir.mkdir(exist_ok=True)
-        yield writer
+        with emergency_cleanup(stuck):
+            yield writer
     except (KeyboardInterrupt, Terminated) as exc:
         say_outcome(exc, folder.outcome(writer.reusable()))
         raise
