@@ -16,7 +16,7 @@ from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_ar
 EPILOG = """\b
 Exit codes: 0 ok, 1 a recipe limit (constraints) was broken, 2 bad input or a failed run,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
-Docs: README.md (recipe reference, report schema), docs/outputs.md (output folder)."""
+Docs: docs/index.md (recipe reference, report schema, CI use, the output folder)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)

@@ -38,7 +38,9 @@ class StudentSpec(StageOptions):
     """A new (usually smaller) student architecture built by a factory."""
 
     factory: str = Field(description="'package.module:function' returning an untrained module.")
-    factory_args: dict[str, Any] = Field(default_factory=dict)
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to `factory`."
+    )
     init_from_teacher: bool = Field(
         False, description="Copy teacher weights whose names and shapes match."
     )
@@ -47,7 +49,11 @@ class StudentSpec(StageOptions):
 class DistillOptions(DistillSettings, TrainingOptions):
     # matching soft targets takes more steps than fitting labels (benchmarks/RESULTS.md)
     epochs: int = Field(5, ge=1, description="Passes over the train split.")
-    student: StudentSpec | None = Field(None, description="Default: the current model.")
+    student: StudentSpec | None = Field(
+        None,
+        description="A new student architecture from a factory; default: the current model "
+        "(pruned zeros stay zero).",
+    )
 
 
 class DistillStage(Stage):

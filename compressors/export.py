@@ -24,10 +24,18 @@ from mcomp.stage import Stage, StageContext, StageOptions
 
 
 class ExportOptions(StageOptions):
-    opset: int = Field(18, ge=13, le=23)
-    atol: float = Field(1e-4, ge=0)
-    rtol: float = Field(1e-3, ge=0)
-    parity_samples: int = Field(32, ge=1)
+    opset: int = Field(
+        18, ge=13, le=23, description="ONNX opset of the torch export (not used for ONNX input)."
+    )
+    atol: float = Field(
+        1e-4, ge=0, description="Absolute tolerance of the onnxruntime-vs-torch parity check."
+    )
+    rtol: float = Field(
+        1e-3, ge=0, description="Relative tolerance of the onnxruntime-vs-torch parity check."
+    )
+    parity_samples: int = Field(
+        32, ge=1, description="Eval samples run through both torch and onnxruntime."
+    )
 
 
 class ExportStage(Stage):

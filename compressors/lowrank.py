@@ -41,7 +41,11 @@ RANK_CHOICES = ("rank", "rank_ratio", "energy", "params_ratio")
 
 
 class LowRankOptions(StageOptions):
-    rank: int | None = Field(None, ge=1, description="One rank for every chosen layer.")
+    rank: int | None = Field(
+        None,
+        ge=1,
+        description="One rank for every chosen layer; above a layer's full rank is an error.",
+    )
     rank_ratio: float | None = Field(
         None,
         gt=0,
@@ -58,10 +62,18 @@ class LowRankOptions(StageOptions):
         lt=1,
         description="Largest rank whose two factors hold at most this fraction of the parameters.",
     )
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns over module names of the layers to factorize.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns over module names left alone; a pattern that matches "
+        "nothing is a warning.",
+    )
     layer_types: list[Literal["Linear", "Conv2d"]] = Field(
-        default_factory=lambda: ["Linear", "Conv2d"]
+        default_factory=lambda: ["Linear", "Conv2d"],
+        description="Module types that may be factorized (Conv2d with groups = 1 only).",
     )
     keep_output_layer: bool = Field(
         True, description="Leave the model's last Linear/Conv2d (the output layer) unfactorized."

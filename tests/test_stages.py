@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from mcomp.errors import ParityError, StageError
 from tests.helpers import mlp_recipe, run_recipe, write_mlp_project
@@ -134,8 +135,18 @@ def test_parity_error_names_the_output_and_difference(project, monkeypatch):
         check_parity(state, exported, x, threads=1, atol=1e-4, rtol=1e-3)
 
 
+def _torch_macs(state) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mcomp.model.convert import example_inputs
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        state.module(*example_inputs(state, batch=1))
+    return counter.get_total_flops() // 2
+
+
 def test_onnx_macs_match_torch_flop_counter():
-    from mcomp.measure.figures import _torch_macs
     from mcomp.measure.onnx_macs import count_onnx_macs
     from mcomp.model.convert import torch_to_onnx
     from mcomp.model.state import ModelState

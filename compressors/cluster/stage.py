@@ -43,14 +43,30 @@ from mcomp.stage import Stage, StageContext, StageOptions
 
 class ClusterOptions(StageOptions):
     clusters: int = Field(16, ge=2, le=256, description="Shared values per layer (2..256).")
-    init: Literal["linear", "kmeans++"] = "linear"
-    iterations: int = Field(30, ge=1, le=1000, description="Lloyd iterations at most.")
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
-    layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
-        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+    init: Literal["linear", "kmeans++"] = Field(
+        "linear",
+        description="Initial centroids: linear (evenly spaced over [min, max]) or kmeans++ "
+        "(seeded).",
     )
-    finetune_epochs: int = Field(0, ge=0, description="Centroid training epochs (0: none).")
+    iterations: int = Field(30, ge=1, le=1000, description="Lloyd iterations at most.")
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns over module names of the layers to cluster.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns over module names left alone; a pattern that matches "
+        "nothing is a warning.",
+    )
+    layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
+        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"],
+        description="Module types whose weights may be clustered.",
+    )
+    finetune_epochs: int = Field(
+        0,
+        ge=0,
+        description="Epochs training the centroids on the train split (shared gradients); 0: none.",
+    )
     lr: float = Field(1e-4, gt=0, description="Learning rate of centroid training.")
     storage: Literal["indices", "float"] = Field(
         "indices",

@@ -13,29 +13,55 @@ from mcomp.stage import StageOptions
 
 
 class PruneOptions(StageOptions):
-    method: Literal["magnitude", "channel", "layer"] = "magnitude"
+    method: Literal["magnitude", "channel", "layer"] = Field(
+        "magnitude",
+        description="magnitude: zero the smallest weights (unstructured); channel: remove "
+        "whole channels and neurons (structured, fewer MACs); layer: replace whole blocks "
+        "with identity.",
+    )
     sparsity: float = Field(
         0.5,
         gt=0,
         lt=1,
         description="Fraction of weights set to zero (magnitude) or of channels removed (channel).",
     )
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer"] = Field(
+        "global",
+        description="global: one ranking across all chosen layers (layers get different "
+        "sparsities); layer: each layer pruned to `sparsity` on its own.",
+    )
     include: list[str] = Field(
-        default_factory=lambda: ["*"], description="Glob patterns over module names."
+        default_factory=lambda: ["*"],
+        description="Glob patterns over module names (without `module.`/`_orig_mod.` "
+        "prefixes) of the layers to prune.",
     )
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns over module names left alone; a pattern that matches "
+        "nothing is a warning.",
+    )
     layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
-        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"],
+        description="Module types that may be pruned.",
     )
-    importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l1"
+    importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
+        "l1",
+        description="channel: how channels are ranked (L1 or L2 norm of the weights, "
+        "first-order Taylor on labelled train batches, BatchNorm scale).",
+    )
     target_macs_ratio: float | None = Field(
         None,
         gt=0,
         lt=1,
-        description="channel: prune until MACs are at most this fraction of before.",
+        description="channel: prune until MACs are at most this fraction of before "
+        "(replaces `sparsity`).",
     )
-    round_to: int | None = Field(None, ge=1, description="channel: channel-count multiple.")
+    round_to: int | None = Field(
+        None,
+        ge=1,
+        description="channel: keep every pruned layer's channel count a multiple of this "
+        "(e.g. 8, kernel-friendly); null: any count.",
+    )
     gradual: GradualOptions | None = Field(
         None, description="Raise sparsity step by step during training (AGP) instead of at once."
     )

@@ -20,6 +20,7 @@ from mcomp.compressors.quantize.int8_check import float_outputs, relative_output
 from mcomp.compressors.quantize.options import QuantizeOptions
 from mcomp.compressors.quantize.ort_quantize import (
     QUANTIZED_OPS,
+    PreparedModel,
     QuantizedModel,
     quantize_with_onnxruntime,
 )
@@ -28,58 +29,52 @@ from mcomp.errors import StageError
 if TYPE_CHECKING:
     from mcomp.stage import StageContext
 
-AUTO_METHODS = ("minmax", "percentile")
 SCORING_SAMPLES = 64
 
 
 def quantize_once(
-    prepared_path: Path,
+    prepared: PreparedModel,
     target: Path,
     options: QuantizeOptions,
     *,
     mode: str,
     excluded: set[str],
     ctx: StageContext,
-    overrides: dict,
 ) -> QuantizedModel:
     """One quantization of the prepared model with `options`, `calibration.method: auto`
     decided by output error (what the stage, the fallback and QAT all call)."""
     if mode == "static" and options.calibration.method == "auto":
-        return quantize_auto(
-            prepared_path, target, options, excluded=excluded, ctx=ctx, overrides=overrides
-        )
+        return quantize_auto(prepared, target, options, excluded=excluded, ctx=ctx)
     return quantize_with_onnxruntime(
-        prepared_path, target, options, mode=mode, excluded=excluded, ctx=ctx, overrides=overrides
+        prepared, target, options, mode=mode, excluded=excluded, ctx=ctx
     )
 
 
 def quantize_auto(
-    prepared_path: Path,
+    prepared: PreparedModel,
     target: Path,
     options: QuantizeOptions,
     *,
     excluded: set[str],
     ctx: StageContext,
-    overrides: dict,
 ) -> QuantizedModel:
-    """Static quantization with each of AUTO_METHODS; the one closest to fp32.
+    """Static quantization with each of `calibration.candidates`; the one closest to fp32.
 
     A method whose quantization fails after another succeeded is skipped; a model with
     nothing quantized is returned at once (the stage reports that as an error)."""
     errors: dict[str, float] = {}
     models: dict[str, QuantizedModel] = {}
     feed = reference = None  # the fp32 outputs, computed once
-    for method in AUTO_METHODS:
+    for method in options.calibration.candidates:
         calibration = options.calibration.model_copy(update={"method": method})
         try:
             candidate = quantize_with_onnxruntime(
-                prepared_path,
+                prepared,
                 target.with_name(f"{target.stem}.{method}.onnx"),
                 options.model_copy(update={"calibration": calibration}),
                 mode="static",
                 excluded=excluded,
                 ctx=ctx,
-                overrides=overrides,
             )
         except StageError:
             if not models:
@@ -91,7 +86,7 @@ def quantize_auto(
         if reference is None:  # the calibration reader has checked the split's inputs by now
             names = [value.name for value in graph_inputs(candidate.model)]
             feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES] for name in names}
-            reference = float_outputs(prepared_path.read_bytes(), feed, ctx.threads)
+            reference = float_outputs(prepared.path.read_bytes(), feed, ctx.threads)
         errors[method] = relative_output_error(
             reference, candidate.model.SerializeToString(), feed, ctx.threads
         )

@@ -62,6 +62,10 @@ class CalibrationReader:
     def rewind(self) -> None:  # ORT >= 1.17 may call it
         self._next = 0
 
+    def all_inputs(self) -> dict[str, np.ndarray]:
+        """Every sample of the split, one array per graph input."""
+        return {name: self._split.inputs[name] for name in self._names}
+
 
 def graph_inputs(model) -> list:
     initializers = {init.name for init in model.graph.initializer}

@@ -16,9 +16,20 @@ from typing import TYPE_CHECKING, Any
 from mcomp.compressors.quantize.auto_calibration import quantize_once
 from mcomp.compressors.quantize.fallback import accuracy_goal, fallback_search
 from mcomp.compressors.quantize.options import QuantizeOptions
-from mcomp.compressors.quantize.ort_quantize import QUANTIZED_OPS, QuantizedModel, reduce_range
-from mcomp.compressors.quantize.prepare import attention_nodes, pack_initializers, preprocess
+from mcomp.compressors.quantize.ort_quantize import (
+    QUANTIZED_OPS,
+    PreparedModel,
+    QuantizedModel,
+    reduce_range,
+)
+from mcomp.compressors.quantize.prepare import (
+    attention_nodes,
+    pack_initializers,
+    preprocess,
+    upgrade_opset,
+)
 from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode
+from mcomp.compressors.quantize.statistics import StatisticsCache
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
@@ -54,12 +65,12 @@ def quantize_model(
     folder = ctx.workdir / "quantize"
     folder.mkdir(exist_ok=True)
     source = folder / "fp32.onnx"
-    onnx.save(model.onnx_model, source)
+    onnx.save(upgrade_opset(model.onnx_model), source)
     prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
     if prepared_path != source:  # the scratch folder keeps only what is read again
         source.unlink(missing_ok=True)
     prepared = onnx.load(str(prepared_path))
-    mode, why = resolve_mode(prepared, options.mode)
+    mode, why = resolve_mode(prepared, options.mode, sample_shapes(model))
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
     details: dict[str, Any] = {}
@@ -69,15 +80,13 @@ def quantize_model(
         excluded |= attention
         if attention:
             details["float_attention_nodes"] = len(attention)
-    overrides = _learned_overrides(prepared, learned, mode, ctx, details)
-    first = quantize_once(
+    shared = PreparedModel(
         prepared_path,
-        folder / "int8.onnx",
-        options,
-        mode=mode,
-        excluded=excluded,
-        ctx=ctx,
-        overrides=overrides,
+        StatisticsCache(prepared_path, ctx, options.calibration.samples),
+        _learned_overrides(prepared, learned, mode, ctx, details),
+    )
+    first = quantize_once(
+        shared, folder / "int8.onnx", options, mode=mode, excluded=excluded, ctx=ctx
     )
     if first.float_outputs is not None:
         details["float_outputs"] = first.float_outputs
@@ -93,7 +102,7 @@ def quantize_model(
     goal = accuracy_goal(model, options, ctx)
     if goal is not None and options.fallback.enabled:
         found = fallback_search(
-            prepared_path,
+            shared,
             first=first,
             options=options,
             excluded=excluded,
@@ -101,7 +110,6 @@ def quantize_model(
             goal=goal,
             ctx=ctx,
             mode=mode,
-            overrides=overrides,
         )
         chosen, excluded, notes = found.chosen, found.excluded, found.notes
         details["fallback"] = found.facts
@@ -175,6 +183,21 @@ def _finish(
     details["int8_nodes"] = counts
     if chosen.calibration:
         details["calibration"] = chosen.calibration
+    if chosen.bias_correction is not None:
+        details["bias_correction"] = chosen.bias_correction
     return prove_int8(
-        model.onnx_model, quantized, [quantized, prepared], ctx, folder, options, details
+        model.onnx_model,
+        quantized,
+        [quantized, prepared],
+        ctx,
+        folder,
+        options,
+        details,
+        input_shapes=sample_shapes(model),
     )
+
+
+def sample_shapes(model: ModelState) -> dict[str, list[int]]:
+    """Per-sample input shapes by name: what fixes the graph's symbolic dimensions when
+    MACs are counted."""
+    return {spec.name: list(spec.shape) for spec in model.inputs}

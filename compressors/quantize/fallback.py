@@ -34,7 +34,7 @@ from mcomp.compressors.quantize.auto_calibration import quantize_once
 
 if TYPE_CHECKING:
     from mcomp.compressors.quantize.options import QuantizeOptions
-    from mcomp.compressors.quantize.ort_quantize import QuantizedModel
+    from mcomp.compressors.quantize.ort_quantize import PreparedModel, QuantizedModel
     from mcomp.model.state import ModelState
     from mcomp.stage import StageContext
 
@@ -113,17 +113,21 @@ class _Search:
 
     def __init__(
         self,
-        prepared_path: Path,
+        prepared: PreparedModel,
         state: ModelState,
         ctx: StageContext,
         *,
         options: QuantizeOptions,
         mode: str,
         goal: Goal,
-        overrides: dict,
     ) -> None:
-        self.prepared_path, self.state, self.ctx = prepared_path, state, ctx
-        self.options, self.mode, self.goal, self.overrides = options, mode, goal, overrides
+        self.prepared, self.prepared_path, self.state, self.ctx = (
+            prepared,
+            prepared.path,
+            state,
+            ctx,
+        )
+        self.options, self.mode, self.goal = options, mode, goal
         self.limits = options.fallback
         self.trials: list[Trial] = []
         self.started = time.perf_counter()
@@ -147,13 +151,7 @@ class _Search:
 
     def quantize(self, target: Path, options: QuantizeOptions, excluded: set[str]):
         return quantize_once(
-            self.prepared_path,
-            target,
-            options,
-            mode=self.mode,
-            excluded=excluded,
-            ctx=self.ctx,
-            overrides=self.overrides,
+            self.prepared, target, options, mode=self.mode, excluded=excluded, ctx=self.ctx
         )
 
     def attempt(self, label: str, options: QuantizeOptions, excluded: set[str]) -> Trial:
@@ -171,7 +169,7 @@ class _Search:
 
 
 def fallback_search(
-    prepared_path: Path,
+    prepared: PreparedModel,
     *,
     first: QuantizedModel,
     options: QuantizeOptions,
@@ -180,12 +178,9 @@ def fallback_search(
     goal: Goal,
     ctx: StageContext,
     mode: str,
-    overrides: dict,
 ) -> FallbackResult:
     """Search for a quantization within `goal`, starting from the plain one (`first`)."""
-    search = _Search(
-        prepared_path, state, ctx, options=options, mode=mode, goal=goal, overrides=overrides
-    )
+    search = _Search(prepared, state, ctx, options=options, mode=mode, goal=goal)
     plain = search.record("plain", excluded, first)
     facts: dict[str, Any] = {
         "budget": goal.budget,

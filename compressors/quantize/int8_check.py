@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcomp.measure.onnx_macs import _conv_macs, _matmul_macs, _shapes, node_macs_by_name
+from mcomp.measure.onnx_macs import _shapes, node_macs, node_macs_by_name
 
 if TYPE_CHECKING:
     import onnx
@@ -46,6 +46,7 @@ INT8_MATMUL_OPS = {
 }
 FLOAT_CONV_OPS = {"Conv", "FusedConv", "ConvTranspose"}
 FLOAT_MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Attention"}
+FLOAT_RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 # QLinearAdd, QLinearConcat, QLinearSigmoid, ...: int8 too, but they carry no MACs
 INT8_ELEMENTWISE_PREFIX = "QLinear"
 
@@ -68,12 +69,16 @@ def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx
 
 
 def count_compute_nodes(
-    optimized: onnx.ModelProto, source_models: list[onnx.ModelProto]
+    optimized: onnx.ModelProto,
+    source_models: list[onnx.ModelProto],
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
-    """int8 vs float compute nodes of the optimised graph and the share of MACs in int8."""
+    """int8 vs float compute nodes of the optimised graph and the share of MACs in int8.
+
+    `input_shapes`: per-sample input shapes for the dimensions the graph leaves symbolic."""
     known: dict[str, int] = {}
     for model in source_models:
-        for name, macs in node_macs_by_name(model).items():
+        for name, macs in node_macs_by_name(model, input_shapes).items():
             known.setdefault(name, macs)
     shapes = _shapes(optimized)
     int8_nodes: dict[str, int] = {}
@@ -84,11 +89,11 @@ def count_compute_nodes(
         is_int8 = op in INT8_CONV_OPS or op in INT8_MATMUL_OPS
         if is_int8 or op.startswith(INT8_ELEMENTWISE_PREFIX):
             int8_nodes[op] = int8_nodes.get(op, 0) + 1
-        elif op in FLOAT_CONV_OPS or op in FLOAT_MATMUL_OPS:
+        elif op in FLOAT_CONV_OPS or op in FLOAT_MATMUL_OPS or op in FLOAT_RECURRENT_OPS:
             float_nodes[op] = float_nodes.get(op, 0) + 1
         else:
             continue
-        macs = known.get(node.name) or _node_macs(node, shapes)
+        macs = known.get(node.name) or node_macs(node, shapes)
         if is_int8 or op.startswith(INT8_ELEMENTWISE_PREFIX):
             int8_macs += macs
         else:
@@ -101,14 +106,6 @@ def count_compute_nodes(
         "float_macs": float_macs,
         "int8_macs_share": round(int8_macs / total, 4) if total else 0.0,
     }
-
-
-def _node_macs(node, shapes: dict[str, list[int]]) -> int:
-    if node.op_type in INT8_CONV_OPS or node.op_type in FLOAT_CONV_OPS:
-        return _conv_macs(node, shapes)
-    if node.op_type in INT8_MATMUL_OPS or node.op_type in FLOAT_MATMUL_OPS:
-        return _matmul_macs(node, shapes)
-    return 0
 
 
 def float_outputs(
@@ -195,6 +192,7 @@ def prove_int8(
     folder: Path,
     options: QuantizeOptions,
     details: dict[str, Any],
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> list[str]:
     """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, where the int8 model's time
     goes, and output parity, all into `details`; returns the stage notes (a warning when
@@ -205,7 +203,7 @@ def prove_int8(
 
     fp32_bytes, int8_bytes = fp32.SerializeToString(), quantized.SerializeToString()
     optimized = save_optimized_graph(int8_bytes, folder / "int8.optimized.onnx", ctx.threads)
-    details.update(count_compute_nodes(optimized, sources))
+    details.update(count_compute_nodes(optimized, sources, input_shapes))
     details["cpu_isa"] = cpu_features()
     split = ctx.datasets.eval or ctx.datasets.first_available()
     names = [value.name for value in fp32.graph.input]

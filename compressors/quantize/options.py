@@ -8,7 +8,8 @@ from pydantic import Field, model_validator
 
 from mcomp.stage import StageOptions
 
-Method = Literal["auto", "minmax", "entropy", "percentile"]
+Method = Literal["auto", "minmax", "mean_minmax", "mse", "entropy", "percentile"]
+ExplicitMethod = Literal["minmax", "mean_minmax", "mse", "entropy", "percentile"]
 
 
 class CalibrationOptions(StageOptions):
@@ -16,9 +17,18 @@ class CalibrationOptions(StageOptions):
 
     method: Method = Field(
         "auto",
-        description="auto: quantize with minmax and with percentile "
-        "and keep the model whose outputs are closer to fp32's on the "
+        description="How activation ranges are chosen. minmax: the extremes over all "
+        "samples; mean_minmax: the mean of each sample's extremes (NNCF's default); mse: "
+        "the clipping with the least squared quantization error; percentile: onnxruntime's "
+        "percentile of |activation|; entropy: KL-divergence thresholds; auto: quantize with "
+        "each of `candidates` and keep the model whose outputs are closest to fp32's on "
         "calibration samples.",
+    )
+    candidates: list[ExplicitMethod] = Field(
+        default_factory=lambda: ["minmax", "percentile"],
+        min_length=1,
+        max_length=5,
+        description="The methods `method: auto` compares (each costs one quantization).",
     )
     percentile: float = Field(
         99.999,
@@ -94,6 +104,12 @@ class QuantizeOptions(StageOptions):
     )
     symmetric_activations: bool = False
     symmetric_weights: bool = False
+    bias_correction: bool = Field(
+        False,
+        description="Static QDQ: shift each Conv/Gemm bias by the mean output error that "
+        "rounding its weights causes (weight error x mean input per channel, from the "
+        "calibration samples; Nagel et al. 2019, NNCF's fast bias correction).",
+    )
     scale: Literal["float", "pow2"] = Field(
         "float", description="pow2: round every scale of a static model to a power of two."
     )

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcomp.compressors.quantize.calibration_reader import CalibrationReader
 from mcomp.compressors.quantize.options import QuantizeOptions, effective_reduce_range
 from mcomp.compressors.quantize.prepare import gemm_to_matmul, keep_outputs_float, working_directory
+from mcomp.compressors.quantize.statistics import StatisticsCache
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
@@ -39,8 +40,19 @@ QUANTIZED_OPS = {
     "DynamicQuantizeLinear",
     "QGemm",
 }
+# activation ranges mcomp estimates itself from its statistics (ranges.py)
+MCOMP_METHODS = {"mean_minmax", "mse"}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
+
+
+@dataclass
+class PreparedModel:
+    """The fp32 model every quantization of one stage starts from, and what they share."""
+
+    path: Path  # onnxruntime's pre-processed fp32 model
+    statistics: StatisticsCache  # its activation statistics on the calibration split
+    overrides: dict = field(default_factory=dict)  # QAT's learned ranges (tensor overrides)
 
 
 @dataclass
@@ -51,19 +63,19 @@ class QuantizedModel:
     options: QuantizeOptions  # as used: `calibration.method: auto` holds the method it chose
     calibration: dict[str, Any] | None = None  # static: method, samples, ...
     float_outputs: list[str] | None = None  # graph outputs made float again (static QDQ)
+    bias_correction: dict[str, Any] | None = None  # what bias correction changed
 
 
 def quantize_with_onnxruntime(
-    prepared_path: Path,
+    prepared: PreparedModel,
     target: Path,
     options: QuantizeOptions,
     *,
     mode: str,
     excluded: set[str],
     ctx: StageContext,
-    overrides: dict,
 ) -> QuantizedModel:
-    """Quantize the prepared model at `prepared_path` into `target` (explicit method)."""
+    """Quantize the prepared model into `target` (an explicit calibration method)."""
     import onnx
 
     # onnxruntime's quantizer writes helper files into the current directory, and its
@@ -72,22 +84,27 @@ def quantize_with_onnxruntime(
     calibration = None
     with working_directory(target.parent), contextlib.redirect_stdout(io.StringIO()):
         if mode == "static":
-            calibration = _quantize_static(prepared_path, target, options, excluded, ctx, overrides)
+            calibration = _quantize_static(prepared, target, options, excluded, ctx)
         else:
-            _quantize_dynamic(prepared_path, target, excluded, options)
+            _quantize_dynamic(prepared.path, target, excluded, options)
     quantized = onnx.load(str(target))
     # in memory now: a fallback search makes a copy per trial, which the scratch folder
     # need not keep (a large model's copies filled TMPDIR)
     target.unlink(missing_ok=True)
     target.with_suffix(".matmul.onnx").unlink(missing_ok=True)
-    restored = None
+    restored = corrected = None
+    if mode == "static" and options.format == "qdq" and options.bias_correction:
+        from mcomp.compressors.quantize.bias_correction import correct_biases
+
+        fp32 = onnx.load(str(prepared.path))
+        corrected = correct_biases(quantized, fp32, prepared.statistics.get(histograms=False))
     if mode == "static" and options.format == "qdq" and options.float_outputs:
         restored = keep_outputs_float(quantized)
     if mode == "static" and options.scale == "pow2":
         from mcomp.compressors.quantize.lowbit import round_scales_pow2
 
         quantized = round_scales_pow2(quantized)
-    return QuantizedModel(quantized, options, calibration, restored)
+    return QuantizedModel(quantized, options, calibration, restored, corrected)
 
 
 def reduce_range(options: QuantizeOptions) -> bool:
@@ -100,21 +117,31 @@ def reduce_range(options: QuantizeOptions) -> bool:
 
 
 def _quantize_static(
-    source: Path,
+    prepared: PreparedModel,
     target: Path,
     options: QuantizeOptions,
     excluded: set[str],
     ctx: StageContext,
-    overrides: dict,
 ) -> dict[str, Any]:
     """onnxruntime's quantize_static; returns the calibration facts."""
     import onnx
     from onnxruntime import quantization as q
 
+    source = prepared.path
     calib = options.calibration
     method, facts = calib.method, {}
     fp32 = onnx.load(str(source), load_external_data=False)
-    overrides = dict(overrides)
+    overrides = dict(prepared.overrides)
+    reader_samples = calib.samples
+    if method in MCOMP_METHODS:
+        from mcomp.compressors.quantize.ranges import HISTOGRAM_METHODS, activation_ranges
+
+        stats = prepared.statistics.get(histograms=method in HISTOGRAM_METHODS)
+        ranges = activation_ranges(stats, method, symmetric=options.symmetric_activations)
+        overrides = {**ranges, **overrides}  # QAT's learned ranges win
+        samples = next(iter(stats.values())).samples if stats else 0
+        # every activation has its range: onnxruntime's own pass needs one batch only
+        method, facts, reader_samples = "minmax", {"estimated_samples": samples}, 1
     if method == "entropy":
         from mcomp.compressors.quantize.entropy import HISTOGRAM_BINS, entropy_ranges
 
@@ -129,7 +156,7 @@ def _quantize_static(
         ctx.progress.finish()
         overrides = {**ranges, **overrides}  # QAT's learned ranges win
         method, facts = "minmax", {"histogram_bins": HISTOGRAM_BINS}
-    reader = CalibrationReader(ctx, fp32, calib.samples)
+    reader = CalibrationReader(ctx, fp32, reader_samples)
     methods = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile}
     extra = {
         "ActivationSymmetric": options.symmetric_activations,
@@ -163,7 +190,8 @@ def _quantize_static(
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from None
     ctx.progress.finish()
-    return {"method": calib.method, "samples": reader.samples, **facts}
+    samples = facts.pop("estimated_samples", reader.samples)
+    return {"method": calib.method, "samples": samples, **facts}
 
 
 def _quantize_dynamic(

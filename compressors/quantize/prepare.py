@@ -7,6 +7,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from mcomp.errors import StageError
 from mcomp.stage import StageContext
 
 
@@ -24,6 +25,28 @@ def preprocess(source: Path, target: Path, ctx: StageContext) -> Path:
             continue
     ctx.progress.warn("quantize: onnxruntime pre-processing failed; quantizing the model as is")
     return source
+
+
+# Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) exist from opset 13; older
+# models (PaddleOCR's converters write opset 11) get a model onnxruntime refuses to load.
+MIN_OPSET = 13
+
+
+def upgrade_opset(model, minimum: int = MIN_OPSET):
+    """`model` converted to the default-domain opset `minimum` when it is older; as is else."""
+    import onnx
+
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if version >= minimum:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, minimum)
+    except Exception as exc:
+        raise StageError(
+            f"quantize: the model uses opset {version}; int8 QDQ needs opset {minimum} and "
+            f"onnx's version converter failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); re-export the model with opset >= {minimum}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -31,7 +31,9 @@ def check_quantize_options(
         excluded_nodes(onnx_model, options, ctx.progress, warned)
 
 
-def resolve_mode(model, requested: str) -> tuple[str, str]:
+def resolve_mode(
+    model, requested: str, input_shapes: dict[str, list[int]] | None = None
+) -> tuple[str, str]:
     """(mode, why). `auto`: dynamic when MatMul/Gemm carry most MACs (transformers, MLPs),
     else static. Dynamic never quantizes Conv, so a conv net always gets static."""
     if requested != "auto":
@@ -39,7 +41,7 @@ def resolve_mode(model, requested: str) -> tuple[str, str]:
     from mcomp.measure.onnx_macs import CONV_OPS, node_macs_by_name
 
     conv_ops = {node.name for node in model.graph.node if node.op_type in CONV_OPS}
-    macs = node_macs_by_name(model)
+    macs = node_macs_by_name(model, input_shapes)
     conv = sum(m for name, m in macs.items() if name in conv_ops)
     total = sum(macs.values())
     share = conv / total if total else 0.0

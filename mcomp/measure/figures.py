@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcomp.measure.evaluate import evaluate_all
-from mcomp.measure.onnx_macs import count_onnx_macs
+from mcomp.measure.onnx_macs import count_macs
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.recipe.schema import LatencySpec
 
@@ -44,13 +44,18 @@ def measure_model(state: ModelState, ctx: StageContext, latency: LatencySpec) ->
     params, nonzero = _torch_params(state) if state.kind == ModelKind.TORCH else onnx_params(model)
     metric, fidelity = evaluate_all(state, ctx)
     latency_b1, latency_batch = _latency(raw, ctx, latency)
+    macs = count_macs(model, {spec.name: list(spec.shape) for spec in state.inputs})
     return {
         "params": params,
         "nonzero_params": nonzero,
         "sparsity": round(1.0 - nonzero / params, 6) if params else 0.0,
         "size_bytes": len(raw),
         "size_compressed_bytes": len(zlib.compress(raw, 9)),
-        "macs": _macs(state, model),
+        # counted on the ONNX form for torch models too: one counter for every stage, and
+        # it counts what torch's flop counter misses (recurrent layers run as one aten op)
+        "macs": macs.total,
+        # compute nodes whose shapes stayed unknown (counted as 0), so a low count says why
+        "macs_uncounted": macs.uncounted,
         "metric_name": ctx.metric.name,
         "metric": metric,
         "fidelity": fidelity,
@@ -103,27 +108,6 @@ def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
             params += array.size
             nonzero += int(np.count_nonzero(array))
     return params, nonzero
-
-
-def _macs(state: ModelState, model: onnx.ModelProto) -> int:
-    if state.kind == ModelKind.TORCH:
-        try:
-            return _torch_macs(state)
-        except Exception:
-            pass  # e.g. TorchScript modules: the ONNX count is the same quantity
-    return count_onnx_macs(model)
-
-
-def _torch_macs(state: ModelState) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mcomp.model.convert import example_inputs
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        state.module(*example_inputs(state, batch=1))
-    return counter.get_total_flops() // 2
 
 
 def _latency(raw: bytes, ctx: StageContext, spec: LatencySpec) -> tuple[float | None, float | None]:

@@ -26,6 +26,17 @@ def recipe_json_schema() -> dict[str, Any]:
             }
         )
     schema["properties"]["stages"]["items"] = {"oneOf": choices}
+    _allow_split_shorthand(defs)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mcomp recipe"
     return schema
+
+
+def _allow_split_shorthand(defs: dict[str, Any]) -> None:
+    """A data split may be written as a string (`digits` or a path): SplitSpec's
+    before-validator accepts it, but pydantic's schema shows only the mapping."""
+    shorthand = {"type": "string", "description": "`digits` or a path to an .npz file"}
+    for prop in defs["DataSpec"]["properties"].values():
+        refs = prop.get("anyOf", [])
+        if {"$ref": "#/$defs/SplitSpec"} in refs and shorthand not in refs:
+            refs.insert(1, shorthand)

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 HEADER = """# Recipe reference
@@ -23,6 +23,8 @@ Generated from the recipe's pydantic models by `python -m mcomp.recipe.reference
 edit by hand; a test checks it is current). Paths in `model`, `data` and stage options are
 relative to the recipe file. Unknown keys are errors with a "did you mean" hint; numbers and
 booleans are not coerced from strings. `mcomp schema` prints the same as JSON Schema.
+How the parts of a recipe fit together is in [recipes.md](recipes.md); what each stage does
+and reports, in [stages.md](stages.md).
 """
 
 
@@ -49,21 +51,32 @@ def _table(model: type[BaseModel], skip: set[str] = frozenset()) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _flatten(model: type[BaseModel], prefix: str, seen: dict, skip=frozenset()):
-    """(dotted key, field, note) of `model`, nested option groups expanded below their key
-    (a group met before is referred to, not repeated)."""
+def _flatten(
+    model: type[BaseModel],
+    prefix: str,
+    seen: dict,
+    skip=frozenset(),
+    group: BaseModel | None = None,
+):
+    """(dotted key, field, default text, note) of `model`, nested option groups expanded
+    below their key (a group met before is referred to, not repeated). `group` is the
+    enclosing field's default instance, whose values are this group's defaults there (the
+    qat stage's `quantize` group defaults to symmetric weights, unlike `quantize`'s own)."""
     for name, field in model.model_fields.items():
         if name in skip:
             continue
         key = f"{prefix}{name}"
+        default = _default(field) if group is None else _value_text(getattr(group, name))
         nested, suffix = _nested_model(field.annotation)
         if nested is not None and nested in seen:
-            yield key, field, f"Keys as `{seen[nested]}`."
+            yield key, field, default, f"Keys as `{seen[nested]}`."
             continue
-        yield key, field, ""
+        yield key, field, default, ""
         if nested is not None:
             seen[nested] = f"{key}{suffix}.*"
-            yield from _flatten(nested, f"{key}{suffix}.", seen)
+            instance = _default_value(field) if group is None else getattr(group, name)
+            inner = instance if isinstance(instance, nested) else None
+            yield from _flatten(nested, f"{key}{suffix}.", seen, group=inner)
 
 
 def _nested_model(annotation) -> tuple[type[BaseModel] | None, str]:
@@ -80,19 +93,24 @@ def _nested_model(annotation) -> tuple[type[BaseModel] | None, str]:
     return None, ""
 
 
-def _row(key: str, field, note: str) -> str:
+def _row(key: str, field, default: str, note: str) -> str:
     description = " ".join(part for part in (field.description or "", note) if part)
     description = description.replace("|", "\\|").replace("\n", " ")
-    return f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {description} |"
+    return f"| `{key}` | {_type_name(field.annotation)} | {default} | {description} |"
+
+
+def _default_value(field) -> Any:
+    if field.default_factory is not None:
+        return field.default_factory()
+    return field.default
 
 
 def _default(field) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    elif field.default is PydanticUndefined:
-        return "required"
-    else:
-        value = field.default
+    value = _default_value(field)
+    return "required" if value is PydanticUndefined else _value_text(value)
+
+
+def _value_text(value: Any) -> str:
     if isinstance(value, BaseModel):
         return "(group)"
     return f"`{_plain(value)}`"
@@ -110,6 +128,16 @@ def _plain(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _accepts_string(model: type[BaseModel]) -> bool:
+    """Whether a plain string validates as `model` (a shorthand such as a data split's
+    `digits` or a path)."""
+    try:
+        model.model_validate("x")
+    except ValidationError:
+        return False
+    return True
 
 
 def _is_union(annotation) -> bool:
@@ -133,7 +161,7 @@ def _type_name(annotation) -> str:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return " \\| ".join(str(m.value) for m in annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "mapping"
+        return "str or mapping" if _accepts_string(annotation) else "mapping"
     names = {bool: "bool", int: "int", float: "number", str: "str"}
     if annotation in names:
         return names[annotation]

@@ -58,9 +58,13 @@ class ModelFormat(StrEnum):
 class InputSpec(Strict):
     """One model input: its name, per-sample shape (no batch axis) and dtype."""
 
-    name: str
-    shape: list[int] = Field(description="Shape of one sample, without the batch axis.")
-    dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool"] = "float32"
+    name: str = Field(description="Input name; the data array fed to it goes by position.")
+    shape: list[int] = Field(
+        description="Shape of one sample, without the batch axis; -1 for a size that varies."
+    )
+    dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool"] = Field(
+        "float32", description="Element type; the data arrays are cast to it."
+    )
 
 
 class ModelSpec(Strict):
@@ -72,20 +76,29 @@ class ModelSpec(Strict):
         description="A model shipped with mcomp: the quickstart's digits CNN, or a tiny "
         "ResNet (BatchNorm, residual blocks) for structured and layer pruning.",
     )
-    format: ModelFormat = Field(ModelFormat.AUTO, description="Detected from the content if auto.")
+    format: ModelFormat = Field(
+        ModelFormat.AUTO,
+        description="How to load the file; auto detects it from the content, not the extension.",
+    )
     factory: str | None = Field(
         None, description="'package.module:function' building the module for a state_dict."
     )
-    factory_args: dict[str, Any] = Field(default_factory=dict)
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to `factory`."
+    )
     python_path: list[str] = Field(
         default_factory=list,
         description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
     )
     allow_pickle: bool = Field(
-        False, description="Load a whole pickled module (executes code from the file)."
+        False,
+        description="Load a whole pickled module (executes code from the file); "
+        "`--allow-pickle` does the same.",
     )
     inputs: list[InputSpec] | None = Field(
-        None, description="Model inputs; default: taken from the data arrays."
+        None,
+        description="Model inputs, in order; default: the file's own signature (ONNX, .pt2), "
+        "else one input per data array.",
     )
 
     @field_validator("factory")
@@ -107,16 +120,28 @@ class SplitSpec(Strict):
     """
 
     path: str | None = Field(None, description=".npz file, relative to the recipe file.")
-    builtin: Literal["digits"] | None = None
-    factory: str | None = Field(
-        None, description="'package.module:function' returning a Dataset or DataLoader."
+    builtin: Literal["digits"] | None = Field(
+        None,
+        description="The bundled 8x8 digits: 1437 samples for train and calibration, the "
+        "360 held-out ones for eval.",
     )
-    factory_args: dict[str, Any] = Field(default_factory=dict)
+    factory: str | None = Field(
+        None,
+        description="'package.module:function' returning a torch Dataset or DataLoader whose "
+        "items are (x, y), (x1, ..., y) or dicts keyed by array name.",
+    )
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to `factory`."
+    )
     inputs: list[str] | None = Field(
         None, description="Array names fed to the model inputs, in order (default: ['x'])."
     )
-    labels: str | None = Field("y", description="Array name of the labels; null for none.")
-    samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+    labels: str | None = Field(
+        "y", description="Array name of the labels; null for unlabelled data."
+    )
+    samples: int | None = Field(
+        None, gt=0, description="Use at most this many samples (the first ones); null: all."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -141,10 +166,27 @@ class SplitSpec(Strict):
 class DataSpec(Strict):
     """The data splits. `calibration` defaults to a fixed sample of `train`."""
 
-    train: SplitSpec | None = None
-    calibration: SplitSpec | None = None
-    eval: SplitSpec | None = None
-    calibration_samples: int = Field(256, gt=0, description="Samples drawn for calibration.")
+    train: SplitSpec | None = Field(
+        None,
+        description="Training data for finetune, distill, gradual prune and qat: `digits`, a "
+        "path to an .npz file, or a mapping of path/builtin/factory, inputs, labels, samples.",
+    )
+    calibration: SplitSpec | None = Field(
+        None,
+        description="Calibration data for static quantization: `digits`, a path to an .npz "
+        "file, or a mapping; null: a fixed random sample of `train`.",
+    )
+    eval: SplitSpec | None = Field(
+        None,
+        description="Data for the metric, fidelity and latency inputs: `digits`, a path to an "
+        ".npz file, or a mapping; null: `train`, with a warning.",
+    )
+    calibration_samples: int = Field(
+        256,
+        gt=0,
+        description="Calibration samples: drawn at random (seeded) from `train`, or the "
+        "first ones of `calibration`.",
+    )
     batch_size: int = Field(64, gt=0, description="Batch size for evaluation and calibration.")
 
 
@@ -167,10 +209,17 @@ BUILTIN_METRICS = (
 class LatencySpec(Strict):
     """How onnxruntime CPU latency is timed: median of `runs` after `warmup` runs."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        True, description="Time every model; false: the latency figures are null."
+    )
     batch: int = Field(32, gt=0, description="The larger batch timed beside batch 1.")
-    warmup: int = Field(5, ge=0)
-    runs: int = Field(30, gt=0)
+    warmup: int = Field(5, ge=0, description="Untimed runs before timing.")
+    runs: int = Field(
+        30,
+        gt=0,
+        description="Timed runs at batch 1, the median reported (half as many, at least 3, "
+        "at `batch`).",
+    )
 
 
 class RuntimeSpec(Strict):
@@ -179,9 +228,12 @@ class RuntimeSpec(Strict):
     threads: int | Literal["auto"] = Field(
         "auto",
         description="Intra-op threads for torch and onnxruntime; auto = CPU count, at "
-        "most 8. The environment variable MCOMP_THREADS overrides it.",
+        "most 8. MCOMP_THREADS overrides it, and `--threads` overrides both.",
     )
-    latency: LatencySpec = Field(default_factory=LatencySpec)
+    latency: LatencySpec = Field(
+        default_factory=LatencySpec,
+        description="How onnxruntime CPU latency is timed, before and after every stage.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="Where training stages run: auto = CUDA when torch sees a GPU. "
@@ -211,15 +263,23 @@ class ConstraintsSpec(Strict):
         description="Largest allowed metric loss vs the baseline, in the metric's "
         "units (0.01 = one point of accuracy; for lower-is-better metrics, the rise).",
     )
-    max_size_bytes: int | None = Field(None, gt=0)
-    max_compressed_size_bytes: int | None = Field(None, gt=0)
+    max_size_bytes: int | None = Field(
+        None, gt=0, description="Largest final ONNX file size, in bytes."
+    )
+    max_compressed_size_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Largest final ONNX file size after deflate (zlib level 9), in bytes.",
+    )
     min_compression: float | None = Field(
         None, gt=0, description="Baseline compressed size / final compressed size."
     )
     min_speedup: float | None = Field(
         None, gt=0, description="Baseline latency / final latency at the larger batch."
     )
-    max_latency_ms: float | None = Field(None, gt=0, description="Final latency at batch 1.")
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Largest final latency at batch 1, in milliseconds."
+    )
 
 
 class ReplaceMode(StrEnum):
@@ -233,7 +293,8 @@ class OutputSpec(Strict):
 
     dir: str | None = Field(
         None,
-        description="Relative to the recipe file; default ./mcomp-out in the current directory.",
+        description="Output directory, relative to the recipe file; default ./mcomp-out in "
+        "the current directory (always, for a bundled recipe); `--out` overrides it.",
     )
     model: str = Field("model.onnx", description="File name of the final ONNX model.")
     torch_model: str | None = Field(
@@ -287,11 +348,21 @@ class OutputSpec(Strict):
 class Recipe(Strict):
     """A whole recipe file."""
 
-    version: Literal[1] = 1
-    seed: int = 0
-    model: ModelSpec
-    data: DataSpec = Field(default_factory=DataSpec)
-    task: Task = Task.CLASSIFICATION
+    version: Literal[1] = Field(1, description="Recipe schema version; only 1 exists.")
+    seed: int = Field(
+        0,
+        description="Seeds Python, numpy and torch (stage i runs with seed + i); `--seed` "
+        "overrides it.",
+    )
+    model: ModelSpec = Field(
+        description="The model to compress: a file (`path`) or a bundled one (`builtin`)."
+    )
+    data: DataSpec = Field(default_factory=DataSpec, description="The data splits and batch sizes.")
+    task: Task = Field(
+        Task.CLASSIFICATION,
+        description="Decides the training loss (cross-entropy or MSE) and the default "
+        "metric; distillation needs classification.",
+    )
     metric: str | None = Field(
         None,
         description="One of " + ", ".join(BUILTIN_METRICS) + " or 'package.module:function'"
@@ -301,12 +372,21 @@ class Recipe(Strict):
     metric_higher_is_better: bool | None = Field(
         None, description="Direction of a user metric (default true)."
     )
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    runtime: RuntimeSpec = Field(
+        default_factory=RuntimeSpec,
+        description="Threads, latency timing, training device, distributed timeout.",
+    )
     stages: list[dict[str, Any]] = Field(
         min_length=1, description="Ordered stages, each a one-key mapping {stage: options}."
     )
-    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    constraints: ConstraintsSpec = Field(
+        default_factory=ConstraintsSpec,
+        description="Limits on the final model; each one set is checked, and a broken one "
+        "makes `mcomp run` exit 1.",
+    )
+    output: OutputSpec = Field(
+        default_factory=OutputSpec, description="Where the model and the report are written."
+    )
 
     @field_validator("metric")
     @classmethod

@@ -10,7 +10,7 @@ from mcomp.recipe.schema import Task
 
 HEADER = """\
 # mcomp recipe, written by `mcomp init`. Check it with `mcomp validate {name}`,
-# run it with `mcomp run {name}`. Every key: README.md, "Recipe reference".
+# run it with `mcomp run {name}`. Every key: docs/recipe-reference.md.
 version: 1
 seed: 0                      # same recipe + same machine = same report (timings aside)
 """

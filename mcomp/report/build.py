@@ -1,4 +1,4 @@
-"""The machine-readable report: one JSON document per run (schema in the README)."""
+"""The machine-readable report: one JSON document per run (schema in docs/report.md)."""
 
 from __future__ import annotations
 

@@ -39,10 +39,18 @@ class TeacherSpec(StageOptions):
     """A teacher model file, loaded like `model:` (paths relative to the recipe file)."""
 
     path: str = Field(description="Teacher model file, relative to the recipe file.")
-    format: ModelFormat = ModelFormat.AUTO
+    format: ModelFormat = Field(
+        ModelFormat.AUTO,
+        description="As `model.format`; the teacher must load as a torch model (not ONNX).",
+    )
     factory: str | None = Field(None, description="'package.module:function' for a state_dict.")
-    factory_args: dict[str, Any] = Field(default_factory=dict)
-    python_path: list[str] = Field(default_factory=list)
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to `factory`."
+    )
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
+    )
 
 
 class HintSpec(StageOptions):
@@ -50,7 +58,7 @@ class HintSpec(StageOptions):
 
     student: str = Field(description="Module name in the student, e.g. '2'.")
     teacher: str = Field(description="Module name in the teacher, e.g. '2'.")
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, description="Weight of this hint's MSE term in the loss.")
 
 
 class DistillSettings(StageOptions):
@@ -66,7 +74,11 @@ class DistillSettings(StageOptions):
         le=1,
         description="Weight of the distillation term; 1 - alpha weighs the task loss on labels.",
     )
-    hints: list[HintSpec] = Field(default_factory=list)
+    hints: list[HintSpec] = Field(
+        default_factory=list,
+        description="FitNets feature hints: layer pairs whose outputs are matched (through a "
+        "learned projection when widths differ); empty: none.",
+    )
 
 
 def kd_loss(

@@ -25,13 +25,19 @@ class TrainingOptions(StageOptions):
     epochs: int = Field(3, ge=1, description="Passes over the train split.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
-    optimizer: Optimizer = Field("adam", description="adam, adamw or sgd.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
+    optimizer: Optimizer = Field("adam", description="adam, adamw or sgd (torch.optim).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of `optimizer: sgd`.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
     schedule: Schedule = Field(
-        "constant", description="Learning rate over epochs: constant, cosine or step."
+        "constant",
+        description="Learning rate over the training steps: constant, cosine (annealed to 0) "
+        "or step (x0.1 after each third).",
     )
-    keep_best: bool = Field(True, description="Restore the epoch with the best eval metric.")
+    keep_best: bool = Field(
+        True,
+        description="Restore the epoch with the best eval metric at the end; false: keep "
+        "the last epoch.",
+    )
 
     def train_config(self, **overrides) -> TrainConfig:
         """These options as the training loop's config (`overrides` win)."""

@@ -1,0 +1,255 @@
+"""The quantize stage's methods on a tiny real CNN with a planted outlier channel: activation
+statistics and range estimators, bias correction, floating nodes by graph edit (folded
+Relu/Clip restored), the one-at-a-time sensitivity ranking, and the opset upgrade.
+
+    x (3×12×12) ─Conv 3→8─ReLU─ DWConv 8 (groups 8) ─Clip─ Conv 1×1 8→16 ─ReLU─ mean ─ Linear
+
+Channel 0 between the depthwise conv and the 1×1 conv is scaled ×40 and the 1×1 conv's
+input column ÷40: the fp32 function is the same, but one outlier channel now decides the
+per-tensor range of the 1×1 conv's input, so that conv is the sensitive node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+OUTLIER = 40.0
+
+
+def _build():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Hardtanh(0.0, 6.0 * OUTLIER),  # exported as Clip; wide for the scaled channel
+        nn.Conv2d(8, 16, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+    with torch.no_grad():
+        model[2].weight[0] *= OUTLIER
+        model[2].bias[0] *= OUTLIER
+        model[4].weight[:, 0] /= OUTLIER
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory) -> dict:
+    """fp32 ONNX, calibration and eval inputs, and onnxruntime's static QDQ int8 model."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
+
+    folder = tmp_path_factory.mktemp("methods")
+    state = ModelState.from_torch(_build(), [InputSpec(name="x", shape=[3, 12, 12])])
+    fp32 = torch_to_onnx(state)
+    onnx.save(fp32, folder / "fp32.onnx")
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0, 1, size=(48, 3, 12, 12)).astype(np.float32)
+    evaluation = rng.uniform(0, 1, size=(32, 3, 12, 12)).astype(np.float32)
+
+    class Reader:
+        def __init__(self):
+            self.batches = iter([{"x": calibration[i : i + 16]} for i in range(0, 48, 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(folder / "fp32.onnx"),
+                str(folder / "int8.onnx"),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=True,
+            )
+    finally:
+        os.chdir(cwd)
+    return {
+        "folder": folder,
+        "fp32": fp32,
+        "int8": onnx.load(str(folder / "int8.onnx")),
+        "calibration": calibration,
+        "eval": evaluation,
+    }
+
+
+def _run(model, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _stats(cnn, histograms=True):
+    from mcomp.compressors.quantize.statistics import collect_statistics
+
+    return collect_statistics(
+        cnn["fp32"], {"x": cnn["calibration"]}, threads=1, histograms=histograms, batch_size=16
+    )
+
+
+def test_statistics_summarise_every_activation_in_bounded_batches(cnn):
+    from mcomp.compressors.quantize.statistics import activation_names
+
+    stats = _stats(cnn)
+    names = activation_names(cnn["fp32"])
+    assert set(stats) == set(names)  # the graph input and every intermediate tensor
+    x = stats["x"]
+    assert x.low == pytest.approx(float(cnn["calibration"].min()))
+    assert x.high == pytest.approx(float(cnn["calibration"].max()))
+    per_sample_max = cnn["calibration"].reshape(48, -1).max(axis=1)
+    assert x.mean_high == pytest.approx(float(per_sample_max.mean()), rel=1e-5)
+    np.testing.assert_allclose(x.channel_mean(), cnn["calibration"].mean(axis=(0, 2, 3)), rtol=1e-5)
+    assert x.histogram.sum() == cnn["calibration"].size
+
+
+def _entry(values: np.ndarray):
+    from mcomp.compressors.quantize.statistics import TensorStatistics
+
+    entry = TensorStatistics()
+    entry.add(values.reshape(1, -1))
+    entry.add_to_histogram(values)
+    return entry
+
+
+def test_mse_range_clips_a_heavy_tail_where_rounding_costs_more():
+    from mcomp.compressors.quantize.ranges import mse_range
+
+    # a Laplace tail at 4 bits: the known optimum clips near 5 scale units (Banner et al.)
+    values = np.random.default_rng(1).laplace(0, 1, 200_000).astype(np.float32)
+    low, high = mse_range(_entry(values), levels=16)
+    assert 3.5 < high < 7.0 < values.max()
+    assert -7.0 < low < -3.5 and low <= 0.0 <= high
+
+
+def test_mse_range_keeps_a_lone_outlier_that_clipping_would_cost_more():
+    from mcomp.compressors.quantize.ranges import activation_ranges
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0, 1, 100_000), [200.0]]).astype(np.float32)
+    mse = activation_ranges({"t": _entry(values)}, "mse")["t"][0]
+    # one value 195 away costs more than 8-bit rounding of the bulk at a wide range
+    assert mse["rmax"] > 150.0 and mse["rmin"] <= 0.0
+
+
+def test_mean_minmax_is_within_the_global_minmax(cnn):
+    from mcomp.compressors.quantize.ranges import activation_ranges
+
+    stats = _stats(cnn, histograms=False)
+    mean = activation_ranges(stats, "mean_minmax")
+    minmax = activation_ranges(stats, "minmax")
+    for name in stats:
+        assert minmax[name][0]["rmin"] <= mean[name][0]["rmin"] <= 0.0
+        assert 0.0 <= mean[name][0]["rmax"] <= minmax[name][0]["rmax"]
+
+
+def test_bias_correction_reduces_the_mean_output_error_per_channel(cnn):
+    # setup: the per-channel mean error of every Conv output, int8 vs fp32
+    from mcomp.compressors.quantize.bias_correction import correct_biases
+    from mcomp.compressors.quantize.sensitivity import run_with_intermediates
+
+    stats = _stats(cnn, histograms=False)
+    corrected = onnx.ModelProto()
+    corrected.CopyFrom(cnn["int8"])
+    convs = [n.name for n in cnn["fp32"].graph.node if n.op_type == "Conv"]
+
+    def outputs_by_node(model) -> dict[str, np.ndarray]:
+        # a conv's own output (before the Relu/Clip the quantizer folds into it)
+        names = {n.name: n.output[0] for n in model.graph.node if n.name in convs}
+        values = run_with_intermediates(model, set(names.values()), {"x": cnn["calibration"]}, 1)
+        return {node: values[tensor] for node, tensor in names.items()}
+
+    reference = outputs_by_node(cnn["fp32"])
+
+    def mean_error(model) -> float:
+        got = outputs_by_node(model)
+        assert set(got) == set(convs)
+        return sum(
+            float(np.abs((got[n] - reference[n]).mean(axis=(0, 2, 3))).mean()) for n in convs
+        )
+
+    # act
+    facts = correct_biases(corrected, cnn["fp32"], stats)
+    # check
+    assert facts["nodes"] == 4  # three convolutions and the Linear layer
+    onnx.checker.check_model(corrected)
+    assert mean_error(corrected) < 0.7 * mean_error(cnn["int8"])
+
+
+def test_floating_every_node_by_graph_edit_gives_the_fp32_function(cnn):
+    from mcomp.compressors.quantize.float_nodes import quantized_nodes, with_nodes_in_float
+    from mcomp.compressors.quantize.prepare import keep_outputs_float
+
+    int8 = onnx.ModelProto()
+    int8.CopyFrom(cnn["int8"])
+    keep_outputs_float(int8)  # as the stage does: the logits are not rounded
+    # onnxruntime folded the Relu and Clip nodes into the int8 ranges
+    assert not {"Relu", "Clip"} & {n.op_type for n in int8.graph.node}
+    floated = with_nodes_in_float(int8, cnn["fp32"], set(quantized_nodes(int8)))
+    onnx.checker.check_model(floated)
+    assert {"Relu", "Clip"} <= {n.op_type for n in floated.graph.node}  # restored
+    np.testing.assert_allclose(
+        _run(floated, cnn["eval"]), _run(cnn["fp32"], cnn["eval"]), rtol=1e-4, atol=1e-5
+    )
+    assert np.abs(_run(int8, cnn["eval"]) - _run(cnn["fp32"], cnn["eval"])).max() > 1e-3
+
+
+def test_the_ranking_puts_the_node_behind_the_outlier_channel_first(cnn):
+    from mcomp.compressors.quantize.float_nodes import quantized_nodes
+    from mcomp.compressors.quantize.sensitivity import rank_by_output
+
+    int8 = cnn["int8"]
+    compute = quantized_nodes(int8, compute_only=True)
+    ranking = rank_by_output(
+        int8, cnn["fp32"], compute, {"x": cnn["eval"]}, threads=1, classification=True
+    )
+    by_name = {n.name: n for n in cnn["fp32"].graph.node}
+    first = by_name[ranking[0][0]]
+    weight = next(i for i in cnn["fp32"].graph.initializer if i.name == first.input[1])
+    assert first.op_type == "Conv" and list(weight.dims)[:2] == [16, 8]  # the 1x1 conv
+    assert ranking[0][1] > 2 * ranking[-1][1]
+
+
+def test_an_opset_11_model_is_upgraded_for_per_channel_qdq(cnn):
+    """x (N, 3, 12, 12) ─Conv(W 4×3×3×3)─ReLU─> y   written at opset 11 (as PaddleOCR's
+    converters do), where DequantizeLinear has no per-channel axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcomp.compressors.quantize.prepare import upgrade_opset
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "W"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 10, 10])],
+        [weight],
+    )
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    old.ir_version = 7
+    upgraded = upgrade_opset(old)
+    assert next(o.version for o in upgraded.opset_import if o.domain in ("", "ai.onnx")) == 13
+    np.testing.assert_allclose(_run(upgraded, cnn["eval"]), _run(old, cnn["eval"]), atol=1e-5)
+    assert upgrade_opset(cnn["fp32"]) is cnn["fp32"]  # recent models are left alone
