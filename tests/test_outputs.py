@@ -315,3 +315,47 @@ def test_an_output_folder_that_is_a_symlink_stays_one(project, tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert visible(real) == SET and check_set(real) == []
     assert not list(real.parent.glob(".outputs.mcomp-*"))
+
+
+class ScratchWatcher(NullProgress):
+    """Counts the ONNX files in the scratch folder whenever the run reports progress."""
+
+    def __init__(self, scratch: Path) -> None:
+        super().__init__()
+        self.scratch, self.most, self.looks = scratch, 0, 0
+
+    def _look(self) -> None:
+        if self.scratch.is_dir():
+            self.looks += 1
+            self.most = max(self.most, len(list(self.scratch.rglob("*.onnx"))))
+
+    def start(self, description: str, total: int | None = None) -> None:
+        self._look()
+
+    def log(self, message: str) -> None:
+        self._look()
+        super().log(message)
+
+
+def test_the_scratch_folder_stays_small_during_a_quantize_fallback(project, tmp_path):
+    from mcomp.recipe.load import load_recipe
+    from mcomp.run.pipeline import RunOptions, run_pipeline
+
+    # a budget no quantization meets (outputs exactly the fp32 ones): the fallback tries one
+    # trial after another
+    recipe = mlp_recipe(
+        project,
+        "  - quantize: {mode: static, max_accuracy_drop: 0.0, fallback: {max_trials: 4}}\n"
+        "  - export: {}",
+        extra="metric: max_abs_diff\n",
+    )
+    out = tmp_path / "out"
+    watcher = ScratchWatcher(out / ".mcomp" / "work")
+
+    result = run_pipeline(load_recipe(str(recipe)), RunOptions(out_dir=out), watcher)
+
+    trials = result.report["stages"][0]["details"]["fallback"]["trials"]
+    assert len(trials) >= 3 and watcher.looks > len(trials)
+    # the prepared model, and at most the copy being written and onnxruntime's own
+    assert watcher.most <= 3, watcher.most
+    assert not (out / ".mcomp" / "work").exists()
