@@ -19,20 +19,20 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing, unreadable or non-ONNX mod
     "--batch",
     "batches",
     multiple=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 65_536),
     help="Batch size to time (repeatable; default: 1 and 32).",
 )
 @threads_option
 @click.option(
     "--warmup",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10_000),
     default=5,
     show_default=True,
     help="Untimed runs before each batch size.",
 )
 @click.option(
     "--runs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100_000),
     default=30,
     show_default=True,
     help="Timed runs per batch size.",

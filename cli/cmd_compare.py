@@ -32,21 +32,21 @@ EPILOG = (
 @threads_option
 @click.option(
     "--batch",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 65_536),
     default=1,
     show_default=True,
     help="Batch size of the latency runs.",
 )
 @click.option(
     "--rounds",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000),
     default=3,
     show_default=True,
     help="A,B timing rounds; the medians are compared.",
 )
 @click.option(
     "--runs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100_000),
     default=20,
     show_default=True,
     help="Timed runs per model per round.",

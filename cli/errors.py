@@ -4,6 +4,7 @@ Ctrl-C exits 130 and SIGTERM 143, each with one line that says what was left beh
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -49,9 +50,11 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if debug:
                 raise
+            # Every mistake a user can make has a typed error; reaching this line is not
+            # the user's fault.
             _fail(
-                f"unexpected error: {type(exc).__name__}: {exc} "
-                "(run again with --debug for the traceback)",
+                f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}; this is a bug in "
+                "mcomp, please report it with the output of the same command run with --debug",
                 EXIT_BAD_INPUT,
             )
 
@@ -59,7 +62,10 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    text = message.replace("\n", " ")
+    # one line whatever the message quotes: a key named "\r" or an escape sequence from a
+    # hostile file must not split the line or reach the terminal raw
+    text = " ".join(message.splitlines())
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
         text = f"rank {os.environ.get('RANK', '?')}: {text}"
     if sys.stderr.isatty():

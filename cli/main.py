@@ -57,10 +57,10 @@ def cli() -> None:
 @json_option
 @quiet_option
 @debug_option
-@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Override the recipe's seed.")
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     help="Threads for torch and onnxruntime (default: runtime.threads, MCOMP_THREADS).",
 )
 @click.option(

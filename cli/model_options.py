@@ -34,7 +34,7 @@ allow_pickle_option = click.option(
 )
 threads_option = click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     help="Threads for torch and onnxruntime (default: MCOMP_THREADS, else CPU count ≤ 8).",
 )
 data_option = click.option(

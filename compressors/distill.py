@@ -48,7 +48,7 @@ class StudentSpec(StageOptions):
 
 class DistillOptions(DistillSettings, TrainingOptions):
     # matching soft targets takes more steps than fitting labels (benchmarks/RESULTS.md)
-    epochs: int = Field(5, ge=1, description="Passes over the train split.")
+    epochs: int = Field(5, ge=1, le=100_000, description="Passes over the train split.")
     student: StudentSpec | None = Field(
         None,
         description="A new student architecture from a factory; default: the current model "

@@ -34,7 +34,7 @@ class ExportOptions(StageOptions):
         1e-3, ge=0, description="Relative tolerance of the onnxruntime-vs-torch parity check."
     )
     parity_samples: int = Field(
-        32, ge=1, description="Eval samples run through both torch and onnxruntime."
+        32, ge=1, le=100_000, description="Eval samples run through both torch and onnxruntime."
     )
 
 

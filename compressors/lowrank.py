@@ -44,6 +44,7 @@ class LowRankOptions(StageOptions):
     rank: int | None = Field(
         None,
         ge=1,
+        le=1_000_000,
         description="One rank for every chosen layer; above a layer's full rank is an error.",
     )
     rank_ratio: float | None = Field(

@@ -42,8 +42,16 @@ class DataError(MCompError):
     """A data split is missing, malformed, or does not fit the model's inputs."""
 
 
+class MetricError(MCompError):
+    """A user's metric function failed or returned something that is not a number."""
+
+
 class StageError(MCompError):
     """A stage could not do its work on this model (e.g. an op that cannot be quantized)."""
+
+
+class NonFiniteError(StageError):
+    """A model's outputs (or a training loss) became NaN or Inf."""
 
 
 class ParityError(StageError):

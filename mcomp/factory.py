@@ -1,14 +1,38 @@
-"""Import a user's `package.module:function` with errors that say what to fix."""
+"""Import a user's `package.module:function` with errors that say what to fix.
+
+A recipe that names a factory, a metric or `python_path` is code: mcomp imports and runs it
+(docs/security.md). What this module guarantees is narrower: the folders of `python_path` are
+appended to `sys.path`, never put first, so a `yaml.py` or `onnxruntime.py` lying in them
+cannot replace a library mcomp imports later; and user code's `print()` goes to stderr, so
+stdout carries only mcomp's result.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mcomp.errors import MCompError
+
+
+def extend_python_path(folders: Iterable[Path | str]) -> None:
+    """Append `folders` to sys.path (after site-packages: they add modules, they do not
+    shadow installed ones)."""
+    for folder in folders:
+        text = str(Path(folder).resolve())
+        if text not in sys.path:
+            sys.path.append(text)
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """While a user's factory, Dataset or metric runs, its stdout goes to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def import_factory(
@@ -18,11 +42,10 @@ def import_factory(
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise MCompError(f"{key}: {ref!r} is not of the form 'package.module:function'")
-    for folder in search_paths or []:
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+    extend_python_path(search_paths or [])
     try:
-        module = importlib.import_module(module_name)
+        with user_code():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise MCompError(
             f"{key}: cannot import {module_name!r} ({exc}); install it, or add its "

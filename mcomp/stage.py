@@ -53,9 +53,10 @@ if TYPE_CHECKING:
 
 
 class StageOptions(BaseModel):
-    """Base of every stage's options: strict, unknown keys rejected."""
+    """Base of every stage's options: strict, unknown keys rejected, no silent coercion
+    (`'0.5'` is not 0.5, `true` is not 1; an int is still a float)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass

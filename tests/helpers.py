@@ -59,8 +59,14 @@ stages:
 
 
 def mlp_recipe(folder: Path, stages: str, extra: str = "") -> Path:
+    """The MLP recipe with `stages`; `extra` adds top-level keys (a `runtime:` line in it
+    replaces the default one: a key given twice is an error)."""
+    text = MLP_RECIPE % stages
+    if any(line.startswith("runtime:") for line in extra.splitlines()):
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("runtime:"))
+        text += "\n"
     path = folder / "recipe.yaml"
-    path.write_text(MLP_RECIPE % stages + extra)
+    path.write_text(text + extra)
     return path
 
 

@@ -384,7 +384,7 @@ def test_compare_prints_a_table(project, run_mcomp):
         (["compare", "mlp.onnx", "narrow.onnx"], "different inputs"),
         (["inspect", "missing.onnx"], "file not found"),
         (["inspect", "garbage.onnx"], "not a model file"),
-        (["inspect", "."], "is not a file"),
+        (["inspect", "."], "is a directory"),
         (["bench", "mlp.pt"], "bench times ONNX models"),
         (["bench", "unknown_op.onnx"], "onnxruntime cannot load unknown_op.onnx"),
         (["compare", "mlp.onnx", "unknown_op.onnx"], "onnxruntime cannot load"),

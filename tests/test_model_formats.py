@@ -232,6 +232,49 @@ def test_state_dict_with_factory_prunes_and_exports(project):
     assert sum(int((w == 0).sum()) for w in weights) == zeros  # the zeros are in the file
 
 
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_state_dict_of_a_wrapped_model_loads_into_the_factory_module(project, prefix):
+    # setup: keys as DataParallel / DDP (`module.`) or torch.compile (`_orig_mod.`) save them
+    folder, model = project
+    wrapped = {prefix + key: value for key, value in model.state_dict().items()}
+    torch.save(wrapped, folder / "weights.pt")
+    # act
+    report, progress, out = run(
+        folder,
+        f'{{path: weights.pt, factory: "{MODULE_NAME}:build", python_path: ["."]}}',
+        "[{export: {}}]",
+    )
+    # check: the weights reached the bare module (outputs equal the original's)
+    assert report["ok"] and progress.warnings == []
+    check_baseline(report, model, folder)
+    check_written_model(out, report, model, folder)
+
+
+def test_state_dict_whose_module_has_the_prefix_itself_is_loaded_as_it_is(project):
+    """A factory module whose own parameters live under `module.` gets the keys unchanged."""
+    folder, model = project
+    source = FACTORY_SOURCE + (
+        "\n\nclass Holder(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.module = TinyNet()\n\n"
+        "    def forward(self, x):\n"
+        "        return self.module(x)\n\n\n"
+        "def holder():\n"
+        "    return Holder()\n"
+    )
+    (folder / f"{MODULE_NAME}.py").write_text(source)
+    sys.modules.pop(MODULE_NAME, None)  # the fixture imported the first version
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, folder / "weights.pt")
+    report, _, out = run(
+        folder,
+        f'{{path: weights.pt, factory: "{MODULE_NAME}:holder", python_path: ["."]}}',
+        "[{export: {}}]",
+    )
+    assert report["ok"]
+    check_written_model(out, report, model, folder)
+
+
 def test_exported_program_pt2(project):
     folder, model = project
     batch = torch.export.Dim("batch", min=1)

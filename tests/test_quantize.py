@@ -447,7 +447,10 @@ def test_static_leaves_attention_softmax_in_float(encoder_dir):
         check_runs(model, x)
 
 
-def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(cnn_dir, tmp_path):
+def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(
+    cnn_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # onnxruntime's calibrator writes its augmented model into the cwd
     from onnxruntime.quantization import quantize_static
 
     from mcomp.compressors.quantize.calibration_reader import CHUNK_BATCHES, CalibrationReader

@@ -65,6 +65,7 @@ class ClusterOptions(StageOptions):
     finetune_epochs: int = Field(
         0,
         ge=0,
+        le=100_000,
         description="Epochs training the centroids on the train split (shared gradients); 0: none.",
     )
     lr: float = Field(1e-4, gt=0, description="Learning rate of centroid training.")

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 class GradualOptions(TrainingOptions):
     """AGP schedule and the training that carries it."""
 
-    steps: int = Field(8, ge=1, description="Number of sparsity increments (n).")
+    steps: int = Field(8, ge=1, le=100_000, description="Number of sparsity increments (n).")
     initial_sparsity: float = Field(
         0.0, ge=0, lt=1, description="Sparsity at the start of the schedule (s_i)."
     )
-    epochs: int = Field(8, ge=1, description="Training epochs in all.")
+    epochs: int = Field(8, ge=1, le=100_000, description="Training epochs in all.")
     prune_fraction: float = Field(
         0.75,
         gt=0,

@@ -59,6 +59,7 @@ class PruneOptions(StageOptions):
     round_to: int | None = Field(
         None,
         ge=1,
+        le=65_536,
         description="channel: keep every pruned layer's channel count a multiple of this "
         "(e.g. 8, kernel-friendly); null: any count.",
     )
@@ -72,6 +73,7 @@ class PruneOptions(StageOptions):
     num_blocks: int | None = Field(
         None,
         ge=1,
+        le=10_000,
         description="layer: drop this many blocks, "
         "those whose removal costs the least eval metric.",
     )

@@ -24,8 +24,10 @@ from mcomp.compressors.quantize.ort_quantize import (
 )
 from mcomp.compressors.quantize.prepare import (
     attention_nodes,
+    compact_names,
     pack_initializers,
     preprocess,
+    unshare_weights,
     upgrade_opset,
 )
 from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode
@@ -70,6 +72,8 @@ def quantize_model(
     if prepared_path != source:  # the scratch folder keeps only what is read again
         source.unlink(missing_ok=True)
     prepared = onnx.load(str(prepared_path))
+    if unshare_weights(prepared):  # after pre-processing, which may fold tensors together
+        onnx.save(prepared, prepared_path)
     mode, why = resolve_mode(prepared, options.mode, sample_shapes(model))
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
@@ -171,6 +175,10 @@ def _finish(
 
     quantized = chosen.model
     pack_initializers(quantized)
+    fp32_names = {n.name for n in prepared.graph.node} | {
+        name for n in prepared.graph.node for name in (*n.input, *n.output)
+    }
+    details["names_compacted_bytes"] = compact_names(quantized, fp32_names)
     counts: dict[str, int] = {}
     for node in quantized.graph.node:
         if node.op_type in ops:

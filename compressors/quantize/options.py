@@ -40,6 +40,7 @@ class CalibrationOptions(StageOptions):
     samples: int | None = Field(
         None,
         ge=1,
+        le=1_000_000,
         description="Use at most this many calibration "
         "samples (default: all of data.calibration_samples).",
     )
@@ -51,10 +52,14 @@ class FallbackOptions(StageOptions):
     enabled: bool = Field(
         True, description="Search when a budget is known and plain int8 breaks it."
     )
-    max_trials: int = Field(8, ge=1, description="Quantizations tried after the first one.")
-    max_seconds: float = Field(120, gt=0, description="Wall-clock limit of the search.")
+    max_trials: int = Field(
+        8, ge=1, le=10_000, description="Quantizations tried after the first one."
+    )
+    max_seconds: float = Field(
+        120, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of the search."
+    )
     group_size: int = Field(
-        1, ge=1, description="Nodes put back in float per trial, most sensitive first."
+        1, ge=1, le=10_000, description="Nodes put back in float per trial, most sensitive first."
     )
     alternatives: bool = Field(
         True,
@@ -67,7 +72,9 @@ class FallbackOptions(StageOptions):
 class Weight4Options(StageOptions):
     """`mode: weight4`: 4-bit block-quantized MatMul weights (onnxruntime MatMulNBits)."""
 
-    block_size: int = Field(32, ge=16, description="Weights per scale (a power of 2, >= 16).")
+    block_size: int = Field(
+        32, ge=16, le=65_536, description="Weights per scale (a power of 2, >= 16)."
+    )
     symmetric: bool = Field(True, description="Symmetric 4-bit weights (no zero points).")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ import numpy as np
 
 from mcomp.errors import DataError
 from mcomp.factory import import_factory
+from mcomp.paths import check_regular_file
 from mcomp.recipe.schema import DataSpec, SplitSpec
 
 SPLITS = ("train", "calibration", "eval")
@@ -101,10 +102,15 @@ def _digits(name: str) -> Split:
 
 
 def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
-    if not path.is_file():
-        raise DataError(f"data.{name}.path: file not found: {path}")
+    check_regular_file(path, f"data.{name}.path", DataError, ".npz file")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"data.{name}.path: {path} holds one array (a .npy file), not named "
+                "arrays; save it with np.savez(path, x=inputs, y=labels)"
+            )
+        with loaded as arrays:
             available = list(arrays.files)
             wanted = spec.inputs or ["x"]
             missing = [
@@ -125,14 +131,30 @@ def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
 
 
 def _from_factory(name: str, spec: SplitSpec) -> Split:
+    from mcomp.factory import user_code
+
     factory = import_factory(spec.factory or "", key=f"data.{name}.factory")
     try:
-        obj = factory(**spec.factory_args)
+        with user_code():
+            obj = factory(**spec.factory_args)
     except Exception as exc:  # the user's code failed: say where, not "unexpected error"
         raise DataError(
             f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "
             f"{exc} (check the factory and `factory_args`)"
         ) from None
+    try:
+        with user_code():
+            return _read_loader(name, spec, obj)
+    except DataError:
+        raise
+    except Exception as exc:  # the Dataset's own __getitem__ / __iter__ / collate failed
+        raise DataError(
+            f"data.{name}.factory: reading the data from {spec.factory} failed: "
+            f"{type(exc).__name__}: {str(exc)[:200]} (check its Dataset)"
+        ) from None
+
+
+def _read_loader(name: str, spec: SplitSpec, obj) -> Split:
     import torch.utils.data as tud
 
     loader = obj if isinstance(obj, tud.DataLoader) else tud.DataLoader(obj, batch_size=256)

@@ -11,6 +11,7 @@ import numpy as np
 from mcomp.data.load import Datasets, Split, load_datasets
 from mcomp.errors import DataError
 from mcomp.model.state import ModelState
+from mcomp.paths import check_regular_file
 from mcomp.recipe.schema import DataSpec, SplitSpec
 
 DEFAULT_LABELS = "y"
@@ -21,8 +22,7 @@ def load_split(data: str, *, inputs: list[str] | None = None, labels: str | None
     spec: dict = {"builtin": "digits"} if data == "digits" else {"path": data}
     if data != "digits":
         path = Path(data)
-        if not path.is_file():
-            raise DataError(f"--data: file not found: {path}")
+        check_regular_file(path, "--data", DataError, ".npz file")
         if labels is None and DEFAULT_LABELS in _npz_names(path):
             labels = DEFAULT_LABELS
         spec.update(inputs=inputs, labels=labels)
@@ -34,6 +34,7 @@ def load_split(data: str, *, inputs: list[str] | None = None, labels: str | None
 def fit_split(state: ModelState, split: Split, threads: int) -> Split:
     """Give the model its input signature from the data when the file has none, rename and
     cast the arrays to the model's inputs, and push two samples through (fails early)."""
+    from mcomp.data.checks import check_finite
     from mcomp.model.signature import conform_datasets, probe, resolve_inputs
 
     datasets = Datasets(train=None, calibration=None, eval=split)
@@ -41,6 +42,7 @@ def fit_split(state: ModelState, split: Split, threads: int) -> Split:
         state.inputs = resolve_inputs(None, state, datasets)
     with _cli_names():
         datasets = conform_datasets(datasets, state.inputs)
+        check_finite(datasets)
         probe(state, datasets, threads)
     return datasets.eval
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from mcomp.errors import DataError
-from mcomp.factory import import_factory
+from mcomp.errors import DataError, MetricError
+from mcomp.factory import import_factory, user_code
 from mcomp.recipe.schema import Recipe, Task
 
 # (outputs, labels, reference outputs) -> value
@@ -94,9 +96,34 @@ def resolve_metric(recipe: Recipe, *, has_labels: bool) -> MetricSpec:
         return spec
     user_fn = import_factory(name, key="metric")
     higher = True if recipe.metric_higher_is_better is None else recipe.metric_higher_is_better
-    return MetricSpec(
-        name, higher, False, lambda outputs, labels, reference: float(user_fn(outputs, labels))
-    )
+    return MetricSpec(name, higher, False, _guarded(name, user_fn))
+
+
+def _guarded(name: str, user_fn: Callable[..., Any]) -> MetricFn:
+    """A user metric whose failure (or non-number) is a located error, not a crash."""
+
+    def call(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+        try:
+            with user_code():
+                value = user_fn(outputs, labels)
+        except Exception as exc:
+            raise MetricError(
+                f"metric: {name} raised {type(exc).__name__}: {str(exc)[:200]} (called with "
+                f"outputs of shape {outputs.shape} and "
+                + ("no labels" if labels is None else f"labels of shape {labels.shape}")
+                + ")"
+            ) from None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise MetricError(
+                f"metric: {name} returned {type(value).__name__} {str(value)[:40]!r}, not a number"
+            ) from None
+        if not math.isfinite(number):
+            raise MetricError(f"metric: {name} returned {number}")
+        return number
+
+    return call
 
 
 def fidelity(outputs: np.ndarray, reference: np.ndarray, task: Task) -> dict[str, float]:

@@ -13,16 +13,18 @@ import zipfile
 from pathlib import Path
 
 from mcomp.errors import MCompError, ModelLoadError
-from mcomp.factory import import_factory
+from mcomp.factory import import_factory, user_code
+from mcomp.model.module_names import WRAPPER_PREFIXES, strip_wrapper_prefix
 from mcomp.model.state import ModelState
 from mcomp.model.tensor_types import onnx_inputs
+from mcomp.paths import check_regular_file
 from mcomp.recipe.schema import InputSpec, ModelFormat, ModelSpec
 
 PICKLE_REFUSED = (
-    "{path} holds a whole pickled torch module; unpickling runs code stored in the file. "
-    "If you trust the file, set `model.allow_pickle: true` in the recipe or pass --allow-pickle. "
-    "Safer: save `model.state_dict()` and name its `model.factory`, or save a .pt2 with "
-    "torch.export.save"
+    "{path} holds a pickle that torch's safe loader refuses ({reason}); unpickling it runs "
+    "code stored in the file. If you trust the file, set `model.allow_pickle: true` in the "
+    "recipe or pass --allow-pickle. Safer: save `model.state_dict()` and name its "
+    "`model.factory`, or save a .pt2 with torch.export.save"
 )
 
 
@@ -31,12 +33,12 @@ def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -
     if spec.builtin is not None:
         return _builtin(spec.builtin)
     path = (base_dir / (spec.path or "")).resolve()
-    if not path.is_file():
-        raise ModelLoadError(f"model.path: file not found: {path}")
+    check_regular_file(path, "model.path", ModelLoadError, "model file")
+    allow_pickle = allow_pickle or spec.allow_pickle
     fmt = spec.format if spec.format != ModelFormat.AUTO else detect_format(path)
     loaders = {
         ModelFormat.ONNX: lambda: _load_onnx(path),
-        ModelFormat.EXPORTED_PROGRAM: lambda: _load_exported_program(path),
+        ModelFormat.EXPORTED_PROGRAM: lambda: _load_exported_program(path, allow_pickle),
         ModelFormat.TORCHSCRIPT: lambda: _load_torchscript(path),
         ModelFormat.STATE_DICT: lambda: _load_torch_file(path, spec, allow_pickle),
         ModelFormat.PICKLE: lambda: _load_torch_file(path, spec, allow_pickle),
@@ -68,7 +70,7 @@ def detect_format(path: Path) -> ModelFormat:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
             raise ModelLoadError(
                 f"model.path: {path} is a corrupt or truncated torch archive; save it again"
             ) from None
@@ -115,19 +117,27 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
 
     import torch
 
+    from mcomp.model.pt2 import check_crc, refusal_reason
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            check_crc(archive, path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        # The safe unpickler names a class it refused ("Unsupported global"); any other
-        # failure is a damaged file, which --allow-pickle would not mend.
-        if "Unsupported global" not in str(exc):
+        # The safe unpickler says "Weights only load failed" when it refused a global; any
+        # other failure is a damaged file, which --allow-pickle would not mend.
+        if "Weights only load failed" not in str(exc):
             raise ModelLoadError(
                 f"model.path: {path} is a corrupt or truncated torch file "
                 "(torch.load failed to unpickle it); save it again"
             ) from None
-        if not (allow_pickle or spec.allow_pickle):
-            raise ModelLoadError("model.path: " + PICKLE_REFUSED.format(path=path)) from None
-        obj = torch.load(path, weights_only=False, map_location="cpu")
+        if not allow_pickle:
+            reason = refusal_reason(str(exc))
+            raise ModelLoadError(
+                "model.path: " + PICKLE_REFUSED.format(path=path, reason=reason)
+            ) from None
+        obj = _unpickle_trusted(path)
     if isinstance(obj, torch.nn.Module):
         return ModelState.from_torch(obj.eval(), [])
     if not isinstance(obj, dict):
@@ -141,7 +151,8 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
         )
     build = import_factory(spec.factory, key="model.factory")
     try:
-        module = build(**spec.factory_args)
+        with user_code():
+            module = build(**spec.factory_args)
     except Exception as exc:
         raise ModelLoadError(
             f"model.factory: calling {spec.factory} with model.factory_args "
@@ -154,6 +165,7 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             "not a torch.nn.Module"
         )
     state_dict = obj.get("state_dict", obj) if "state_dict" in obj else obj
+    state_dict = _without_wrapper_prefixes(state_dict, module)
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -165,10 +177,37 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
     return ModelState.from_torch(module.eval(), [])
 
 
-def _load_exported_program(path: Path) -> ModelState:
+def _without_wrapper_prefixes(state_dict: dict, module) -> dict:
+    """A state dict saved from a wrapped model (DataParallel/DDP: `module.conv1.weight`,
+    torch.compile: `_orig_mod.conv1.weight`) with the wrapper's prefixes removed, when every
+    key carries one and the bare module's own keys do not; otherwise as it is."""
+    own = module.state_dict().keys()
+    wrapped = all(isinstance(k, str) and k.startswith(WRAPPER_PREFIXES) for k in state_dict)
+    if not state_dict or not wrapped or any(k.startswith(WRAPPER_PREFIXES) for k in own):
+        return state_dict
+    return {strip_wrapper_prefix(key): value for key, value in state_dict.items()}
+
+
+def _unpickle_trusted(path: Path):
+    """The whole pickle, allowed by the user; its classes must import."""
     import torch
 
-    program = torch.export.load(str(path))
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"model.path: {path} is a pickle of a class that does not import here "
+            f"({_describe(exc)}); add the folder of its module to `model.python_path` "
+            "(--python-path)"
+        ) from None
+
+
+def _load_exported_program(path: Path, allow_pickle: bool) -> ModelState:
+    import torch
+
+    from mcomp.model.pt2 import load_exported_program
+
+    program = load_exported_program(path, allow_pickle=allow_pickle)
     inputs = []
     args = program.example_inputs[0] if program.example_inputs else ()
     names = [

@@ -3,12 +3,13 @@ plus the command-line ways to say what a file cannot (factory, python path, inpu
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcomp.errors import MCompError, ModelLoadError
+from mcomp.factory import extend_python_path
 from mcomp.model.state import ModelState
+from mcomp.paths import check_regular_file
 from mcomp.recipe.schema import InputSpec, ModelFormat, ModelSpec
 
 CLI_HINT = " (on the command line: --factory pkg.mod:fn, --python-path DIR, --allow-pickle)"
@@ -47,9 +48,7 @@ def open_model(ref: ModelRef, threads: int | None = None) -> ModelState:
     """
     path = ref.path
     detect_model_format(path)  # a clean one-line error for a missing or unknown file
-    for folder in ref.python_path:
-        if str(folder.resolve()) not in sys.path:
-            sys.path.insert(0, str(folder.resolve()))
+    extend_python_path(ref.python_path)
     from mcomp.model.load import load_model
 
     spec = ModelSpec(path=str(path.resolve()), factory=ref.factory, allow_pickle=ref.allow_pickle)
@@ -81,10 +80,7 @@ def detect_model_format(path: Path) -> ModelFormat:
     """The file's format from its content; errors name the file, not a recipe key."""
     from mcomp.model.load import detect_format
 
-    if not path.exists():
-        raise ModelLoadError(f"{path}: file not found")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: is not a file")
+    check_regular_file(path, str(path), ModelLoadError, "model file")
     try:
         return detect_format(path)
     except ModelLoadError as exc:

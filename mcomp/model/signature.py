@@ -15,15 +15,61 @@ def resolve_inputs(
 ) -> list[InputSpec]:
     """The recipe's `model.inputs`, else the file's own signature, else the data's arrays."""
     if declared:
+        if state.inputs and len(declared) != len(state.inputs):
+            raise DataError(
+                f"model.inputs: names {len(declared)} input(s) "
+                f"{[spec.name for spec in declared]} but the model file takes "
+                f"{len(state.inputs)} {[spec.name for spec in state.inputs]}"
+            )
         return declared
     if state.inputs:
         return state.inputs
-    split = datasets.first_available()
+    splits = [s for s in (datasets.eval, datasets.calibration, datasets.train) if s is not None]
+    if not splits:
+        datasets.first_available()  # raises: no split at all
+    candidates = [_specs_of(split) for split in splits]
+    if any(specs != candidates[0] for specs in candidates):
+        # The splits disagree: the signature is the one the model accepts, so that the
+        # error names the split that does not fit rather than whichever came second.
+        for split, specs in zip(splits, candidates, strict=True):
+            if _model_accepts(state, split):
+                return specs
+    return candidates[0]
+
+
+def _specs_of(split: Split) -> list[InputSpec]:
     specs = []
     for name, array in split.inputs.items():
-        dtype = "float32" if array.dtype.kind == "f" else str(array.dtype)
+        kind = array.dtype.kind
+        if kind not in "biuf":
+            what = "strings" if kind in "US" else f"values of dtype {array.dtype}"
+            raise DataError(f"data.{split.name}: array {name!r} holds {what}, not numbers")
+        if kind == "f":
+            dtype = "float32"
+        elif kind == "b":
+            dtype = "bool"
+        else:  # uint8 images and the like: torch and onnxruntime take int64 or int32
+            dtype = str(array.dtype) if str(array.dtype) in ("int64", "int32") else "int64"
         specs.append(InputSpec(name=name, shape=list(array.shape[1:]), dtype=dtype))
     return specs
+
+
+def _model_accepts(state: ModelState, split: Split) -> bool:
+    from mcomp.measure.inference import predict_batch
+
+    trial = ModelState.from_torch(state.module, _specs_of(split)) if state.module else state
+    sample = {
+        spec.name: np.ascontiguousarray(array[:2].astype(spec.dtype, copy=False))
+        for spec, array in zip(trial.inputs, split.inputs.values(), strict=True)
+        if array.dtype.kind in "biuf"
+    }
+    if len(sample) != len(trial.inputs):
+        return False
+    try:
+        predict_batch(trial, sample, threads=1)
+    except Exception:  # any failure means "not this signature"; conform names the split
+        return False
+    return True
 
 
 def conform_datasets(datasets: Datasets, inputs: list[InputSpec]) -> Datasets:
@@ -52,6 +98,12 @@ def _conform(split: Split, inputs: list[InputSpec]) -> Split:
             raise DataError(
                 f"data.{split.name}: array {name!r} has samples of shape {tuple(got)} "
                 f"but model input {spec.name!r} expects {tuple(want)} (-1 = any)"
+            )
+        if array.dtype.kind not in "biuf":
+            raise DataError(
+                f"data.{split.name}: array {name!r} holds "
+                + ("strings" if array.dtype.kind in "US" else f"dtype {array.dtype}")
+                + f", not numbers; model input {spec.name!r} takes {spec.dtype}"
             )
         conformed[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
     return Split(split.name, conformed, split.labels)

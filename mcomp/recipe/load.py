@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
-from dataclasses import dataclass
+import reprlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from mcomp.errors import RecipeError
 from mcomp.recipe.schema import Recipe
-from mcomp.recipe.yaml_positions import KeyPath, Positions, position_of, read_yaml
+from mcomp.recipe.yaml_positions import (
+    KeyPath,
+    Positions,
+    parse_yaml,
+    position_of,
+    read_yaml,
+)
 
 
 @dataclass
@@ -57,25 +63,48 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
             line=line,
             column=col,
         )
+    where = Where(str(path), positions)
     for override in overrides:
-        apply_override(data, override, file=str(path))
+        where.overrides[apply_override(data, override, file=str(path))] = override
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _recipe_error(exc, Recipe, (), str(path), positions) from None
-    stages = [
-        _validate_stage(item, index, str(path), positions)
-        for index, item in enumerate(recipe.stages)
-    ]
+        raise _recipe_error(exc, Recipe, (), where) from None
+    stages = [_validate_stage(item, index, where) for index, item in enumerate(recipe.stages)]
     loaded = LoadedRecipe(
         recipe=recipe, stages=stages, file=path, base_dir=path.resolve().parent, packaged=packaged
     )
-    check_stage_order(loaded, positions)
+    check_stage_order(loaded, where)
     return loaded
 
 
-def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
-    """Set `a.b.0.c=value` in `data`; the value is parsed as YAML (`0.7`, `true`, `[1, 2]`)."""
+@dataclass
+class Where:
+    """How to place an error: the recipe file and its key positions, and the `--set`
+    overrides by the key path they set (an error there names the command line instead)."""
+
+    file: str
+    positions: Positions
+    overrides: dict[KeyPath, str] = field(default_factory=dict)
+
+    def error(self, message: str, loc: KeyPath, key: str | None = None) -> RecipeError:
+        """A RecipeError at `loc`: at the `--set` that wrote it or a key above it, else at
+        its line in the file."""
+        for end in range(len(loc), 0, -1):
+            override = self.overrides.get(loc[:end])
+            if override is not None:
+                return RecipeError(message, file=f"--set {override}", key=key)
+        if loc not in self.positions:  # a key that only a --set below it created
+            for path, override in self.overrides.items():
+                if path[: len(loc)] == loc:
+                    return RecipeError(message, file=f"--set {override}", key=key)
+        line, col = position_of(self.positions, loc)
+        return RecipeError(message, file=self.file, key=key, line=line, column=col)
+
+
+def apply_override(data: dict[str, Any], override: str, *, file: str) -> KeyPath:
+    """Set `a.b.0.c=value` in `data`; the value is parsed as YAML (`0.7`, `true`, `[1, 2]`).
+    Returns the key path it set."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise RecipeError(
@@ -95,46 +124,40 @@ def apply_override(data: dict[str, Any], override: str, *, file: str) -> None:
                     f"--set {override!r}: no element {where!r} in the recipe", file=file
                 ) from None
         target = nxt
+    value, _ = parse_yaml(raw, f"--set {override}")
     try:
-        target[parts[-1]] = yaml.safe_load(raw)
+        target[parts[-1]] = value
     except (IndexError, TypeError):
         raise RecipeError(f"--set {override!r}: cannot set {key!r} here", file=file) from None
+    return tuple(parts)
 
 
-def _validate_stage(
-    item: dict[str, Any], index: int, file: str, positions: Positions
-) -> tuple[str, BaseModel]:
+def _validate_stage(item: dict[str, Any], index: int, where: Where) -> tuple[str, BaseModel]:
     from mcomp.compressors.registry import STAGES, stage_class
 
-    where: KeyPath = ("stages", index)
+    at: KeyPath = ("stages", index)
     if len(item) != 1:
-        line, col = position_of(positions, where)
-        raise RecipeError(
+        raise where.error(
             "each stage is a one-key mapping like `- prune: {sparsity: 0.5}`",
-            file=file,
-            key=f"stages[{index}]",
-            line=line,
-            column=col,
+            at,
+            f"stages[{index}]",
         )
     name, options = next(iter(item.items()))
     if name not in STAGES:
-        line, col = position_of(positions, where + (name,))
-        raise RecipeError(
+        raise where.error(
             f"unknown stage {name!r}{_did_you_mean(name, STAGES)}; stages are: "
             + ", ".join(STAGES),
-            file=file,
-            key=f"stages[{index}]",
-            line=line,
-            column=col,
+            at + (name,),
+            f"stages[{index}]",
         )
     cls = stage_class(name)
     try:
         return name, cls.Options.model_validate(options or {})
     except ValidationError as exc:
-        raise _recipe_error(exc, cls.Options, where + (name,), file, positions) from None
+        raise _recipe_error(exc, cls.Options, at + (name,), where) from None
 
 
-def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
+def check_stage_order(loaded: LoadedRecipe, where: Where) -> None:
     """Reject stages that need torch once the model is ONNX (known before anything runs)."""
     from mcomp.compressors.registry import stage_class
     from mcomp.model.state import ModelKind
@@ -144,19 +167,16 @@ def check_stage_order(loaded: LoadedRecipe, positions: Positions) -> None:
     for index, (name, _) in enumerate(loaded.stages):
         cls = stage_class(name)
         if cls.consumes == ModelKind.TORCH and kind == ModelKind.ONNX:
-            line, col = position_of(positions, ("stages", index, name))
             why = (
                 "the model file is ONNX"
                 if index == 0 or is_onnx
                 else "an earlier stage turned the model into ONNX"
             )
-            raise RecipeError(
+            raise where.error(
                 f"stage {name!r} works on torch models, but {why}; put it "
                 "before quantize/export, or start from a torch model",
-                file=str(loaded.file),
-                key=f"stages[{index}].{name}",
-                line=line,
-                column=col,
+                ("stages", index, name),
+                f"stages[{index}].{name}",
             )
         if cls.produces != ModelKind.ANY:
             kind = cls.produces
@@ -189,14 +209,13 @@ def _did_you_mean(word: str, candidates: Any) -> str:
 
 
 def _recipe_error(
-    exc: ValidationError, model: type[BaseModel], prefix: KeyPath, file: str, positions: Positions
+    exc: ValidationError, model: type[BaseModel], prefix: KeyPath, where: Where
 ) -> RecipeError:
     errors = exc.errors()
     # A misspelt key also makes the real one "missing": report the unknown key (with its
     # did-you-mean) rather than the "Field required" it causes.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc: KeyPath = prefix + tuple(p for p in first["loc"] if not _is_union_tag(p))
-    line, col = position_of(positions, loc)
     if first["type"] == "extra_forbidden":
         known = _known_keys(model.model_json_schema(), loc[len(prefix) : -1])
         message = f"unknown key {loc[-1]!r}{_did_you_mean(loc[-1], known)}"
@@ -205,10 +224,19 @@ def _recipe_error(
     else:
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] not in ("missing",) and "input" in first:
-            message += f" (got {first['input']!r})"
+            message += f" (got {_short_repr(first['input'])})"
     if len(errors) > 1:
         message += f" [and {len(errors) - 1} more error(s)]"
-    return RecipeError(message, file=file, key=_format_key(loc), line=line, column=col)
+    return where.error(message, loc, _format_key(loc))
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """The bad value as the user wrote it, cut short: a 100 000-item list is one line too."""
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxstring = short.maxother = limit
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
+    short.maxlevel = 3
+    return short.repr(value)
 
 
 def _is_union_tag(part: str | int) -> bool:

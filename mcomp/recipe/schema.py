@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Upper bounds of counts: far above any real use, low enough that a typo (an extra three
+# zeros) fails validation instead of exhausting memory or time hours later.
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_THREADS = 1024
+MAX_BATCH = 65_536
+MAX_SAMPLES = 100_000_000
+MAX_LIST = 1_000  # list-valued options: inputs, python_path, stages, ...
+Dimension = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
 
@@ -33,6 +42,16 @@ def _factory_ref(value: str | None) -> str | None:
     return value
 
 
+def _distinct_names(names: list[str] | None, what: str) -> list[str] | None:
+    """A name listed twice would feed one array to two inputs, or silently drop one."""
+    seen: set[str] = set()
+    for name in names or []:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is listed twice; name each {what} once")
+        seen.add(name)
+    return names
+
+
 class StrEnum(str, Enum):
     """`enum.StrEnum` for Python 3.10: members compare equal to their strings."""
 
@@ -41,9 +60,11 @@ class StrEnum(str, Enum):
 
 
 class Strict(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are not coerced silently."""
+    """Base of every recipe section: unknown keys are errors, values are not coerced silently
+    (strict: `'5'` is not 5, `true` is not 1; an int is still a float). Enum fields say
+    `strict=False`: strict mode would accept only enum members, not their strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False, strict=True)
 
 
 class ModelFormat(StrEnum):
@@ -59,8 +80,9 @@ class InputSpec(Strict):
     """One model input: its name, per-sample shape (no batch axis) and dtype."""
 
     name: str = Field(description="Input name; the data array fed to it goes by position.")
-    shape: list[int] = Field(
-        description="Shape of one sample, without the batch axis; -1 for a size that varies."
+    shape: list[Dimension] = Field(
+        max_length=16,
+        description="Shape of one sample, without the batch axis; -1 for a size that varies.",
     )
     dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool"] = Field(
         "float32", description="Element type; the data arrays are cast to it."
@@ -78,6 +100,7 @@ class ModelSpec(Strict):
     )
     format: ModelFormat = Field(
         ModelFormat.AUTO,
+        strict=False,
         description="How to load the file; auto detects it from the content, not the extension.",
     )
     factory: str | None = Field(
@@ -88,7 +111,9 @@ class ModelSpec(Strict):
     )
     python_path: list[str] = Field(
         default_factory=list,
-        description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
+        max_length=MAX_LIST,
+        description="Folders (relative to the recipe) appended to sys.path so that `factory` "
+        "imports (docs/security.md: a recipe that names them is code).",
     )
     allow_pickle: bool = Field(
         False,
@@ -97,6 +122,7 @@ class ModelSpec(Strict):
     )
     inputs: list[InputSpec] | None = Field(
         None,
+        max_length=MAX_LIST,
         description="Model inputs, in order; default: the file's own signature (ONNX, .pt2), "
         "else one input per data array.",
     )
@@ -105,6 +131,12 @@ class ModelSpec(Strict):
     @classmethod
     def _factory_form(cls, value: str | None) -> str | None:
         return _factory_ref(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, value: list[InputSpec] | None) -> list[InputSpec] | None:
+        _distinct_names([spec.name for spec in value or []], "input")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -134,13 +166,18 @@ class SplitSpec(Strict):
         default_factory=dict, description="Keyword arguments passed to `factory`."
     )
     inputs: list[str] | None = Field(
-        None, description="Array names fed to the model inputs, in order (default: ['x'])."
+        None,
+        max_length=MAX_LIST,
+        description="Array names fed to the model inputs, in order (default: ['x']).",
     )
     labels: str | None = Field(
         "y", description="Array name of the labels; null for unlabelled data."
     )
     samples: int | None = Field(
-        None, gt=0, description="Use at most this many samples (the first ones); null: all."
+        None,
+        gt=0,
+        le=MAX_SAMPLES,
+        description="Use at most this many samples (the first ones); null: all.",
     )
 
     @model_validator(mode="before")
@@ -154,6 +191,11 @@ class SplitSpec(Strict):
     @classmethod
     def _factory_form(cls, value: str | None) -> str | None:
         return _factory_ref(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return _distinct_names(value, "array")
 
     @model_validator(mode="after")
     def _one_source(self) -> SplitSpec:
@@ -184,10 +226,13 @@ class DataSpec(Strict):
     calibration_samples: int = Field(
         256,
         gt=0,
+        le=1_000_000,
         description="Calibration samples: drawn at random (seeded) from `train`, or the "
         "first ones of `calibration`.",
     )
-    batch_size: int = Field(64, gt=0, description="Batch size for evaluation and calibration.")
+    batch_size: int = Field(
+        64, gt=0, le=MAX_BATCH, description="Batch size for evaluation and calibration."
+    )
 
 
 class Task(StrEnum):
@@ -212,11 +257,12 @@ class LatencySpec(Strict):
     enabled: bool = Field(
         True, description="Time every model; false: the latency figures are null."
     )
-    batch: int = Field(32, gt=0, description="The larger batch timed beside batch 1.")
-    warmup: int = Field(5, ge=0, description="Untimed runs before timing.")
+    batch: int = Field(32, gt=0, le=MAX_BATCH, description="The larger batch timed beside batch 1.")
+    warmup: int = Field(5, ge=0, le=10_000, description="Untimed runs before timing.")
     runs: int = Field(
         30,
         gt=0,
+        le=100_000,
         description="Timed runs at batch 1, the median reported (half as many, at least 3, "
         "at `batch`).",
     )
@@ -242,6 +288,7 @@ class RuntimeSpec(Strict):
     distributed_timeout_s: int = Field(
         1800,
         gt=0,
+        le=7 * 24 * 3600,
         description="Under torchrun: timeout of every collective, so a dead rank "
         "ends the run instead of hanging it.",
     )
@@ -249,8 +296,8 @@ class RuntimeSpec(Strict):
     @field_validator("threads")
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("threads must be at least 1")
+        if isinstance(value, int) and not 1 <= value <= MAX_THREADS:
+            raise ValueError(f"threads must be between 1 and {MAX_THREADS}")
         return value
 
 
@@ -351,6 +398,8 @@ class Recipe(Strict):
     version: Literal[1] = Field(1, description="Recipe schema version; only 1 exists.")
     seed: int = Field(
         0,
+        ge=0,
+        le=MAX_SEED,
         description="Seeds Python, numpy and torch (stage i runs with seed + i); `--seed` "
         "overrides it.",
     )
@@ -360,6 +409,7 @@ class Recipe(Strict):
     data: DataSpec = Field(default_factory=DataSpec, description="The data splits and batch sizes.")
     task: Task = Field(
         Task.CLASSIFICATION,
+        strict=False,
         description="Decides the training loss (cross-entropy or MSE) and the default "
         "metric; distillation needs classification.",
     )
@@ -377,7 +427,9 @@ class Recipe(Strict):
         description="Threads, latency timing, training device, distributed timeout.",
     )
     stages: list[dict[str, Any]] = Field(
-        min_length=1, description="Ordered stages, each a one-key mapping {stage: options}."
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Ordered stages, each a one-key mapping {stage: options}.",
     )
     constraints: ConstraintsSpec = Field(
         default_factory=ConstraintsSpec,
@@ -387,6 +439,14 @@ class Recipe(Strict):
     output: OutputSpec = Field(
         default_factory=OutputSpec, description="Where the model and the report are written."
     )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # Literal[1] accepts `true` and `1.0` (both == 1), even in strict mode
+        if type(value) is not int:
+            raise ValueError("version must be the integer 1")
+        return value
 
     @field_validator("metric")
     @classmethod

@@ -105,7 +105,13 @@ def write_starter_recipe(out: Path, *, force: bool = False, **kwargs) -> Path:
         raise OutputError(f"{out} exists; pass --force to overwrite it, or choose --out")
     if out.exists() and not out.is_file():
         raise OutputError(f"{out} is not a file; choose another --out")
-    write_text_atomic(out, starter_recipe(out, **kwargs))
+    text = starter_recipe(out, **kwargs)
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:  # a read-only folder, a full disk, a path below a file
+        raise OutputError(
+            f"--out: cannot write {out}: {exc.strerror or exc}; choose another --out"
+        ) from None
     return out
 
 

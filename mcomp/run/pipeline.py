@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcomp.errors import OutputError
+from mcomp.errors import NonFiniteError, OutputError, StageError
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 
@@ -78,6 +78,7 @@ def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) 
 
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, resuming):
     from mcomp.measure.figures import measure_model
+    from mcomp.run.prepare import check_labels_fit
     from mcomp.run.threads import seed_everything
 
     latency = loaded.recipe.runtime.latency
@@ -85,6 +86,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for stage in stages:
         stage.check(state, ctx)
+    check_labels_fit(ctx, stages)
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
     progress.start("measuring baseline")
     start = time.perf_counter()
@@ -116,10 +118,17 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
         start = time.perf_counter()
         state, notes = _run_stage(stage, state, ctx)
         if state.kind == "torch":
+            _check_weights_after(state, label)
             last_torch = state
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
-        metrics = measure_model(state, ctx, latency) if main else None
+        try:
+            metrics = measure_model(state, ctx, latency) if main else None
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"stage {label}: after this stage {exc}; if it trains, training diverged: "
+                "lower its `lr`"
+            ) from None
         progress.finish()
         if ctx.dist is not None:
             ctx.dist.barrier()  # the other ranks wait while rank 0 measures
@@ -139,6 +148,17 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
         if cache is not None:
             cache.save(index, state, ctx, entries[-1])
     return baseline, entries, state, last_torch
+
+
+def _check_weights_after(state, label: str) -> None:
+    from mcomp.model.finite import describe_nonfinite, first_nonfinite_weight
+
+    found = first_nonfinite_weight(state)
+    if found is not None:
+        raise StageError(
+            f"stage {label}: after this stage {describe_nonfinite(found)}; if it trains, "
+            "training diverged: lower its `lr`"
+        )
 
 
 def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
-from mcomp.errors import DataError
+from mcomp.errors import DataError, ModelLoadError
+from mcomp.factory import extend_python_path
 from mcomp.progress import Progress
 from mcomp.recipe.load import LoadedRecipe
 
@@ -16,18 +16,18 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     import onnxruntime
 
     from mcomp.compressors.registry import stage_class
+    from mcomp.data.checks import check_finite
     from mcomp.data.load import load_datasets
     from mcomp.measure.inference import predict_split
     from mcomp.measure.metrics import resolve_metric
     from mcomp.model.load import load_model
     from mcomp.model.signature import conform_datasets, probe, resolve_inputs
+    from mcomp.run.memory import check_batch_fits
     from mcomp.run.threads import apply_threads, resolve_threads, seed_everything
     from mcomp.stage import StageContext
 
     recipe = loaded.recipe
-    for folder in recipe.model.python_path:  # so that factories import
-        if str(loaded.base_dir / folder) not in sys.path:
-            sys.path.insert(0, str(loaded.base_dir / folder))
+    extend_python_path(loaded.base_dir / folder for folder in recipe.model.python_path)
     seed = recipe.seed if options.seed is None else options.seed
     threads = resolve_threads(recipe.runtime, options.threads)
     apply_threads(threads)
@@ -37,13 +37,19 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     seed_everything(seed)
     progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
     state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
+    check_weights(state, "model.path")
     progress.log("loading data")
     datasets = require_eval(
         load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed), progress
     )
     state.inputs = resolve_inputs(recipe.model.inputs, state, datasets)
     datasets = conform_datasets(datasets, state.inputs)
+    check_finite(datasets)
     probe(state, datasets, threads)
+    if recipe.runtime.latency.enabled:
+        check_batch_fits(
+            recipe.runtime.latency.batch, datasets.eval.inputs, "runtime.latency.batch"
+        )
     metric = resolve_metric(recipe, has_labels=datasets.eval.labels is not None)
     device, dist = _devices(recipe, datasets, progress)
     ctx = StageContext(
@@ -69,6 +75,36 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     # Stages change modules in place; the original stays intact for fidelity and teachers.
     working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
     return working, ctx, stages
+
+
+def check_weights(state, key: str) -> None:
+    """Weights holding NaN or Inf fail here, naming the tensor."""
+    from mcomp.model.finite import describe_nonfinite, first_nonfinite_weight
+
+    found = first_nonfinite_weight(state)
+    if found is not None:
+        raise ModelLoadError(
+            f"{key}: {state.source or 'the model'}: {describe_nonfinite(found)}; the file "
+            "is damaged or was saved from a diverged training"
+        )
+
+
+def check_labels_fit(ctx, stages) -> None:
+    """Eval labels (for a label metric) and train labels (for a training stage) fit the
+    model's outputs on the baseline. Called after the stages' own checks, whose errors
+    (a stage that cannot work at all) come first."""
+    from mcomp.data.checks import check_labels
+    from mcomp.recipe.schema import Task
+
+    datasets = ctx.datasets
+    trains = any(stage.runs_on_all_ranks() for stage in stages)
+    outputs = ctx.reference_outputs
+    if ctx.metric.needs_labels:
+        classification = ctx.metric.name == "accuracy"
+        check_labels(datasets.eval, outputs, classification=classification, key="data.eval")
+    if trains and datasets.train is not None:
+        classification = ctx.task == Task.CLASSIFICATION
+        check_labels(datasets.train, outputs, classification=classification, key="data.train")
 
 
 def _devices(recipe, datasets, progress: Progress):

@@ -6,7 +6,7 @@ import contextlib
 import os
 import random
 
-from mcomp.recipe.schema import RuntimeSpec
+from mcomp.recipe.schema import MAX_THREADS, RuntimeSpec
 
 MAX_AUTO_THREADS = 8
 
@@ -17,6 +17,10 @@ def resolve_threads(spec: RuntimeSpec, override: int | None = None) -> int:
         return override
     env = os.environ.get("MCOMP_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
+        if int(env) > MAX_THREADS:
+            from mcomp.errors import MCompError
+
+            raise MCompError(f"MCOMP_THREADS={env}: use 1 to {MAX_THREADS} threads")
         return int(env)
     if spec.threads == "auto":
         return max(1, min(os.cpu_count() or 1, MAX_AUTO_THREADS))

@@ -39,6 +39,10 @@ def bench_model(
     import onnxruntime  # noqa: F401  (its import is the process's cost, not the session's)
 
     raw = state.onnx_model.SerializeToString()
+    from mcomp.run.memory import check_batch_fits
+
+    for batch in batches:
+        check_batch_fits(batch, random_inputs(state, 1), "--batch")
     feeds = {batch: random_inputs(state, batch) for batch in batches}
     before = rss_bytes()
     exact_peak = reset_peak_rss()

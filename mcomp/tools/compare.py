@@ -35,6 +35,7 @@ def compare_models(
 ) -> dict[str, Any]:
     """Every figure of A and B with the ratio B / A (< 1: B is smaller or faster)."""
     from mcomp.data.open import fit_split, random_inputs
+    from mcomp.run.memory import check_batch_fits
 
     a, b = open_model(ref_a, options.threads), open_model(ref_b, options.threads)
     _check_signatures(a, b)
@@ -49,6 +50,8 @@ def compare_models(
         s.inputs if s is not None else random_inputs(m, AGREEMENT_SAMPLES)
         for m, s in ((a, split_a), (b, split_b))
     ]
+    for feed in feeds:
+        check_batch_fits(options.batch, feed, "--batch")
     figures = {**_static_figures(a, b), **_latency(a, b, feeds, options)}
     if split is not None and split.labels is not None:
         figures["metric"] = _pair(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcomp.data.checks import check_labels
 from mcomp.data.load import Split
 from mcomp.errors import DataError
 from mcomp.measure.metrics import BUILTIN
@@ -28,6 +29,7 @@ def evaluate_model(
             f"--metric accuracy: the model's output has shape {outputs.shape[1:]}, "
             "not class scores; use --metric mse or mae"
         )
+    check_labels(split, outputs, classification=metric == "accuracy", key="--data")
     spec = BUILTIN[metric]
     try:
         value = spec.fn(outputs, split.labels, outputs)

@@ -27,7 +27,7 @@ def run_sensitivity(
     from mcomp.compressors.prune.sensitivity import analyze_sensitivity
     from mcomp.run.distributed import launched_by_torchrun
     from mcomp.run.pipeline import RunOptions
-    from mcomp.run.prepare import prepare_run
+    from mcomp.run.prepare import check_labels_fit, prepare_run
 
     if launched_by_torchrun():
         raise MCompError("mcomp sensitivity runs in one process; start it without torchrun")
@@ -37,6 +37,7 @@ def run_sensitivity(
     options = next((opts for name, opts in loaded.stages if name == "prune"), PruneOptions())
     with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
         state, ctx, _ = prepare_run(loaded, RunOptions(), Path(workdir), progress)
+        check_labels_fit(ctx, [])
         analysis = analyze_sensitivity(state, ctx, options, ratios, progress)
     files = [out_dir / "sensitivity.json", out_dir / "sensitivity.csv"]
     write_text_atomic(files[0], json.dumps(analysis, indent=2) + "\n")

@@ -18,13 +18,13 @@ Training goes through the one loop of mcomp (`mcomp.training.loop.train_module`)
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from mcomp.errors import MCompError, StageError
+from mcomp.factory import extend_python_path
 from mcomp.recipe.schema import ModelFormat, Task
 from mcomp.stage import StageOptions
 
@@ -41,6 +41,7 @@ class TeacherSpec(StageOptions):
     path: str = Field(description="Teacher model file, relative to the recipe file.")
     format: ModelFormat = Field(
         ModelFormat.AUTO,
+        strict=False,
         description="As `model.format`; the teacher must load as a torch model (not ONNX).",
     )
     factory: str | None = Field(None, description="'package.module:function' for a state_dict.")
@@ -49,7 +50,12 @@ class TeacherSpec(StageOptions):
     )
     python_path: list[str] = Field(
         default_factory=list,
-        description="Folders (relative to the recipe) put on sys.path so that `factory` imports.",
+        max_length=1_000,
+        description="Folders (relative to the recipe) appended to sys.path so that `factory` "
+        "imports.",
+    )
+    allow_pickle: bool = Field(
+        False, description="Load a pickled teacher module or .pt2 (executes code from the file)."
     )
 
 
@@ -76,6 +82,7 @@ class DistillSettings(StageOptions):
     )
     hints: list[HintSpec] = Field(
         default_factory=list,
+        max_length=1_000,
         description="FitNets feature hints: layer pairs whose outputs are matched (through a "
         "learned projection when widths differ); empty: none.",
     )
@@ -125,9 +132,7 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
     else:
         spec = settings.teacher
         base = getattr(ctx, "recipe_dir", None) or Path.cwd()
-        for folder in spec.python_path:  # load_model imports the factory from sys.path
-            if str(base / folder) not in sys.path:
-                sys.path.insert(0, str(base / folder))
+        extend_python_path(base / folder for folder in spec.python_path)
         try:
             state = load_model(
                 ModelSpec(
@@ -136,11 +141,16 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
                     factory=spec.factory,
                     factory_args=spec.factory_args,
                     python_path=spec.python_path,
+                    allow_pickle=spec.allow_pickle,
                 ),
                 base_dir=base,
             )
         except MCompError as exc:  # its message names `model.*`; say it is the teacher's
-            raise StageError(f"{label}.teacher: {exc}") from None
+            message = str(exc).replace(
+                "`model.allow_pickle: true` in the recipe or pass --allow-pickle",
+                f"`{label}.teacher.allow_pickle: true` (--allow-pickle is for `model:`)",
+            )
+            raise StageError(f"{label}.teacher: {message}") from None
     if state.kind != ModelKind.TORCH:
         raise StageError(f"{label}: the teacher must be a torch model (got {state.kind})")
     # eval mode (BatchNorm statistics and dropout of the teacher must not move) and frozen:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcomp.errors import StageError
+from mcomp.errors import NonFiniteError, StageError
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import Task
 
@@ -107,6 +107,13 @@ def train_module(
             outputs = runner(*batch)
             target = None if labels is None else labels[index].to(ctx.device)
             loss = loss_fn(outputs, target, batch)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteError(
+                    f"{label}: the training loss became {loss_value} in epoch {epoch + 1}, step "
+                    f"{start // config.batch_size + 1}: training diverged; lower `lr` (now "
+                    f"{config.lr:g})"
+                )
             loss.backward()
             for param, mask in masked:
                 if param.grad is not None:
@@ -118,12 +125,18 @@ def train_module(
                     param.mul_(mask)
             if on_step is not None:
                 on_step(epoch=epoch, step=start // config.batch_size)
-            total += loss.item() * len(index)
+            total += loss_value * len(index)
             count += len(index)
             ctx.progress.advance()
         module.eval()
         total, count = _reduce_loss(total, count, ctx)
-        value = _evaluate(state, ctx)
+        try:
+            value = _evaluate(state, ctx)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"{label}: after epoch {epoch + 1} {exc}: training diverged; lower `lr` (now "
+                f"{config.lr:g})"
+            ) from None
         result.train_loss.append(round(total / count, 6))
         result.eval_metric.append(value)
         ctx.progress.log(

@@ -22,8 +22,8 @@ Schedule = Literal["constant", "cosine", "step"]
 class TrainingOptions(StageOptions):
     """How a stage trains: epochs, batches, optimizer, learning-rate schedule."""
 
-    epochs: int = Field(3, ge=1, description="Passes over the train split.")
-    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    epochs: int = Field(3, ge=1, le=100_000, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     optimizer: Optimizer = Field("adam", description="adam, adamw or sgd (torch.optim).")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of `optimizer: sgd`.")
