@@ -359,3 +359,22 @@ def test_the_scratch_folder_stays_small_during_a_quantize_fallback(project, tmp_
     # the prepared model, and at most the copy being written and onnxruntime's own
     assert watcher.most <= 3, watcher.most
     assert not (out / ".mcomp" / "work").exists()
+
+
+def test_the_current_directory_as_output_folder_is_written_file_by_file(
+    project, tmp_path, monkeypatch
+):
+    recipe = mlp_recipe(project, "  - export: {}")
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine\n")
+    monkeypatch.chdir(here)  # a folder the shell sits in cannot be switched as a whole
+
+    with pytest.raises(OutputError, match=r"output.replace: folder: \. cannot be switched"):
+        run(recipe, Path("."), "output.replace=folder")
+    result, progress = run(recipe, Path("."))
+
+    assert result.ok and check_set(here) == []
+    assert visible(here) == sorted([*SET, "notes.txt"])
+    assert any("outputs are replaced one by one" in m for m in progress.messages)
+    assert not (here / ".mcomp" / "next").exists()

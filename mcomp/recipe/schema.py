@@ -365,6 +365,7 @@ class OutputSpec(Strict):
     )
     replace: ReplaceMode = Field(
         ReplaceMode.AUTO,
+        strict=False,
         description="How the output set is switched in: folder = the whole folder with one "
         "rename (a reader sees the old set or the new one); files = file by file, the "
         "manifest last (for a folder that cannot be renamed: a mount point, the current "
