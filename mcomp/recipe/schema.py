@@ -361,7 +361,7 @@ class OutputSpec(Strict):
         True,
         description="Keep each stage's result in the output folder's work area (.mcomp/cache, "
         "the latest run's only) so that `mcomp run --resume` can reuse it; false saves the "
-        "disk space (about one model per stage).",
+        "disk space (up to two fp32 models per torch stage: the module and its ONNX form).",
     )
     replace: ReplaceMode = Field(
         ReplaceMode.AUTO,
