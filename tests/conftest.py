@@ -52,6 +52,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_key_of_the_test_session(tmp_path_factory):
+    """The resume cache's signing key in a folder of the session's own, not ~/.config (also
+    for the subprocesses the tests start: they inherit the environment)."""
+    os.environ["MCOMP_CACHE_KEY_FILE"] = str(tmp_path_factory.mktemp("config") / "cache-key")
+
+
 @pytest.fixture
 def run_mcomp():
     """Run `python -m mcomp ARGS` in a real subprocess; returns the CompletedProcess."""

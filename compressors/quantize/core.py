@@ -68,6 +68,8 @@ def quantize_model(
     source = folder / "fp32.onnx"
     onnx.save(upgrade_opset(model.onnx_model), source)
     prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
+    if prepared_path != source:  # the scratch folder keeps only what is read again
+        source.unlink(missing_ok=True)
     prepared = onnx.load(str(prepared_path))
     if unshare_weights(prepared):  # after pre-processing, which may fold tensors together
         onnx.save(prepared, prepared_path)

@@ -63,7 +63,9 @@ def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
     create_session(model_bytes, threads, options=options)
-    return onnx.load(str(target))
+    optimized = onnx.load(str(target))
+    target.unlink(missing_ok=True)  # in memory now; the scratch folder stays small
+    return optimized
 
 
 def count_compute_nodes(

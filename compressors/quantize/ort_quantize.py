@@ -92,6 +92,10 @@ def quantize_with_onnxruntime(
         else:
             _quantize_dynamic(prepared.path, target, excluded, options)
     quantized = onnx.load(str(target))
+    # in memory now: a fallback search makes a copy per trial, which the scratch folder
+    # need not keep (a large model's copies filled TMPDIR)
+    target.unlink(missing_ok=True)
+    target.with_suffix(".matmul.onnx").unlink(missing_ok=True)
     restored = corrected = None
     if mode == "static" and options.format == "qdq" and options.bias_correction:
         from mcomp.compressors.quantize.bias_correction import correct_biases

@@ -367,6 +367,12 @@ class ConstraintsSpec(Strict):
         return value
 
 
+class ReplaceMode(StrEnum):
+    AUTO = "auto"
+    FOLDER = "folder"
+    FILES = "files"
+
+
 class OutputSpec(Strict):
     """Where results go: the directory (default ./mcomp-out) and the final model's name."""
 
@@ -383,6 +389,27 @@ class OutputSpec(Strict):
         "without the original class, also after structured pruning.",
     )
 
+    baseline: str | None = Field(
+        None,
+        description="Also write the fp32 baseline (the model as loaded) as ONNX under this "
+        "name (e.g. baseline.onnx), so that `mcomp compare baseline.onnx model.onnx` works "
+        "for built-in and torch models too.",
+    )
+    cache: bool = Field(
+        True,
+        description="Keep each stage's result in the output folder's work area (.mcomp/cache, "
+        "the latest run's only) so that `mcomp run --resume` can reuse it; false saves the "
+        "disk space (up to two fp32 models per torch stage: the module and its ONNX form).",
+    )
+    replace: ReplaceMode = Field(
+        ReplaceMode.AUTO,
+        strict=False,
+        description="How the output set is switched in: folder = the whole folder with one "
+        "rename (a reader sees the old set or the new one); files = file by file, the "
+        "manifest last (for a folder that cannot be renamed: a mount point, the current "
+        "directory); auto = folder where possible (docs/outputs.md).",
+    )
+
     @field_validator("torch_model")
     @classmethod
     def _pt2_name(cls, value: str | None) -> str | None:
@@ -390,12 +417,18 @@ class OutputSpec(Strict):
             raise ValueError("must be a plain file name ending in .pt2")
         return value
 
-    @field_validator("model")
+    @field_validator("model", "baseline")
     @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if "/" in value or "\\" in value or not value.endswith(".onnx"):
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or not value.endswith(".onnx")):
             raise ValueError("must be a plain file name ending in .onnx")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> OutputSpec:
+        if self.baseline is not None and self.baseline == self.model:
+            raise ValueError(f"baseline and model are both {self.model!r}; name them apart")
+        return self
 
 
 class Recipe(Strict):
