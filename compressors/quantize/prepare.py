@@ -20,11 +20,33 @@ def preprocess(source: Path, target: Path, ctx: StageContext) -> Path:
         try:
             with working_directory(target.parent):
                 quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+        except Exception:
+            continue
+        if target.stat().st_size <= GROWTH_LIMIT * source.stat().st_size:
+            return target
+        # onnxruntime's graph optimisation folds constants into new, larger ones: on a
+        # TensorFlow audio model (basic-pitch) it made the file 2.5x larger, and the int8
+        # model with it; shape inference alone keeps the weights as they are
+        try:
+            with working_directory(target.parent):
+                quant_pre_process(
+                    str(source),
+                    str(target),
+                    skip_optimization=True,
+                    skip_symbolic_shape=skip_symbolic,
+                )
+            ctx.progress.log(
+                "quantize: onnxruntime's graph optimisation grew the model; pre-processed "
+                "without it"
+            )
             return target
         except Exception:
             continue
     ctx.progress.warn("quantize: onnxruntime pre-processing failed; quantizing the model as is")
     return source
+
+
+GROWTH_LIMIT = 1.2  # pre-processing may add shape information, never many more weights
 
 
 # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) exist from opset 13; older
