@@ -294,3 +294,49 @@ def test_preprocessing_that_grows_the_weights_is_redone_without_graph_optimisati
     assert prepared.stat().st_size <= 1.2 * source.stat().st_size
     x = rng.normal(size=(2, width)).astype(np.float32)
     np.testing.assert_allclose(_run(onnx.load(str(prepared)), x), _run(model, x), rtol=1e-4)
+
+
+def test_weights_held_in_constant_nodes_are_not_growth(tmp_path):
+    """Conv → BatchNormalization with every tensor in a Constant node (as PaddleOCR's files
+    hold them): folding the BN into the Conv's weights is the optimisation wanted, so it
+    stays (no BatchNormalization in the pre-processed model)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcomp.compressors.quantize.prepare import preprocess
+    from mcomp.progress import NullProgress
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "W": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "scale": rng.uniform(0.5, 2, 8).astype(np.float32),
+        "shift": rng.normal(size=8).astype(np.float32),
+        "mean": rng.normal(size=8).astype(np.float32),
+        "var": rng.uniform(0.5, 2, 8).astype(np.float32),
+    }
+    constants = [
+        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+        for name, value in tensors.items()
+    ]
+    graph = helper.make_graph(
+        [
+            *constants,
+            helper.make_node("Conv", ["x", "W"], ["c"]),
+            helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["y"]),
+        ],
+        "constants",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 10, 10])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "fp32.onnx"
+    onnx.save(model, source)
+
+    class Context:
+        progress = NullProgress()
+
+    prepared = onnx.load(str(preprocess(source, tmp_path / "prepared.onnx", Context())))
+
+    assert "BatchNormalization" not in {node.op_type for node in prepared.graph.node}
+    x = rng.normal(size=(2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(_run(prepared, x), _run(model, x), rtol=1e-4, atol=1e-5)

@@ -55,7 +55,8 @@ WEIGHT_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def _grew_constants(source: Path, target: Path) -> bool:
     """Whether pre-processing added more bytes of constants that are not Conv/Gemm/MatMul
-    weights than GROWTH_LIMIT of the source's initializer bytes."""
+    weights than GROWTH_LIMIT of the source's constant bytes (initializers and Constant
+    nodes: PaddleOCR's files hold every weight in Constant nodes)."""
     import onnx
 
     def constant_bytes(model) -> tuple[int, int]:
@@ -65,6 +66,9 @@ def _grew_constants(source: Path, target: Path) -> bool:
             if node.op_type in WEIGHT_READERS and len(node.input) > 1
         }
         sizes = {init.name: init.ByteSize() for init in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output:
+                sizes[node.output[0]] = sum(a.ByteSize() for a in node.attribute)
         other = sum(size for name, size in sizes.items() if name not in weights)
         return other, sum(sizes.values())
 
