@@ -180,12 +180,15 @@ def _broadcast_state(state, ctx):
         return state
     ctx.facts.masks = payload["masks"]
     if payload["kind"] == "torch":
-        return ModelState.from_torch(payload["module"], payload["inputs"], state.source)
-    import onnx
+        received = ModelState.from_torch(payload["module"], payload["inputs"], state.source)
+    else:
+        import onnx
 
-    return ModelState.from_onnx(
-        onnx.load_from_string(payload["onnx"]), payload["inputs"], state.source
-    )
+        received = ModelState.from_onnx(
+            onnx.load_from_string(payload["onnx"]), payload["inputs"], state.source
+        )
+    received.output = state.output  # the same output index on every rank
+    return received
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
