@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mcomp.cli.errors import error_boundary
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.model_options import (
     data_options,
     echo_json,
@@ -52,6 +53,7 @@ EPILOG = (
     help="Timed runs per model per round.",
 )
 @json_option
+@verbose_option
 @debug_option
 @error_boundary
 def compare(
@@ -70,6 +72,7 @@ def compare(
     rounds: int,
     runs: int,
     as_json: bool,
+    verbose: bool,
     debug: bool,
 ) -> None:
     """Compare model B with model A: size, parameters, MACs, onnxruntime latency (timed side
@@ -91,7 +94,8 @@ def compare(
     options = CompareOptions(
         threads=threads_from(threads), batch=batch, rounds=rounds, runs=runs, metric=metric
     )
-    result = compare_models(*refs, load_data(data, input_arrays, labels), options)
+    with libraries_filtered(verbose):
+        result = compare_models(*refs, load_data(data, input_arrays, labels), options)
     if as_json:
         echo_json(result)
     else:

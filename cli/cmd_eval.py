@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mcomp.cli.errors import error_boundary
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.model_options import (
     data_options,
     echo_json,
@@ -28,6 +29,7 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (model or data missing, data that do
 @model_options
 @threads_option
 @json_option
+@verbose_option
 @debug_option
 @error_boundary
 def eval_command(
@@ -42,6 +44,7 @@ def eval_command(
     allow_pickle: bool,
     threads: int | None,
     as_json: bool,
+    verbose: bool,
     debug: bool,
 ) -> None:
     """Compute the task metric of MODEL on labelled data (onnxruntime for ONNX, else torch).
@@ -60,11 +63,12 @@ def eval_command(
     if data is None:
         raise click.UsageError("--data is required (an .npz file or `digits`)")
     n_threads = threads_from(threads)
-    state = open_model(
-        model_ref(model, factory, python_path, input_shapes, allow_pickle), n_threads
-    )
-    split = fit_split(state, load_data(data, input_arrays, labels), n_threads)
-    result = evaluate_model(state, split, metric=metric, threads=n_threads)
+    with libraries_filtered(verbose):
+        state = open_model(
+            model_ref(model, factory, python_path, input_shapes, allow_pickle), n_threads
+        )
+        split = fit_split(state, load_data(data, input_arrays, labels), n_threads)
+        result = evaluate_model(state, split, metric=metric, threads=n_threads)
     if as_json:
         echo_json(result)
     else:

@@ -20,7 +20,12 @@ EPILOG = "\b\nExit codes: 0 written, 2 bad input (the file exists without --forc
     help="Model file the recipe names (default: the bundled digits CNN).",
 )
 @click.option("--factory", metavar="PKG.MOD:FN", help="For a state_dict: the module factory.")
-@click.option("--data", metavar="FILE.npz|digits", help="Train and eval data the recipe names.")
+@click.option("--data", metavar="FILE.npz|digits", help="Train data the recipe names (and eval).")
+@click.option(
+    "--eval-data",
+    metavar="FILE.npz",
+    help="Held-out eval data (default: --data, with a warning: scores on training data).",
+)
 @click.option(
     "--task",
     type=click.Choice(["classification", "regression"]),
@@ -42,6 +47,7 @@ def init(
     model: Path | None,
     factory: str | None,
     data: str | None,
+    eval_data: str | None,
     task: str,
     out: Path,
     force: bool,
@@ -53,15 +59,28 @@ def init(
     \b
     Examples:
       mcomp init && mcomp run recipe.yaml          # the bundled digits model
-      mcomp init --model model.pt --factory mypkg.nets:mlp --data train.npz --out r.yaml
+      mcomp init --model model.pt --factory mypkg.nets:mlp --data train.npz \\
+        --eval-data eval.npz --out r.yaml
       mcomp init --model model.onnx --task regression --force
     """
     from mcomp.recipe.schema import Task
-    from mcomp.recipe.starter import write_starter_recipe
+    from mcomp.recipe.starter import (
+        SHARED_SPLIT_WARNING,
+        shares_train_and_eval,
+        write_starter_recipe,
+    )
 
     written = write_starter_recipe(
-        out, force=force, model=model, task=Task(task), factory=factory, data=data
+        out,
+        force=force,
+        model=model,
+        task=Task(task),
+        factory=factory,
+        data=data,
+        eval_data=eval_data,
     )
+    if model is not None and shares_train_and_eval(data, eval_data):
+        click.echo(f"mcomp: warning: {SHARED_SPLIT_WARNING.format(data=data)}", err=True)
     if as_json:
         echo_json({"file": str(written), "model": str(model) if model else "builtin:digits_cnn"})
     else:

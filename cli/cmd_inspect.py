@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mcomp.cli.errors import error_boundary
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.model_options import echo_json, model_argument, model_options, model_ref
 from mcomp.cli.options import debug_option, json_option
 
@@ -17,6 +18,7 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (missing or unreadable model)."
 @model_argument
 @model_options
 @json_option
+@verbose_option
 @debug_option
 @error_boundary
 def inspect(
@@ -26,6 +28,7 @@ def inspect(
     input_shapes: tuple[str, ...],
     allow_pickle: bool,
     as_json: bool,
+    verbose: bool,
     debug: bool,
 ) -> None:
     """Show each layer of MODEL (torch or ONNX): type, weight shape, parameters, non-zeros,
@@ -41,8 +44,9 @@ def inspect(
     from mcomp.model.open import open_model
     from mcomp.tools.inspect import inspect_model
 
-    state = open_model(model_ref(model, factory, python_path, input_shapes, allow_pickle))
-    result = inspect_model(state)
+    with libraries_filtered(verbose):
+        state = open_model(model_ref(model, factory, python_path, input_shapes, allow_pickle))
+        result = inspect_model(state)
     for note in result["notes"]:
         click.echo(f"mcomp: note: {note}", err=True)
     if as_json:

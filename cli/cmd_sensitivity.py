@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mcomp.cli.errors import error_boundary
+from mcomp.cli.library_filter import libraries_filtered, verbose_option
 from mcomp.cli.options import debug_option, json_option, quiet_option, recipe_argument, set_option
 
 
@@ -38,6 +39,7 @@ def _ratios(value: str) -> tuple[float, ...]:
 )
 @json_option
 @quiet_option
+@verbose_option
 @debug_option
 @set_option
 @error_boundary
@@ -47,6 +49,7 @@ def sensitivity(
     out_dir: Path,
     as_json: bool,
     quiet: bool,
+    verbose: bool,
     debug: bool,
     overrides: tuple[str, ...],
 ) -> None:
@@ -68,7 +71,8 @@ def sensitivity(
     from mcomp.tools.sensitivity import run_sensitivity
 
     progress = make_progress(quiet)
-    result = run_sensitivity(recipe, overrides, _ratios(ratios), out_dir, progress)
+    with libraries_filtered(verbose, quiet):
+        result = run_sensitivity(recipe, overrides, _ratios(ratios), out_dir, progress)
     if not quiet:
         _render(result["analysis"], stderr_console())
     for warning in result["warnings"]:

@@ -9,13 +9,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mcomp.cli.render import human_bytes, human_count
+from mcomp.cli.render import columns_off_terminal, human_bytes, human_count
 
 PROFILE_ROWS = 12  # op types shown by `mcomp bench --profile` (the JSON has them all)
 
 
 def stdout_console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 150, highlight=False)
+    """stdout console; off a terminal $COLUMNS wide, else 150 (CI logs: no wrapping)."""
+    return Console(width=None if sys.stdout.isatty() else columns_off_terminal(), highlight=False)
 
 
 def _table(title: str, headers: list[str]) -> Table:
@@ -75,7 +76,8 @@ def render_bench(result: dict[str, Any]) -> None:
     memory = result["memory"]["session_peak_bytes"]
     console.print(
         f"session peak memory: {human_bytes(memory)}   "
-        f"CPU: {', '.join(result['cpu_isa']) or 'unknown ISA'}"
+        f"CPU: {', '.join(result['cpu_isa']) or 'unknown ISA'}   "
+        f"inputs: {result['inputs_from']}"
     )
     profile = result.get("profile")
     if profile:
@@ -100,7 +102,7 @@ def render_compare(result: dict[str, Any]) -> None:
     table = _table("B / A < 1: B is smaller or faster", ["figure", "", "A", "B", "B / A"])
     for name, pair in result["figures"].items():
         table.add_row(
-            name,
+            result["metric_name"] if name == "metric" else name,
             "",
             _fmt(pair["a"]),
             _fmt(pair["b"]),
@@ -115,7 +117,7 @@ def render_compare(result: dict[str, Any]) -> None:
         console.print(
             f"outputs on {result['samples']} samples: max |A-B| "
             f"{agreement['max_abs_diff']:.3g}, mean |A-B| "
-            f"{agreement['mean_abs_diff']:.3g}"
+            f"{agreement['mean_abs_diff']:.3g}, cosine {agreement['cosine']:.4f}"
             + ("" if top1 is None else f", top-1 agreement {top1:.4f}")
         )
     else:

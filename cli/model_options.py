@@ -54,10 +54,11 @@ labels_option = click.option(
 )
 metric_option = click.option(
     "--metric",
-    type=click.Choice(["accuracy", "mse", "mae"]),
-    default="accuracy",
+    type=click.Choice(["auto", "accuracy", "mse", "mae"]),
+    default="auto",
     show_default=True,
-    help="Task metric computed against the labels.",
+    help="Task metric computed against the labels; auto: accuracy for integer labels and "
+    "class scores, mse for float labels.",
 )
 
 

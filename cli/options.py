@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-recipe_argument = click.argument("recipe", metavar="RECIPE")
+
+def complete_recipe(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of RECIPE: the bundled recipes' names, and files."""
+    from click.shell_completion import CompletionItem
+
+    from mcomp.recipe.bundled import bundled_names
+
+    names = [CompletionItem(n) for n in bundled_names() if n.startswith(incomplete)]
+    return names + [CompletionItem(incomplete, type="file")]
+
+
+recipe_argument = click.argument("recipe", metavar="RECIPE", shell_complete=complete_recipe)
 
 set_option = click.option(
     "--set",

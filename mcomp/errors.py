@@ -60,3 +60,15 @@ class ParityError(StageError):
 
 class OutputError(MCompError):
     """An output path cannot be written (e.g. the output directory is a file)."""
+
+
+class ReportError(MCompError):
+    """A saved report cannot be read, or is not an mcomp report (`mcomp report`)."""
+
+
+class ConditionError(MCompError):
+    """A `mcomp report --fail-on` condition is malformed or cannot be checked on the reports."""
+
+
+class DependencyError(MCompError):
+    """An optional dependency (an extra such as `mcomp[plot]`) is not installed."""

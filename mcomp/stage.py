@@ -103,9 +103,12 @@ class StageContext:
     recipe_dir: Path = field(default_factory=Path.cwd)  # relative paths in options start here
     device: str = "cpu"  # where training stages run ("cpu" | "cuda")
     dist: DistContext | None = None  # set under torchrun with several processes
-    # the recipe's `constraints.max_accuracy_drop` (vs the run's baseline): stages that can
+    # the recipe's `constraints.max_accuracy_drop` (vs the run's baseline; the tighter of it
+    # and `max_relative_drop` in metric units once the baseline is measured): stages that can
     # trade accuracy for size/speed (quantize's fallback) aim for it when given no budget
     accuracy_budget: float | None = None
+    # where training runs and why, logged by the training loop on its first call of the run
+    device_note: str | None = None
 
     def evaluate(self, model: ModelState) -> float:
         """The task metric of `model` on the eval split (torch or onnxruntime)."""

@@ -16,6 +16,33 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Fast latency timing for tests: the figures are checked for presence, not speed.
 FAST = ["--set", "runtime.latency.runs=3", "--set", "runtime.latency.warmup=1"]
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--regen-golden",
+        action="store_true",
+        help="rewrite tests/data/golden/* from the current output (review the diff)",
+    )
+
+
+@pytest.fixture
+def golden(request):
+    """Compare user-visible text with tests/data/golden/NAME; `--regen-golden` rewrites it."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if request.config.getoption("--regen-golden"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        assert path.is_file(), f"no golden file {path}; create it with pytest --regen-golden"
+        assert text == path.read_text(encoding="utf-8"), (
+            f"{name} differs from the golden file; if the change is intended, rerun with "
+            "--regen-golden and review the diff"
+        )
+
+    return check
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,6 +50,13 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_key_of_the_test_session(tmp_path_factory):
+    """The resume cache's signing key in a folder of the session's own, not ~/.config (also
+    for the subprocesses the tests start: they inherit the environment)."""
+    os.environ["MCOMP_CACHE_KEY_FILE"] = str(tmp_path_factory.mktemp("config") / "cache-key")
 
 
 @pytest.fixture

@@ -128,8 +128,11 @@ def out_dir(tmp_path, good_model) -> Path:
     return out
 
 
-def refused(result, out: Path, good_model: bytes, *expected: str) -> str:
-    """Check the promise for a refused run; return the error line."""
+def refused(result, out: Path, good_model: bytes, *expected: str, cached: int = 0) -> str:
+    """Check the promise for a refused run; return the error line.
+
+    `cached`: the stages that finished before the failure, whose results the work area
+    `.mcomp/cache` keeps for `mcomp run --resume`; with none, not even `.mcomp` is created."""
     stderr = result.stderr
     assert result.returncode == 2, stderr
     assert "Traceback" not in stderr
@@ -145,8 +148,12 @@ def refused(result, out: Path, good_model: bytes, *expected: str) -> str:
         assert text in line, f"{text!r} not in {line!r}"
     assert result.stdout == ""
     if out.exists():
-        assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "no file written"
+        work_area = [".mcomp"] if cached else []
+        assert sorted(p.name for p in out.iterdir()) == [*work_area, "model.onnx"], "no output"
         assert (out / "model.onnx").read_bytes() == good_model, "the good model is untouched"
+        if cached:
+            assert sorted(p.name for p in (out / ".mcomp").iterdir()) == ["cache", "lock"]
+            assert len(list((out / ".mcomp" / "cache").iterdir())) == cached
     return line
 
 
@@ -415,7 +422,7 @@ def test_run_failing_mid_way_leaves_the_previous_model_untouched(
         ],
     )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
-    refused(result, out_dir, good_model, "quantize:", "quantized no node", "op_types")
+    refused(result, out_dir, good_model, "quantize:", "quantized no node", "op_types", cached=2)
     assert "stage 2/4: finetune" in result.stderr, "the failure really came mid-way"
 
 

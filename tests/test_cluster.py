@@ -83,7 +83,8 @@ def test_cluster_then_int8_quantize_runs_in_onnxruntime(tmp_path):
         "eval: {builtin: digits, samples: 200}, calibration_samples: 64}\n"
         + NO_LATENCY
         + "stages:\n  - cluster: {clusters: 16, init: kmeans++}\n"
-        "  - quantize: {mode: static}\n  - export: {}\n"
+        # int8 weights named (auto is uint8 without VNNI): uint8 tensors are cluster indices
+        "  - quantize: {mode: static, weight_type: int8}\n  - export: {}\n"
     )
     # act
     result, _ = run_recipe(recipe, tmp_path / "out")

@@ -238,6 +238,23 @@ def test_eval_named_arrays_and_mse(project, run_mcomp):
     assert mse["metric_name"] == "mse" and mse["metric"] > 0
 
 
+def test_eval_and_compare_pick_the_metric_from_the_labels(project, run_mcomp):
+    data = np.load(project / "eval.npz")
+    targets = np.linspace(-1, 1, len(data["x"]) * 4, dtype=np.float32).reshape(-1, 4)
+    np.savez(project / "float_labels.npz", x=data["x"], y=targets)
+    chosen = _json(
+        run_mcomp("eval", "mlp.onnx", "--data", "float_labels.npz", "--json", cwd=project)
+    )
+    assert chosen["metric_name"] == "mse" and chosen["metric_chosen"] == "auto"
+    assert chosen["metric"] > 0  # not accuracy 0.0000 against float targets
+    integer = _json(run_mcomp("eval", "mlp.onnx", "--data", "eval.npz", "--json", cwd=project))
+    assert integer["metric_name"] == "accuracy" and integer["metric"] >= 0.9
+    args = ["mlp.onnx", "mlp_int8.onnx", "--rounds", "1", "--runs", "2", "--json"]
+    compared = _json(run_mcomp("compare", *args, "--data", "float_labels.npz", cwd=project))
+    assert compared["metric_name"] == "mse" and compared["figures"]["metric"]["a"] > 0
+    assert 0.9 < compared["agreement"]["cosine"] <= 1.0 + 1e-9
+
+
 # --- bench -----------------------------------------------------------------------------------
 
 
@@ -308,8 +325,27 @@ def test_bench_profile_splits_kernel_time_by_op_and_counts_int8_kernels(project,
 def test_bench_feeds_integer_inputs_and_renders_a_table(project, run_mcomp):
     result = _json(run_mcomp("bench", "embedding.onnx", "--runs", "2", "--json", cwd=project))
     assert result["inputs"] == [{"name": "ids", "shape": [4], "dtype": "int64"}]
+    assert result["inputs_from"] == "random (integer inputs: zeros)"
     table = run_mcomp("bench", "mlp.onnx", "--runs", "2", cwd=project)
     assert table.returncode == 0 and "samples/s" in table.stdout and "peak memory" in table.stdout
+
+
+def test_bench_times_on_the_data_given(project, run_mcomp):
+    from mcomp.data.open import load_split
+    from mcomp.model.open import ModelRef, open_model
+    from mcomp.tools.bench import _feeds
+
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4) % 10
+    np.savez(project / "tokens.npz", token_ids=ids)
+    args = ["embedding.onnx", "--data", "tokens.npz", "--inputs", "token_ids"]
+    result = _json(run_mcomp("bench", *args, "--batch", "5", "--runs", "2", "--json", cwd=project))
+    assert result["inputs_from"] == "tokens.npz" and result["batches"][0]["batch"] == 5
+    # the feed is the file's samples, repeated up to the batch: not zeros
+    state = open_model(ModelRef(project / "embedding.onnx"))
+    feed = _feeds(state, [5], load_split(str(project / "tokens.npz"), inputs=["token_ids"]), 1)
+    np.testing.assert_array_equal(feed[5]["ids"], np.concatenate([ids, ids])[:5])
+    missing = run_mcomp("bench", "embedding.onnx", "--data", "tokens.npz", cwd=project)
+    assert missing.returncode == 2 and "x" in missing.stderr  # no array named x: --inputs
 
 
 # --- compare ---------------------------------------------------------------------------------
@@ -419,10 +455,24 @@ def test_init_writes_a_recipe_validate_accepts(tmp_path, project, run_mcomp):
     _one_line_error(run_mcomp("init", cwd=tmp_path), "--force")
     assert (tmp_path / "recipe.yaml").read_text() == text
     assert run_mcomp("init", "--force", "--task", "regression", cwd=tmp_path).returncode == 0
-    assert "task: regression" in (tmp_path / "recipe.yaml").read_text()
+    regression = (tmp_path / "recipe.yaml").read_text()
+    assert "task: regression" in regression and "max_relative_drop: 5%" in regression
+    assert run_mcomp("validate", "recipe.yaml", cwd=tmp_path).returncode == 0
 
     args = ["--model", str(project / "mlp.pt"), *FACTORY, "--data", str(project / "train.npz")]
-    assert run_mcomp("init", *args, "--out", "sub/torch.yaml", cwd=tmp_path).returncode == 0
+    shared = run_mcomp("init", *args, "--out", "sub/torch.yaml", cwd=tmp_path)
+    assert shared.returncode == 0 and "is both the train and the eval split" in shared.stderr
+    assert (
+        "# the train file: replace it with held-out data"
+        in (tmp_path / "sub/torch.yaml").read_text()
+    )
+    held_out = run_mcomp(
+        "init", *args, "--eval-data", str(project / "eval.npz"), "--out", "h.yaml", cwd=tmp_path
+    )
+    assert held_out.returncode == 0 and "warning" not in held_out.stderr
+    text = (tmp_path / "h.yaml").read_text()
+    eval_line = next(line for line in text.splitlines() if line.strip().startswith("eval:"))
+    assert eval_line.strip().endswith("/eval.npz")  # the held-out file, no warning comment
     checked = _json(run_mcomp("validate", "sub/torch.yaml", "--json", cwd=tmp_path))
     assert checked["stages"] == ["prune", "finetune", "quantize", "export"]
     assert (
@@ -474,7 +524,9 @@ def test_run_writes_summary_md_step_summary_and_provenance(project, run_mcomp, m
     assert provenance["artifacts"]["model"] == "run-out/model.onnx"
 
 
-@pytest.mark.parametrize("command", ["inspect", "eval", "bench", "compare", "init"])
+@pytest.mark.parametrize(
+    "command", ["inspect", "eval", "bench", "compare", "init", "report", "recipes"]
+)
 def test_every_command_help_has_an_example(run_mcomp, command):
     result = run_mcomp(command, "--help")
     assert result.returncode == 0 and "Example" in result.stdout and "--json" in result.stdout

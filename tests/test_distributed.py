@@ -71,7 +71,15 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path, run_mcomp):
     # QAT: the activation ranges each rank observed are merged, so the int8 models agree too
     assert report["stages"][2]["details"]["distributed"]["ranks_agree"] is True
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["model.onnx", "provenance.json", "recipe.resolved.yaml", "report.json"]
+    assert written == [
+        ".mcomp",  # its lock only: no resume cache under torchrun
+        "mcomp-manifest.json",
+        "model.onnx",
+        "provenance.json",
+        "recipe.resolved.yaml",
+        "report.json",
+    ]
+    assert [p.name for p in (tmp_path / "out" / ".mcomp").iterdir()] == ["lock"]
     assert result.stdout.count("ok: out/model.onnx") == 1  # one process reports
     # the same recipe in one process reaches the same sparsity
     single = run_mcomp("run", "recipe.yaml", "--out", "single", "--json", cwd=tmp_path)

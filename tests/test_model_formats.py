@@ -209,7 +209,9 @@ def test_state_dict_with_factory_prunes_and_exports(project):
         f"factory_args: {{hidden: {HIDDEN}}}}}",
         "[{prune: {sparsity: 0.5}}, {export: {}}]",
     )
-    assert report["ok"] and progress.warnings == []
+    # a busy machine while latency is timed is said too; that is not about the model
+    about_the_model = [w for w in progress.warnings if not w.startswith("latency: other processes")]
+    assert report["ok"] and about_the_model == []
     check_baseline(report, model, folder)
     pruned_ref = l1_global_prune(model, 0.5)
     x, y = eval_data(folder)
@@ -371,7 +373,11 @@ def write_onnx_mlp(model: nn.Module, path: Path) -> None:
 def test_onnx_file_static_quantize_then_export(project):
     folder, model = project
     write_onnx_mlp(model, folder / "model.onnx")
-    report, _, out = run(folder, "{path: model.onnx}", "[{quantize: {mode: static}}, {export: {}}]")
+    report, _, out = run(
+        folder,
+        "{path: model.onnx}",
+        "[{quantize: {mode: static, weight_type: int8}}, {export: {}}]",  # int8 counted below
+    )
     assert report["ok"]
     check_baseline(report, model, folder)
     assert report["baseline"]["model_kind"] == "onnx"

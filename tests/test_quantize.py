@@ -193,11 +193,21 @@ def test_qoperator_format_yields_qlinear_conv_and_matmul_nodes(cnn_dir, mlp_dir)
 
 
 def test_reduce_range_auto_is_on_only_for_u8s8_on_x86_without_vnni():
-    from mcomp.compressors.quantize.options import QuantizeOptions, effective_reduce_range
+    from mcomp.compressors.quantize.options import (
+        QuantizeOptions,
+        effective_reduce_range,
+        effective_weight_type,
+    )
 
     default = QuantizeOptions()
-    assert default.reduce_range == "auto"
-    assert effective_reduce_range(default, ["AVX2", "AVX-512"], "x86_64") is True
+    assert default.reduce_range == "auto" and default.weight_type == "auto"
+    # without VNNI the default weights are uint8 (U8U8: no 16-bit saturation, no 7 bits)
+    assert effective_weight_type(default, ["AVX2", "AVX-512"], "x86_64") == "uint8"
+    assert effective_reduce_range(default, ["AVX2", "AVX-512"], "x86_64") is False
+    assert effective_weight_type(default, ["AVX2", "AVX-512 VNNI"], "x86_64") == "int8"
+    assert effective_weight_type(default, ["ARM dot-product"], "aarch64") == "int8"
+    signed_weights = QuantizeOptions(weight_type="int8")  # U8S8 asked for: 7-bit weights
+    assert effective_reduce_range(signed_weights, ["AVX2", "AVX-512"], "x86_64") is True
     assert effective_reduce_range(default, ["AVX2", "AVX-512", "AVX-512 VNNI"], "x86_64") is False
     assert effective_reduce_range(default, ["AVX2", "AVX-VNNI"], "x86_64") is False
     assert effective_reduce_range(default, ["AVX2", "AMX-INT8"], "AMD64") is False
@@ -224,8 +234,9 @@ def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
         assert len(weights) == 3  # the three Linear layers
         return max(int(np.abs(w.astype(np.int32)).max()) for w in weights), stage["details"]
 
-    reduced, details = weight_extremes("{reduce_range: true}")
-    full, full_details = weight_extremes("{reduce_range: false}")
+    # int8 weights named: `weight_type: auto` is uint8 on CPUs without VNNI
+    reduced, details = weight_extremes("{reduce_range: true, weight_type: int8}")
+    full, full_details = weight_extremes("{reduce_range: false, weight_type: int8}")
     assert reduced <= 64 < full  # 7-bit weights vs the full int8 range
     assert details["reduce_range"] is True and full_details["reduce_range"] is False
 

@@ -34,7 +34,19 @@ def quickstart(tmp_path_factory):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "mcomp", "run", "quickstart", "--json", "--report", "r.json", *FAST],
+        [
+            sys.executable,
+            "-m",
+            "mcomp",
+            "run",
+            "quickstart",
+            "--json",
+            "--report",
+            "r.json",
+            "--plot",
+            "stages.png",
+            *FAST,
+        ],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -70,6 +82,21 @@ def test_report_has_the_documented_schema(quickstart):
         assert {"name", "type", "seconds", "metrics"} <= set(entry)
         assert set(entry["metrics"]) >= REPORT_METRICS
     assert {c["name"] for c in report["constraints"]} == {"max_accuracy_drop", "min_compression"}
+    # latency: every model timed side by side at the end, medians with their spread
+    timing = report["latency"]
+    assert timing["enabled"] and timing["rounds"] == 5 and timing["models_timed"] == 4
+    assert {"load_before", "load_after", "own_cpu_s", "others_share"} <= set(timing["machine"])
+    for entry in [report["baseline"], *report["stages"]]:
+        for label in ("b1", "batch"):
+            figures = entry["metrics"]["latency"][label]
+            assert len(figures["rounds_ms"]) == 5
+            assert figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]
+        assert entry["metrics"]["latency_ms_b1"] == entry["metrics"]["latency"]["b1"]["median_ms"]
+    for entry in report["stages"]:
+        ratio = entry["metrics"]["speedup"]["batch"]
+        assert ratio["low"] <= ratio["value"] <= ratio["high"]
+    # export does not change the quantized model: the same figures, timed once
+    assert report["stages"][3]["metrics"]["latency"] == report["stages"][2]["metrics"]["latency"]
     assert all({"name", "limit", "value", "ok"} <= set(c) for c in report["constraints"])
     assert report["recipe"]["stages"][0]["prune"]["sparsity"] == 0.7  # resolved, with defaults
     assert report["recipe"]["stages"][1]["finetune"]["optimizer"] == "adam"
@@ -100,6 +127,7 @@ def test_final_model_is_int8_and_runs_in_onnxruntime(quickstart):
     assert session.run(None, {"x": x})[0].shape == (3, 10)
     for name in ("report.json", "recipe.resolved.yaml"):
         assert (folder / "mcomp-out" / name).is_file()
+    assert (folder / "stages.png").read_bytes()[:4] == b"\x89PNG"  # mcomp run --plot
     assert not list((folder / "mcomp-out").glob(".*.tmp"))  # no temp files left behind
 
 
@@ -111,8 +139,10 @@ def test_same_recipe_gives_the_same_report_save_timings(quickstart, run_mcomp, t
     def without_timings(report: dict) -> dict:
         for entry in [report["baseline"], *report["stages"]]:
             entry.pop("seconds")
-            for key in ("latency_ms_b1", "latency_ms_batch"):
-                entry["metrics"].pop(key)
+            # the end-of-run timing: medians, their spread and the speed-ups over the baseline
+            for key in ("latency_ms_b1", "latency_ms_batch", "latency", "speedup"):
+                entry["metrics"].pop(key, None)
+        report.pop("latency")  # how the timing went: rounds, the machine's load
         report["final"].pop("delta")
         report["final"]["metrics"] = None
         report.pop("artifacts")
@@ -122,8 +152,9 @@ def test_same_recipe_gives_the_same_report_save_timings(quickstart, run_mcomp, t
             # may lead to
             entry["details"].pop("speed_check", None)
             entry["details"].pop("time_split", None)
+            entry["details"].pop("speed_advice", None)  # quotes time_split's milliseconds
             entry["notes"] = [
-                n.split("; parity")[0] for n in entry["notes"] if "not faster" not in n
+                n.split("; parity")[0] for n in entry["notes"] if "faster than its fp32" not in n
             ]
         return report
 

@@ -75,7 +75,9 @@ def test_prune_excluding_every_layer_fails_before_any_work(project):
 
 
 def test_static_quantize_writes_int8_qdq_model_that_runs(project):
-    recipe = mlp_recipe(project, "  - quantize: {mode: static}\n  - export: {}\n")
+    recipe = mlp_recipe(
+        project, "  - quantize: {mode: static, weight_type: int8}\n  - export: {}\n"
+    )  # int8 named: `weight_type: auto` is uint8 on CPUs without VNNI
     result, _ = run_recipe(recipe, project / "out")
     model_path = project / "out" / "model.onnx"
     counts = op_counts(model_path)

@@ -20,7 +20,6 @@ from mcomp.compressors.quantize.ort_quantize import (
     QUANTIZED_OPS,
     PreparedModel,
     QuantizedModel,
-    reduce_range,
 )
 from mcomp.compressors.quantize.prepare import (
     attention_nodes,
@@ -30,7 +29,7 @@ from mcomp.compressors.quantize.prepare import (
     unshare_weights,
     upgrade_opset,
 )
-from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode
+from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode, resolve_types
 from mcomp.compressors.quantize.statistics import StatisticsCache
 from mcomp.errors import StageError
 
@@ -69,10 +68,13 @@ def quantize_model(
     source = folder / "fp32.onnx"
     onnx.save(upgrade_opset(model.onnx_model), source)
     prepared_path = preprocess(source, folder / "prepared.onnx", ctx)
+    if prepared_path != source:  # the scratch folder keeps only what is read again
+        source.unlink(missing_ok=True)
     prepared = onnx.load(str(prepared_path))
     if unshare_weights(prepared):  # after pre-processing, which may fold tensors together
         onnx.save(prepared, prepared_path)
     mode, why = resolve_mode(prepared, options.mode, sample_shapes(model))
+    requested, options = options, resolve_types(options, prepared)
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
     details: dict[str, Any] = {}
@@ -97,9 +99,12 @@ def quantize_model(
         format=options.format if mode == "static" else "dynamic",
         activation_type=options.activation_type,
         weight_type=options.weight_type,
-        reduce_range=reduce_range(options),
+        reduce_range=options.reduce_range,
         per_channel=options.per_channel,
+        symmetric_weights=options.symmetric_weights,
     )
+    if requested.weight_type == "auto":
+        details["weight_type_requested"] = "auto"
     chosen, notes = first, []
     goal = accuracy_goal(model, options, ctx)
     if goal is not None and options.fallback.enabled:

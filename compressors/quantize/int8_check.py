@@ -63,7 +63,9 @@ def save_optimized_graph(model_bytes: bytes, target: Path, threads: int) -> onnx
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
     create_session(model_bytes, threads, options=options)
-    return onnx.load(str(target))
+    optimized = onnx.load(str(target))
+    target.unlink(missing_ok=True)  # in memory now; the scratch folder stays small
+    return optimized
 
 
 def count_compute_nodes(
@@ -193,8 +195,8 @@ def prove_int8(
     input_shapes: dict[str, list[int]] | None = None,
 ) -> list[str]:
     """Which nodes onnxruntime runs in int8, int8 vs fp32 speed, where the int8 model's time
-    goes, and output parity, all into `details`; returns the stage notes (a warning when
-    int8 is not faster, with what to try)."""
+    goes, output parity and what to try should int8 not be faster, all into `details`;
+    returns the stage notes."""
     from mcomp.measure.cpu_features import cpu_features
     from mcomp.measure.ort_profile import op_times, time_split
     from mcomp.measure.ort_session import batch_feed
@@ -220,16 +222,11 @@ def prove_int8(
     details["time_split"] = time_split(
         op_times(int8_bytes, feed, ctx.threads), op_times(fp32_bytes, feed, ctx.threads)
     )
-    if speed["fp32_over_int8"] > 1.0:
-        return []
-    kind = "4-bit" if details.get("mode") == "weight4" else "int8"
-    message = (
-        f"{kind} is not faster than the fp32 input at batch {batch} "
-        f"({speed['int8_ms']:.3g} vs {speed['fp32_ms']:.3g} ms); "
-        f"{speed_advice(options, details)}"
-    )
-    ctx.progress.warn(f"quantize: {message}")
-    return [message]
+    # This one pair of blocks stays a stage detail: whether int8 is faster is decided, and
+    # warned about with this advice, from the run's side-by-side timing of all models at the
+    # end (mcomp.run.latency), which this check disagreed with on a shared CPU.
+    details["speed_advice"] = speed_advice(options, details)
+    return []
 
 
 def speed_advice(options: QuantizeOptions, details: dict[str, Any]) -> str:

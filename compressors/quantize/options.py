@@ -101,16 +101,39 @@ class QuantizeOptions(StageOptions):
         "of two activations (attention) in float; faster and more "
         "accurate with onnxruntime on these CPUs.",
     )
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8",
+        description="uint8 (U8 activations: what onnxruntime's x86 int8 kernels run "
+        "fastest) or int8 (S8S8, slower on x86).",
+    )
+    weight_type: Literal["auto", "int8", "uint8"] = Field(
+        "auto",
+        description="auto: int8 where the CPU multiplies u8 x s8 in 32 bits (VNNI, AMX, "
+        "ARM), uint8 on x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernel adds "
+        "pairs of products in 16 bits (it saturates with 8-bit weights, so it needs 7-bit "
+        "ones) while its u8 x u8 kernel runs as fast with full 8-bit weights.",
+    )
     reduce_range: bool | Literal["auto"] = Field(
         "auto",
         description="7-bit weights. auto: on only where onnxruntime advises it, U8S8 "
         "on an x86 CPU without VNNI/AMX (its AVX2 kernel adds pairs of u8*s8 products in "
         "16 bits, which can saturate); VNNI accumulates in 32 bits and needs no reduction.",
     )
-    symmetric_activations: bool = False
-    symmetric_weights: bool = False
+    symmetric_activations: bool = Field(
+        False, description="Activation ranges symmetric around zero."
+    )
+    symmetric_weights: bool | Literal["auto"] = Field(
+        "auto",
+        description="Weight ranges symmetric around zero (zero point 0 for int8, 128 for "
+        "uint8). auto: on when the model's weights are sparse (at least "
+        "a tenth exact zeros, e.g. after pruning), so every pruned weight is stored as one "
+        "byte value and the file still compresses; off otherwise.",
+    )
+    recurrent: Literal["dynamic", "float"] = Field(
+        "dynamic",
+        description="Static mode: LSTM layers as onnxruntime's DynamicQuantizeLSTM (int8 "
+        "weights, 4x smaller) or left in float.",
+    )
     bias_correction: bool = Field(
         False,
         description="Static QDQ: shift each Conv/Gemm bias by the mean output error that "
@@ -169,12 +192,30 @@ class QuantizeOptions(StageOptions):
         return self
 
 
+def _x86_without_vnni(isa: list[str], machine: str) -> bool:
+    x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
+    return x86 and not any("VNNI" in name or "AMX" in name for name in isa)
+
+
+def effective_weight_type(options: QuantizeOptions, isa: list[str], machine: str) -> str:
+    """`weight_type` with `auto` decided for this CPU: `isa` as from
+    `mcomp.measure.cpu_features.cpu_features()`, `machine` as from `platform.machine()`.
+
+    Measured on an AVX2-only x86 CPU (benchmarks/RESULTS.md, real models): U8U8 ran as
+    fast as U8S8 with 7-bit weights and agreed more with fp32 (the easyocr recogniser's
+    line agreement 0.914 vs 0.891)."""
+    if options.weight_type != "auto":
+        return options.weight_type
+    unsigned = options.activation_type == "uint8" and _x86_without_vnni(isa, machine)
+    return "uint8" if unsigned else "int8"
+
+
 def effective_reduce_range(options: QuantizeOptions, isa: list[str], machine: str) -> bool:
-    """`reduce_range` with `auto` decided for this CPU: `isa` as from
-    `mcomp.measure.cpu_features.cpu_features()`, `machine` as from `platform.machine()`."""
+    """`reduce_range` with `auto` decided for this CPU (see `effective_weight_type`)."""
     if options.reduce_range != "auto":
         return options.reduce_range
-    x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
-    vnni = any("VNNI" in name or "AMX" in name for name in isa)
-    u8s8 = options.activation_type == "uint8" and options.weight_type == "int8"
-    return x86 and u8s8 and not vnni
+    u8s8 = (
+        options.activation_type == "uint8"
+        and effective_weight_type(options, isa, machine) == "int8"
+    )
+    return u8s8 and _x86_without_vnni(isa, machine)

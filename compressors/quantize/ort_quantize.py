@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ QUANTIZED_OPS = {
     "DequantizeLinear",
     "DynamicQuantizeLinear",
     "QGemm",
+    "DynamicQuantizeLSTM",
 }
 # activation ranges mcomp estimates itself from its statistics (ranges.py)
 MCOMP_METHODS = {"mean_minmax", "mse"}
@@ -85,9 +87,15 @@ def quantize_with_onnxruntime(
     with working_directory(target.parent), contextlib.redirect_stdout(io.StringIO()):
         if mode == "static":
             calibration = _quantize_static(prepared, target, options, excluded, ctx)
+            if options.recurrent == "dynamic":
+                _quantize_recurrent(target, excluded)
         else:
             _quantize_dynamic(prepared.path, target, excluded, options)
     quantized = onnx.load(str(target))
+    # in memory now: a fallback search makes a copy per trial, which the scratch folder
+    # need not keep (a large model's copies filled TMPDIR)
+    target.unlink(missing_ok=True)
+    target.with_suffix(".matmul.onnx").unlink(missing_ok=True)
     restored = corrected = None
     if mode == "static" and options.format == "qdq" and options.bias_correction:
         from mcomp.compressors.quantize.bias_correction import correct_biases
@@ -218,6 +226,41 @@ def _quantize_dynamic(
             f"quantize: onnxruntime dynamic quantization failed: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from None
+
+
+def _quantize_recurrent(target: Path, excluded: set[str]) -> None:
+    """The LSTM layers of a static model as DynamicQuantizeLSTM (int8 weights, activations
+    quantized per batch), in place: static QDQ has no int8 LSTM, and left in float they
+    kept a conv + BiLSTM recogniser at 0.67x of its fp32 size (0.25x with them int8)."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    lstms = [n.name for n in onnx.load(str(target)).graph.node if n.op_type == "LSTM"]
+    if not [name for name in lstms if name not in excluded]:
+        return
+    # per-tensor weights: per-channel was no closer to fp32 on the recogniser (0.898 vs
+    # 0.910 line agreement, within noise) and adds scales
+    root = logging.getLogger()
+    level = root.level
+    # its "check if the model is already quantized" warning goes to stderr: it is
+    root.setLevel(logging.ERROR)
+    try:
+        q.quantize_dynamic(
+            str(target),
+            str(target),
+            op_types_to_quantize=["LSTM"],
+            nodes_to_exclude=sorted(excluded) or None,
+            weight_type=q.QuantType.QInt8,
+            per_channel=False,
+        )
+    except Exception as exc:
+        raise StageError(
+            f"quantize: onnxruntime dynamic quantization of the LSTM layers failed: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]} (`recurrent: float` "
+            "leaves them in float)"
+        ) from None
+    finally:
+        root.setLevel(level)
 
 
 def _qtype(name: str):

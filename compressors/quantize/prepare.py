@@ -226,6 +226,9 @@ def pack_initializers(model) -> int:
     return saved
 
 
+ROLE_SUFFIXES = ("_zero_point", "_scale", "_quantized")
+
+
 def compact_names(model, keep: set[str]) -> int:
     """Give the tensors and nodes the quantizer added short names (`q0`, `q1`, ...) and drop
     the intermediate shape annotations; names in `keep` (the fp32 model's tensor and node
@@ -244,7 +247,9 @@ def compact_names(model, keep: set[str]) -> int:
         if not name or name in keep:
             return name
         if name not in renamed:
-            renamed[name] = f"q{len(renamed)}"
+            # the role of a quantization parameter stays readable: q12_scale, q12_zero_point
+            suffix = next((s for s in ROLE_SUFFIXES if name.endswith(s)), "")
+            renamed[name] = f"q{len(renamed)}{suffix}"
         return renamed[name]
 
     for init in graph.initializer:

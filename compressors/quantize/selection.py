@@ -31,6 +31,47 @@ def check_quantize_options(
         excluded_nodes(onnx_model, options, ctx.progress, warned)
 
 
+SPARSE_WEIGHTS = 0.1  # share of exact zeros from which weights count as pruned
+
+
+def resolve_types(options: QuantizeOptions, model) -> QuantizeOptions:
+    """`options` with every `auto` type decided for this CPU and this model: the weight
+    type, 7-bit weights, symmetric weights (on for sparse weights, so pruned zeros stay
+    one byte value)."""
+    import platform
+
+    from mcomp.compressors.quantize.options import effective_reduce_range, effective_weight_type
+    from mcomp.measure.cpu_features import cpu_features
+
+    isa, machine = cpu_features(), platform.machine()
+    update: dict = {
+        "weight_type": effective_weight_type(options, isa, machine),
+        "reduce_range": effective_reduce_range(options, isa, machine),
+    }
+    if options.symmetric_weights == "auto":
+        update["symmetric_weights"] = weight_sparsity(model) >= SPARSE_WEIGHTS
+    return options.model_copy(update=update)
+
+
+def weight_sparsity(model) -> float:
+    """The share of exact zeros among the weights of Conv/Gemm/MatMul nodes."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    weights = {
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1
+    }
+    total = zeros = 0
+    for init in model.graph.initializer:
+        if init.name in weights:
+            array = numpy_helper.to_array(init)
+            total += array.size
+            zeros += int(np.count_nonzero(array == 0))
+    return zeros / total if total else 0.0
+
+
 def resolve_mode(
     model, requested: str, input_shapes: dict[str, list[int]] | None = None
 ) -> tuple[str, str]:

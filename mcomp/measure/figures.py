@@ -3,7 +3,8 @@
 Sizes are those of the deployable artifact, the ONNX file (for a torch model: its fp32
 export), raw and deflate-compressed, so that sparsity and weight sharing show. Latency is
 onnxruntime CPU latency for every model, the fp32 baseline included, so deltas compare like
-with like.
+with like; it is not timed here but for all models together at the end of the run
+(`mcomp.run.latency`), since figures timed minutes apart on a shared CPU are not comparable.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 from mcomp.measure.evaluate import evaluate_all
 from mcomp.measure.onnx_macs import count_macs
 from mcomp.model.state import ModelKind, ModelState
-from mcomp.recipe.schema import LatencySpec
 
 if TYPE_CHECKING:
     import onnx
@@ -37,13 +37,13 @@ def onnx_form(state: ModelState) -> onnx.ModelProto:
     return state.onnx_cache
 
 
-def measure_model(state: ModelState, ctx: StageContext, latency: LatencySpec) -> dict[str, Any]:
-    """All report metrics of one model state."""
+def measure_model(state: ModelState, ctx: StageContext) -> dict[str, Any]:
+    """All report metrics of one model state; the latency fields stay None until the run
+    times every model side by side (`mcomp.run.latency`)."""
     model = onnx_form(state)
     raw = model.SerializeToString()
     params, nonzero = _torch_params(state) if state.kind == ModelKind.TORCH else onnx_params(model)
     metric, fidelity = evaluate_all(state, ctx)
-    latency_b1, latency_batch = _latency(raw, ctx, latency)
     macs = count_macs(model, {spec.name: list(spec.shape) for spec in state.inputs})
     return {
         "params": params,
@@ -59,9 +59,9 @@ def measure_model(state: ModelState, ctx: StageContext, latency: LatencySpec) ->
         "metric_name": ctx.metric.name,
         "metric": metric,
         "fidelity": fidelity,
-        "latency_ms_b1": latency_b1,
-        "latency_ms_batch": latency_batch,
-        "latency_batch": latency.batch,
+        "latency_ms_b1": None,
+        "latency_ms_batch": None,
+        "latency_batch": None,
     }
 
 
@@ -108,17 +108,3 @@ def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
             params += array.size
             nonzero += int(np.count_nonzero(array))
     return params, nonzero
-
-
-def _latency(raw: bytes, ctx: StageContext, spec: LatencySpec) -> tuple[float | None, float | None]:
-    if not spec.enabled:
-        return None, None
-    from mcomp.measure.ort_session import batch_feed, create_session, time_session
-
-    session = create_session(raw, ctx.threads)
-    inputs = ctx.datasets.eval.inputs
-    b1 = time_session(session, batch_feed(inputs, 1), warmup=spec.warmup, runs=spec.runs)
-    big = time_session(
-        session, batch_feed(inputs, spec.batch), warmup=spec.warmup, runs=max(3, spec.runs // 2)
-    )
-    return round(b1, 4), round(big, 4)

@@ -105,9 +105,15 @@ def _inferred(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> onn
     # chains (what exporters emit around recurrent layers) and knows its contrib ops, where
     # ONNX's own inference stops; ONNX's is the fallback.
     try:
+        import contextlib
+        import tempfile
+
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
+        # where it cannot finish, onnxruntime saves its partial model into the current
+        # directory ("sym_shape_infer_temp.onnx" and its weights): never the user's folder
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            return SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
     except Exception:
         pass
     try:

@@ -47,7 +47,14 @@ def find_recipe(name_or_path: str) -> tuple[Path, bool]:
     packaged = importlib.resources.files("mcomp.recipes").joinpath(f"{name_or_path}.yaml")
     if packaged.is_file():
         return Path(str(packaged)), True
-    return path, False
+    from mcomp.recipe.bundled import bundled_names
+
+    names = bundled_names()
+    raise RecipeError(
+        f"no such file, and no bundled recipe of that name{_did_you_mean(name_or_path, names)}"
+        f"; bundled recipes: {', '.join(names)} (`mcomp recipes` describes them)",
+        file=name_or_path,
+    )
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:

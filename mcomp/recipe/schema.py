@@ -300,19 +300,33 @@ BUILTIN_METRICS = (
 
 
 class LatencySpec(Strict):
-    """How onnxruntime CPU latency is timed: median of `runs` after `warmup` runs."""
+    """How onnxruntime CPU latency is timed: the baseline and every stage's model side by
+    side at the end of the run, in `rounds` rounds of one block per model (docs/report.md)."""
 
     enabled: bool = Field(
         True, description="Time every model; false: the latency figures are null."
     )
     batch: int = Field(32, gt=0, le=MAX_BATCH, description="The larger batch timed beside batch 1.")
-    warmup: int = Field(5, ge=0, le=10_000, description="Untimed runs before timing.")
+    warmup: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="Untimed calls before a model's first block (2 before its later ones).",
+    )
     runs: int = Field(
         30,
         gt=0,
         le=100_000,
-        description="Timed runs at batch 1, the median reported (half as many, at least 3, "
-        "at `batch`).",
+        description="Timed calls per model at batch 1, shared among the rounds (at least 5 "
+        "per round); half as many at the larger batch (at least 3 per round). Fast models get "
+        "more: every block lasts at least 40 ms.",
+    )
+    rounds: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Rounds of side-by-side timing; a figure is the median of the round "
+        "medians, its spread their min-max. More rounds narrow the spread on a busy machine.",
     )
 
 
@@ -358,6 +372,13 @@ class ConstraintsSpec(Strict):
         description="Largest allowed metric loss vs the baseline, in the metric's "
         "units (0.01 = one point of accuracy; for lower-is-better metrics, the rise).",
     )
+    max_relative_drop: float | None = Field(
+        None,
+        gt=0,
+        description="Largest allowed metric loss as a fraction of the baseline's metric "
+        "(0.05 or '5%': for mse, at most 5 % above the baseline's mse). The default budget "
+        "`mcomp init` writes for regression.",
+    )
     max_size_bytes: int | None = Field(
         None, gt=0, description="Largest final ONNX file size, in bytes."
     )
@@ -370,11 +391,34 @@ class ConstraintsSpec(Strict):
         None, gt=0, description="Baseline compressed size / final compressed size."
     )
     min_speedup: float | None = Field(
-        None, gt=0, description="Baseline latency / final latency at the larger batch."
+        None,
+        gt=0,
+        description="Baseline latency / final latency at the larger batch, at the "
+        "conservative end: the lowest of the round-by-round ratios (docs/report.md).",
     )
     max_latency_ms: float | None = Field(
-        None, gt=0, description="Largest final latency at batch 1, in milliseconds."
+        None,
+        gt=0,
+        description="Largest final latency at batch 1, in milliseconds, at the "
+        "conservative end: the final model's slowest round.",
     )
+
+    @field_validator("max_relative_drop", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            number = value.strip()[:-1].strip()
+            try:
+                return float(number) / 100
+            except ValueError:
+                raise ValueError(f"{value!r} is not a percentage such as '5%'") from None
+        return value
+
+
+class ReplaceMode(StrEnum):
+    AUTO = "auto"
+    FOLDER = "folder"
+    FILES = "files"
 
 
 class OutputSpec(Strict):
@@ -393,6 +437,27 @@ class OutputSpec(Strict):
         "without the original class, also after structured pruning.",
     )
 
+    baseline: str | None = Field(
+        None,
+        description="Also write the fp32 baseline (the model as loaded) as ONNX under this "
+        "name (e.g. baseline.onnx), so that `mcomp compare baseline.onnx model.onnx` works "
+        "for built-in and torch models too.",
+    )
+    cache: bool = Field(
+        True,
+        description="Keep each stage's result in the output folder's work area (.mcomp/cache, "
+        "the latest run's only) so that `mcomp run --resume` can reuse it; false saves the "
+        "disk space (up to two fp32 models per torch stage: the module and its ONNX form).",
+    )
+    replace: ReplaceMode = Field(
+        ReplaceMode.AUTO,
+        strict=False,
+        description="How the output set is switched in: folder = the whole folder with one "
+        "rename (a reader sees the old set or the new one); files = file by file, the "
+        "manifest last (for a folder that cannot be renamed: a mount point, the current "
+        "directory); auto = folder where possible (docs/outputs.md).",
+    )
+
     @field_validator("torch_model")
     @classmethod
     def _pt2_name(cls, value: str | None) -> str | None:
@@ -400,12 +465,18 @@ class OutputSpec(Strict):
             raise ValueError("must be a plain file name ending in .pt2")
         return value
 
-    @field_validator("model")
+    @field_validator("model", "baseline")
     @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if "/" in value or "\\" in value or not value.endswith(".onnx"):
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or not value.endswith(".onnx")):
             raise ValueError("must be a plain file name ending in .onnx")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> OutputSpec:
+        if self.baseline is not None and self.baseline == self.model:
+            raise ValueError(f"baseline and model are both {self.model!r}; name them apart")
+        return self
 
 
 class Recipe(Strict):

@@ -13,7 +13,7 @@ def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> di
     import onnxruntime
     import torch
 
-    from mcomp.measure.cpu_features import cpu_features
+    from mcomp.measure.cpu_features import detect_cpu_features
 
     return {
         "python": platform.python_version(),
@@ -21,7 +21,8 @@ def environment(threads: int, *, device: str = "cpu", world_size: int = 1) -> di
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
         "threads": threads,
-        "cpu_isa": cpu_features(),
+        "cpu_isa": list(detect_cpu_features().names),
+        "cpu_isa_source": detect_cpu_features().source,
         "training_device": device,
         "world_size": world_size,
     }
@@ -36,13 +37,17 @@ def build_report(
     stages: list[dict[str, Any]],
     constraints: list[dict[str, Any]],
     artifacts: dict[str, str],
+    latency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The report document (schema: docs/report.md); `latency` says how the latency figures
+    were timed (`mcomp.run.latency`)."""
     final = stages[-1]["metrics"] if stages else baseline["metrics"]
     return {
         "mcomp_version": __version__,
         "recipe_file": recipe_file,
         "recipe": recipe,
         "environment": env,
+        "latency": latency or {"enabled": False},
         "baseline": baseline,
         "stages": stages,
         "final": {"metrics": final, "delta": deltas(baseline["metrics"], final)},
@@ -53,7 +58,11 @@ def build_report(
 
 
 def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Differences and ratios of the final model against the baseline."""
+    """Differences and ratios of the final model against the baseline; speed-ups with their
+    interval (`mcomp.report.speedup`)."""
+    from mcomp.report.speedup import speedup_between
+
+    found = [(label, speedup_between(before, after, label)) for label in ("b1", "batch")]
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 4) if a and b else None
@@ -66,6 +75,8 @@ def deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             before["size_compressed_bytes"], after["size_compressed_bytes"]
         ),
         "macs_ratio": ratio(before["macs"], after["macs"]),
-        "speedup_b1": ratio(before["latency_ms_b1"], after["latency_ms_b1"]),
-        "speedup_batch": ratio(before["latency_ms_batch"], after["latency_ms_batch"]),
+        **{f"speedup_{label}": None if s is None else round(s.value, 4) for label, s in found},
+        "speedup_interval": {
+            label: None if s is None else [round(s.low, 4), round(s.high, 4)] for label, s in found
+        },
     }

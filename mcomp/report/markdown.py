@@ -33,11 +33,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         _row("baseline", base, base),
     ]
     lines += [_row(entry["name"], entry["metrics"], base) for entry in report["stages"]]
+    lines += _latency_note(report.get("latency") or {}, report.get("environment") or {})
     if report["constraints"]:
         lines += ["", "| constraint | value | limit | result |", "|---|---:|---:|---|"]
         lines += [
-            f"| {c['name']} | {_num(c['value'])} | {_num(c['limit'])} | "
-            f"{'ok' if c['ok'] else '**BROKEN**'} |"
+            f"| {c['name']} | {_num(c['value'])}{_interval(c)} | {_num(c['limit'])} | "
+            f"{'ok' if c['ok'] else '**BROKEN**'}{_certainty(c)} |"
             for c in report["constraints"]
         ]
     lines += ["", f"Model: `{report['artifacts']['model']}`", ""]
@@ -58,16 +59,53 @@ def _row(name: str, m: dict[str, Any], base: dict[str, Any]) -> str:
         ),
         _with_ratio(m["macs"], base["macs"], f"{m['macs']:,}"),
         metric,
-        _latency(m, base, "latency_ms_b1"),
-        _latency(m, base, "latency_ms_batch"),
+        _latency(m, base, "b1"),
+        _latency(m, base, "batch"),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-def _latency(m: dict[str, Any], base: dict[str, Any], key: str) -> str:
-    if m.get(key) is None:
+def _latency(m: dict[str, Any], base: dict[str, Any], label: str) -> str:
+    """`0.147 (0.145–0.151) ×1.1`: the median, the spread over rounds, the speed-up over the
+    baseline or `≈` when the timing does not resolve a difference."""
+    from mcomp.report.speedup import latency_of, speedup_between
+
+    figures = latency_of(m, label)
+    if figures is None:
         return "-"
-    return _with_ratio(m[key], base[key], f"{m[key]:.3g}")
+    text = f"{figures['median_ms']:.3g}"
+    if figures["min_ms"] != figures["max_ms"]:
+        text += f" ({figures['min_ms']:.3g}–{figures['max_ms']:.3g})"
+    found = None if m is base else speedup_between(base, m, label)
+    return text if found is None else f"{text} {found.text()}"
+
+
+def _latency_note(timing: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    if not timing.get("enabled"):
+        return []
+    cpu = ""
+    if "cpu_isa_source" in env:
+        cpu = f" CPU: {', '.join(env['cpu_isa']) or 'none'} (from {env['cpu_isa_source']})."
+    lines = [
+        "",
+        f"Latency: median ms over {timing['rounds']} rounds (min–max in brackets), every "
+        "model timed side by side at the end of the run; `≈`: no difference beyond the "
+        f"spread.{cpu}",
+    ]
+    if timing.get("busy_warning"):
+        lines += ["", f"**Warning:** {timing['busy_warning']}."]
+    return lines
+
+
+def _interval(check: dict[str, Any]) -> str:
+    if "interval" not in check:
+        return ""
+    low, high = check["interval"]
+    return f" (estimate {check['estimate']:.3g}, {low:.3g}–{high:.3g})"
+
+
+def _certainty(check: dict[str, Any]) -> str:
+    return f" ({check['certainty']})" if check.get("certainty") == "uncertain" else ""
 
 
 def _with_ratio(value: float | None, before: float | None, text: str) -> str:

@@ -1,9 +1,12 @@
 """Run a validated recipe: load, measure the baseline, run and measure each stage, check the
-limits, write the outputs atomically, return the report."""
+limits, write the outputs as one unit, return the report.
+
+Every destination is checked and the output folder locked before any work
+(`mcomp.run.writer`); each stage's result is cached for `--resume` (`mcomp.run.resume`)."""
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +26,11 @@ class RunOptions:
     allow_pickle: bool = False
     seed: int | None = None
     threads: int | None = None
+    resume: bool = False  # reuse the cached stages whose keys match
+    wait: bool = False  # wait for another run that holds the output folder
+    report_file: Path | None = None  # --report ('-': stdout, printed by the CLI)
+    summary_md: Path | None = None  # --summary-md
+    command: list[str] | None = None  # the command line, for provenance.json
 
 
 @dataclass
@@ -41,6 +49,8 @@ def output_dir(loaded: LoadedRecipe, options: RunOptions) -> Path:
         out = Path("mcomp-out")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output.dir: {out} exists and is a file; choose a directory (--out)")
+    if str(out) in ("", "-"):
+        raise OutputError(f"output.dir: {str(out)!r} is no folder; choose a directory (--out)")
     # a file above it would only fail the final write, after all the work
     blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
@@ -52,23 +62,39 @@ def output_dir(loaded: LoadedRecipe, options: RunOptions) -> Path:
 
 def run_pipeline(loaded: LoadedRecipe, options: RunOptions, progress: Progress) -> RunResult:
     """Run every stage of the recipe in order; see the module docstring."""
+    from mcomp.run.finish import check_space
     from mcomp.run.prepare import prepare_run
+    from mcomp.run.writer import open_run_writer
 
     out = output_dir(loaded, options)
-    with tempfile.TemporaryDirectory(prefix="mcomp-") as workdir:
-        state, ctx, stages = prepare_run(loaded, options, Path(workdir), progress)
+    with open_run_writer(loaded, options, out, progress) as writer:
+        state, ctx, stages = prepare_run(loaded, options, writer.scratch_dir, progress)
+        check_space(writer, state, loaded)
         baseline, stage_entries, state, last_torch = _run_stages(
-            state, ctx, stages, loaded, progress
+            state, ctx, stages, loaded, progress, (writer, options.resume)
         )
-        return _finish(loaded, out, (state, last_torch), ctx, baseline, stage_entries, progress)
+        return _finish(loaded, out, (state, last_torch), ctx, baseline, stage_entries, writer)
 
 
-def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
-    from mcomp.measure.figures import measure_model
+def _measure(state, ctx, main: bool, models: list[bytes]):
+    """The model's figures (rank 0 only), keeping its ONNX bytes for the end-of-run timing."""
+    from mcomp.measure.figures import measure_model, onnx_form
+
+    if not main:
+        return None
+    metrics = measure_model(state, ctx)
+    models.append(onnx_form(state).SerializeToString())
+    return metrics
+
+
+def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, resuming):
+    from mcomp.measure.figures import onnx_form
+    from mcomp.report.constraints import absolute_budget
+    from mcomp.run.latency import time_run_models
     from mcomp.run.prepare import check_labels_fit
     from mcomp.run.threads import seed_everything
 
-    latency = loaded.recipe.runtime.latency
+    models: list[bytes] = []  # every entry's ONNX form, timed side by side at the end
     # Every stage checks its options against the model before any work is done, so a bad
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for stage in stages:
@@ -81,16 +107,30 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         "name": "baseline",
         "type": "baseline",
         "model_kind": str(state.kind),
-        "metrics": measure_model(state, ctx, latency) if main else None,
+        "metrics": _measure(state, ctx, main, models),
     }
     baseline["seconds"] = round(time.perf_counter() - start, 3)
     progress.finish()
+    if main:  # a relative budget (max_relative_drop) is known in metric units from here on
+        ctx.accuracy_budget = absolute_budget(
+            loaded.recipe.constraints, baseline["metrics"]["metric"]
+        )
     entries = []
     names = Counter()
     last_torch = state if state.kind == "torch" else None
+    writer, resume = resuming  # the keys are made after the baseline: they see its budget
+    cache = writer.stage_cache(loaded, ctx, resume=resume) if main else None
     for index, stage in enumerate(stages):
         names[stage.name] += 1
         label = stage.name if names[stage.name] == 1 else f"{stage.name}#{names[stage.name]}"
+        reused = cache.reuse(index, ctx) if cache is not None else None
+        if reused is not None:
+            state, entry = reused
+            progress.log(f"stage {index + 1}/{len(stages)}: {label}: reused from the cache")
+            last_torch = state if state.kind == "torch" else last_torch
+            entries.append(entry)
+            models.append(onnx_form(state).SerializeToString())  # timed with the others
+            continue
         progress.log(f"stage {index + 1}/{len(stages)}: {label}")
         seed_everything(ctx.seed + index)
         start = time.perf_counter()
@@ -101,7 +141,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
         seconds = time.perf_counter() - start
         progress.start(f"measuring after {label}")
         try:
-            metrics = measure_model(state, ctx, latency) if main else None
+            metrics = _measure(state, ctx, main, models)
         except NonFiniteError as exc:
             raise NonFiniteError(
                 f"stage {label}: after this stage {exc}; if it trains, training diverged: "
@@ -120,7 +160,16 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress):
                 "notes": notes + stage.notes,
                 "details": stage.details,
                 "metrics": metrics,
+                "resumed": False,
             }
+        )
+        if cache is not None:
+            cache.save(index, state, ctx, entries[-1])
+    if main:
+        # how the latency was timed travels with the baseline entry to the report, which
+        # lifts it to its own top-level `latency` block (see _finish)
+        baseline["timing"] = time_run_models(
+            [baseline, *entries], models, ctx, loaded.recipe.runtime.latency
         )
     return baseline, entries, state, last_torch
 
@@ -139,6 +188,17 @@ def _check_weights_after(state, label: str) -> None:
 def _run_stage(stage, state, ctx) -> tuple[Any, list[str]]:
     """Run one stage; under torchrun either on every rank (training) or on rank 0 only, the
     result then broadcast so every rank goes on with the same model."""
+    try:
+        return _run_stage_here(stage, state, ctx)
+    finally:  # a stage's scratch files (quantize's ONNX copies) are of no use to the next
+        for child in list(ctx.workdir.iterdir()) if ctx.workdir.is_dir() else []:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _run_stage_here(stage, state, ctx) -> tuple[Any, list[str]]:
     from mcomp.run.distributed import fingerprint
 
     dist = ctx.dist
@@ -207,15 +267,10 @@ def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:
     ]
 
 
-def _finish(
-    loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries, progress: Progress
-) -> RunResult:
-    import yaml
-
-    from mcomp.atomic import write_bytes_atomic, write_text_atomic
-    from mcomp.measure.figures import onnx_form
+def _finish(loaded: LoadedRecipe, out: Path, states, ctx, baseline, entries, writer) -> RunResult:
     from mcomp.report.build import build_report, environment
     from mcomp.report.constraints import check_constraints
+    from mcomp.run.finish import output_files
 
     state, last_torch = states
     if ctx.dist is not None and not ctx.dist.is_main:
@@ -225,17 +280,19 @@ def _finish(
     constraints = check_constraints(
         loaded.recipe.constraints, baseline["metrics"], final, ctx.metric
     )
-    model_path = out / loaded.recipe.output.model
+    output = loaded.recipe.output
     artifacts = {
-        "model": str(model_path),
+        "model": str(out / output.model),
         "report": str(out / "report.json"),
         "recipe": str(out / "recipe.resolved.yaml"),
+        "manifest": str(out / "mcomp-manifest.json"),
     }
-    torch_name = loaded.recipe.output.torch_model
     program = None
-    if torch_name is not None:
-        program = _torch_program(last_torch, torch_name)
-        artifacts["torch_model"] = str(out / torch_name)
+    if output.torch_model is not None:
+        program = _torch_program(last_torch, output.torch_model)
+        artifacts["torch_model"] = str(out / output.torch_model)
+    if output.baseline is not None:
+        artifacts["baseline"] = str(out / output.baseline)
     report = build_report(
         recipe=loaded.resolved(),
         recipe_file=str(loaded.file),
@@ -246,20 +303,11 @@ def _finish(
         stages=entries,
         constraints=constraints,
         artifacts=artifacts,
+        latency=baseline.pop("timing", None),
     )
-    try:
-        write_bytes_atomic(model_path, onnx_form(state).SerializeToString())
-        if program is not None:
-            write_bytes_atomic(out / torch_name, program)
-        write_text_atomic(
-            out / "recipe.resolved.yaml", yaml.safe_dump(loaded.resolved(), sort_keys=False)
-        )
-        from mcomp.report.json_text import report_json
-
-        write_text_atomic(out / "report.json", report_json(report))
-    except OSError as exc:
-        raise OutputError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
-    progress.log(f"wrote {model_path}")
+    files, extras = output_files(loaded, out, report, (state, ctx.original, program), writer)
+    writer.write(files, **extras)
+    writer.progress.log(f"wrote {artifacts['model']}")
     if ctx.dist is not None:
         ctx.dist.broadcast(report["ok"])
     return RunResult(report=report, ok=report["ok"])

@@ -67,6 +67,10 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
         device=device,
         dist=dist,
         accuracy_budget=recipe.constraints.max_accuracy_drop,
+        # said when training starts, so that runs that train nothing do not say it
+        device_note="runtime.device auto: no GPU, training on the CPU"
+        if recipe.runtime.device == "auto" and device == "cpu"
+        else None,
     )
     ctx.reference_outputs = predict_split(
         state, datasets.eval, batch_size=recipe.data.batch_size, threads=threads
@@ -112,8 +116,6 @@ def _devices(recipe, datasets, progress: Progress):
     from mcomp.run.distributed import init_distributed, resolve_device
 
     device = resolve_device(recipe.runtime.device)
-    if recipe.runtime.device == "auto" and device == "cpu":
-        progress.log("runtime.device auto: no GPU, training on the CPU")
     dist = init_distributed(device, recipe.runtime.distributed_timeout_s)
     if dist is not None:
         train = datasets.train

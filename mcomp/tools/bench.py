@@ -9,22 +9,33 @@ from typing import Any
 
 import numpy as np
 
+from mcomp.data.load import Split
 from mcomp.errors import ModelLoadError
 from mcomp.recipe.schema import ModelFormat
 
 
 def bench_model(
-    path: Path, *, batches: list[int], threads: int, warmup: int, runs: int, profile: bool = False
+    path: Path,
+    *,
+    batches: list[int],
+    threads: int,
+    warmup: int,
+    runs: int,
+    profile: bool = False,
+    data: Split | None = None,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
     """Time each batch size in its own block (warm-up, then `runs` timed calls).
+
+    Inputs are `data`'s samples (repeated up to the batch size) when given: random inputs
+    of the signature make token models' timings unrealistic (integer inputs are zeros).
 
     Memory is the growth of the resident set from before the session is created to its peak
     during the runs: what deploying this model costs on top of the Python process.
     `profile`: also the kernel time per op type at the largest batch, from onnxruntime's
     profiler in a session of its own (after the timing, so it changes none of the figures).
     """
-    from mcomp.data.open import random_inputs
-    from mcomp.measure.cpu_features import cpu_features
+    from mcomp.measure.cpu_features import detect_cpu_features
     from mcomp.measure.ort_session import create_session
     from mcomp.measure.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from mcomp.model.open import ModelRef, detect_model_format, open_model
@@ -39,11 +50,12 @@ def bench_model(
     import onnxruntime  # noqa: F401  (its import is the process's cost, not the session's)
 
     raw = state.onnx_model.SerializeToString()
+    from mcomp.data.open import random_inputs
     from mcomp.run.memory import check_batch_fits
 
     for batch in batches:
         check_batch_fits(batch, random_inputs(state, 1), "--batch")
-    feeds = {batch: random_inputs(state, batch) for batch in batches}
+    feeds = _feeds(state, batches, data, threads)
     before = rss_bytes()
     exact_peak = reset_peak_rss()
     session = create_session(raw, threads, source=str(path))
@@ -60,8 +72,10 @@ def bench_model(
         "threads": threads,
         "warmup": warmup,
         "runs": runs,
-        "cpu_isa": cpu_features(),
+        "cpu_isa": list(detect_cpu_features().names),
+        "cpu_isa_source": detect_cpu_features().source,
         "inputs": [i.model_dump() for i in state.inputs],
+        "inputs_from": data_name if data is not None else "random (integer inputs: zeros)",
         "batches": results,
         "memory": {
             "rss_before_bytes": before,
@@ -71,6 +85,18 @@ def bench_model(
         },
         **({"profile": profiled} if profiled else {}),
     }
+
+
+def _feeds(
+    state, batches: list[int], data: Split | None, threads: int
+) -> dict[int, dict[str, np.ndarray]]:
+    from mcomp.data.open import fit_split, random_inputs
+    from mcomp.measure.ort_session import batch_feed
+
+    if data is None:
+        return {batch: random_inputs(state, batch) for batch in batches}
+    split = fit_split(state, data, threads)
+    return {batch: batch_feed(split.inputs, batch) for batch in batches}
 
 
 def _profile(

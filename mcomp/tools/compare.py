@@ -27,7 +27,7 @@ class CompareOptions:
     rounds: int = 3
     warmup: int = 3
     runs: int = 20
-    metric: str = "accuracy"
+    metric: str = "auto"  # accuracy for integer labels, mse for float ones
 
 
 def compare_models(
@@ -53,16 +53,17 @@ def compare_models(
     for feed in feeds:
         check_batch_fits(options.batch, feed, "--batch")
     figures = {**_static_figures(a, b), **_latency(a, b, feeds, options)}
+    metric_name = None
     if split is not None and split.labels is not None:
-        figures["metric"] = _pair(
-            *(_metric(m, s, options) for m, s in ((a, split_a), (b, split_b)))
-        )
+        scored = [_metric(m, s, options) for m, s in ((a, split_a), (b, split_b))]
+        figures["metric"] = _pair(scored[0]["metric"], scored[1]["metric"])
+        metric_name = scored[0]["metric_name"]
     return {
         "a": a.source,
         "b": b.source,
         "inputs": [i.model_dump() for i in a.inputs],
         "threads": options.threads,
-        "metric_name": options.metric if "metric" in figures else None,
+        "metric_name": metric_name,
         "figures": figures,
         "agreement": _agreement(a, b, feeds, options),
         "samples": "data" if split is not None else f"{AGREEMENT_SAMPLES} random",
@@ -145,10 +146,10 @@ def _outputs(state: ModelState, feed: dict[str, np.ndarray], options: CompareOpt
     return predict_split(state, split, batch_size=64, threads=options.threads)
 
 
-def _metric(state: ModelState, split: Split, options: CompareOptions) -> float:
+def _metric(state: ModelState, split: Split, options: CompareOptions) -> dict[str, Any]:
     from mcomp.tools.eval import evaluate_model
 
-    return evaluate_model(state, split, metric=options.metric, threads=options.threads)["metric"]
+    return evaluate_model(state, split, metric=options.metric, threads=options.threads)
 
 
 def _agreement(
@@ -160,11 +161,15 @@ def _agreement(
             "comparable": False,
             "note": f"outputs differ in shape: A {out_a.shape}, B {out_b.shape}",
         }
+    from mcomp.measure.metrics import cosine
+
     diff = np.abs(out_a.astype(np.float64) - out_b)
     result = {
         "comparable": True,
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
+        # what "agreement" means for float outputs (regression, embeddings)
+        "cosine": cosine(out_b, None, out_a),
     }
     if out_a.ndim >= 2 and out_a.shape[-1] > 1:
         result["top1_agreement"] = float(np.mean(out_a.argmax(-1) == out_b.argmax(-1)))

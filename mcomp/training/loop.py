@@ -76,6 +76,9 @@ def train_module(
             f"{label}: the train split has no labels; add them (`labels: y`) or "
             "train against a teacher with distillation"
         )
+    if ctx.device_note:
+        ctx.progress.log(ctx.device_note)
+        ctx.device_note = None  # once per run
     module = state.module.to(ctx.device)
     params = dict(module.named_parameters())
     for mask in masks.values():
