@@ -194,6 +194,7 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
     from mcomp.compressors.prune.options import select_prunable
     from mcomp.compressors.select import layer_candidates
     from mcomp.model.convert import example_inputs
+    from mcomp.training.loop import task_loss
 
     module = model.module
     chosen = {id(m) for _, m in select_prunable(module, options)}
@@ -205,7 +206,7 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
         global_scope=options.scope == "global",
         ignored=ignored,
         round_to=options.round_to,
-        loss_fn=_task_loss(ctx),
+        loss_fn=task_loss(ctx.task, model.output),
         grad_batches=_taylor_batches(model, ctx) if options.importance == "taylor" else None,
     )
     example = example_inputs(model, batch=1)
@@ -266,13 +267,3 @@ def _taylor_batches(model: ModelState, ctx: StageContext, count: int = 4) -> lis
         if len(batches) == count:
             break
     return batches
-
-
-def _task_loss(ctx: StageContext):
-    import torch.nn.functional as F
-
-    from mcomp.recipe.schema import Task
-
-    if ctx.task == Task.CLASSIFICATION:
-        return lambda outputs, labels: F.cross_entropy(outputs, labels.long())
-    return lambda outputs, labels: F.mse_loss(outputs, labels.to(outputs.dtype).view_as(outputs))

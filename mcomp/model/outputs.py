@@ -14,8 +14,11 @@ same one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 from mcomp.errors import DataError
@@ -77,3 +80,63 @@ def resolve_output(choice: str | int | None, names: list[str], key: str = "model
 def pick(result: Any, index: int) -> Any:
     """The tensor at `index` of the flattened `result`."""
     return output_tensors(result)[index]
+
+
+def output_names(state: Any, sample: dict[str, Any]) -> list[str]:
+    """The flattened output names of `state`: the ONNX graph's outputs, or the key paths of
+    what the torch module returns on `sample` (numpy arrays by input name)."""
+    from mcomp.model.state import ModelKind
+
+    if state.kind == ModelKind.ONNX:
+        return [value.name for value in state.onnx_model.graph.output]
+    import torch
+
+    tensors = [torch.from_numpy(sample[spec.name]) for spec in state.inputs]
+    with torch.no_grad():
+        return [name for name, _ in flatten_outputs(state.module(*tensors))]
+
+
+def is_flat(result: Any) -> bool:
+    """A tensor, or a tuple / list of tensors: what torch's exporters take as they are."""
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return True
+    return isinstance(result, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in result)
+
+
+@contextlib.contextmanager
+def flat_forward(module: Any, args: tuple) -> Iterator[list[str] | None]:
+    """While exporting: `module` returns the flattened tuple of its outputs (a dict, a
+    dataclass or a nesting becomes the list `flatten_outputs` gives), so the ONNX outputs come
+    in the order every other part of mcomp reads. Yields their names for the exporter (None:
+    the module's outputs were flat already and it is left alone). The forward is replaced on
+    the instance, not wrapped, so parameter names (and the ONNX initializers) stay the same."""
+    import torch
+
+    with torch.no_grad():
+        result = module(*args)
+    if is_flat(result):
+        yield None
+        return
+    names = [name for name, _ in flatten_outputs(result)]
+    original = module.forward
+    had_own = "forward" in vars(module)
+
+    @functools.wraps(original)
+    def forward(*inputs, **kwargs):
+        return tuple(output_tensors(original(*inputs, **kwargs)))
+
+    module.forward = forward
+    try:
+        yield names
+    finally:
+        if had_own:
+            module.forward = original
+        else:
+            del module.forward
+
+
+def choose_output(state: Any, choice: str | int | None, sample: dict[str, Any]) -> int:
+    """`model.output` as an index into the flattened outputs of `state` on `sample`."""
+    return resolve_output(choice, output_names(state, sample))

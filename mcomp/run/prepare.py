@@ -46,6 +46,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     datasets = conform_datasets(datasets, state.inputs)
     check_finite(datasets)
     probe(state, datasets, threads)
+    state.output = pick_output(state, recipe.model.output, datasets)
     if recipe.runtime.latency.enabled:
         check_batch_fits(
             recipe.runtime.latency.batch, datasets.eval.inputs, "runtime.latency.batch"
@@ -79,6 +80,15 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     # Stages change modules in place; the original stays intact for fidelity and teachers.
     working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
     return working, ctx, stages
+
+
+def pick_output(state, choice, datasets) -> int:
+    """`model.output` as the index of the output that metrics and the task loss read; a
+    name or index the model does not have fails here, listing the outputs it has."""
+    from mcomp.model.outputs import choose_output
+
+    split = datasets.first_available()
+    return choose_output(state, choice, {k: v[:2] for k, v in split.inputs.items()})
 
 
 def check_weights(state, key: str) -> None:

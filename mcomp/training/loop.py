@@ -90,7 +90,7 @@ def train_module(
     samples = len(split) if ctx.dist is None else -(-len(split) // ctx.dist.world_size)
     steps_per_epoch = math.ceil(samples / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
-    loss_fn = loss_fn or _task_loss(ctx.task)
+    loss_fn = loss_fn or task_loss(ctx.task, state.output)
     inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
     labels = torch.from_numpy(np.asarray(split.labels)) if split.labels is not None else None
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -189,18 +189,20 @@ def _better(value: float, best: float, higher: bool) -> bool:
     return value > best if higher else value < best
 
 
-def _task_loss(task: Task) -> Callable[..., Any]:
+def task_loss(task: Task, output: int = 0) -> Callable[..., Any]:
+    """The loss on labels of the model's chosen output (`ModelState.output`): cross-entropy
+    for classification, else mean squared error. Called as `loss(outputs, labels, batch)`."""
     import torch.nn.functional as F
 
-    if task == Task.CLASSIFICATION:
-        return lambda outputs, labels, _: F.cross_entropy(_first(outputs), labels.long())
-    return lambda outputs, labels, _: F.mse_loss(
-        _first(outputs), labels.to(_first(outputs).dtype).view_as(_first(outputs))
-    )
+    from mcomp.model.outputs import pick
 
+    def loss(outputs, labels, _batch=None):
+        chosen = pick(outputs, output)
+        if task == Task.CLASSIFICATION:
+            return F.cross_entropy(chosen, labels.long())
+        return F.mse_loss(chosen, labels.to(chosen.dtype).view_as(chosen))
 
-def _first(outputs):
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    return loss
 
 
 def _optimizer(module, config: TrainConfig, extra_parameters: list):
