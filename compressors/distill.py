@@ -91,6 +91,7 @@ class DistillStage(Stage):
             ctx.facts.masks = {}  # pruning masks belong to the old architecture
             self.notes.append(f"new student from {opts.student.factory}")
         masks = training_masks(model.module, ctx.facts.masks)
+        self.notes += ctx.datasets.train_notes()
         self.details = distill_train(
             model, ctx, opts.train_config(), opts, masks=masks, label=self.name
         )

@@ -98,6 +98,7 @@ class FinetuneStage(Stage):
         from mcomp.training.masks import training_masks
 
         masks = training_masks(model.module, ctx.facts.masks)
+        self.notes += ctx.datasets.train_notes()
         config = self.options.train_config()
         if self.options.qat:
             from mcomp.compressors.qat.train import qat_train

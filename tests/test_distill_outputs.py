@@ -229,3 +229,36 @@ def test_a_loss_that_does_not_fit_is_one_line_before_any_stage(project, case):
     for text in texts:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     assert not (project / "out_bad" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("sources", [["calibration"], ["calibration", "eval"]])
+def test_train_from_calibration_and_eval_inputs_is_an_opt_in_the_report_names(project, sources):
+    data = (
+        "calibration: {path: train.npz, labels: null}, eval: {path: eval.npz, labels: null}, "
+        f"train_from: [{', '.join(sources)}],"
+    )
+    stages = "  - prune: {sparsity: 0.8}\n  - finetune: {epochs: 3, lr: 0.003}\n"
+    result, _ = run_recipe(write(project, "embed", stages, data=data), project / "out_from")
+    notes = result.report["stages"][1]["notes"]
+    assert f"trained on the inputs of data.{', data.'.join(sources)} (train_from)" in notes
+    optimistic = "the eval figures are optimistic: the model was trained on its inputs"
+    assert (optimistic in notes) == ("eval" in sources)
+    _, pruned, tuned = recovered(result.report, "mean_abs_diff")
+    assert tuned < pruned
+
+
+@pytest.mark.parametrize(
+    "data, text",
+    [
+        (
+            "train: train.npz, eval: eval.npz, train_from: [eval],",
+            "give `train` or `train_from`, not both",
+        ),
+        ("eval: eval.npz, train_from: [calibration],", "needs `calibration`"),
+    ],
+)
+def test_train_from_mistakes_fail_validate(project, data, text):
+    path = write(project, "embed", "  - finetune: {}\n", data=data)
+    result = invoke(project, "validate", str(path))
+    assert result.exit_code == 2, result.output
+    assert text in result.stderr and "data" in result.stderr

@@ -57,6 +57,15 @@ class Datasets:
     # the splits whose inputs make up `train` (`data.train_from`); empty: its own file
     train_from: tuple[str, ...] = ()
 
+    def train_notes(self) -> list[str]:
+        """What the report says of a train split made of other splits' inputs."""
+        if not self.train_from:
+            return []
+        notes = [f"trained on the inputs of data.{', data.'.join(self.train_from)} (train_from)"]
+        if "eval" in self.train_from:
+            notes.append("the eval figures are optimistic: the model was trained on its inputs")
+        return notes
+
     def first_available(self) -> Split:
         for split in (self.eval, self.calibration, self.train):
             if split is not None:

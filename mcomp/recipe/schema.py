@@ -255,9 +255,10 @@ class DataSpec(Strict):
     train_from: list[Literal["calibration", "eval"]] = Field(
         default_factory=list,
         max_length=2,
-        description="Without `train`: train on the inputs of these splits (no labels: the "
-        "training stages then distil from the original model). An explicit opt-in: training "
-        "on `eval` inputs makes the eval figures optimistic, which the report says.",
+        description="Without `train`: train on the inputs of these splits, without their "
+        "labels (the training stages then distil from the original model). An explicit "
+        "opt-in, never a default: training on `eval` inputs makes the eval figures "
+        "optimistic, which a warning and the training stages' report notes say.",
     )
     calibration_samples: int = Field(
         256,
@@ -280,6 +281,8 @@ class DataSpec(Strict):
                 "`train_from: [calibration]` needs `calibration` (it defaults to a sample of "
                 "`train`, which is what `train_from` replaces)"
             )
+        if "eval" in self.train_from and self.eval is None:
+            raise ValueError("`train_from: [eval]` needs `eval`")
         return self
 
 

@@ -42,6 +42,8 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     datasets = require_eval(
         load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed), progress
     )
+    for note in datasets.train_notes():
+        progress.warn(f"data.train_from: {note}")
     state.inputs = resolve_inputs(recipe.model.inputs, state, datasets)
     datasets = conform_datasets(datasets, state.inputs)
     check_finite(datasets)
