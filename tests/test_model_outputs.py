@@ -59,6 +59,18 @@ def dict_net():
     return DictNet()
 
 
+class Pretrained:
+    # Hugging Face style loading: `Class.from_pretrained(folder)` returns the loaded model
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path):
+        import os
+
+        model = DictNet()
+        path = os.path.join(pretrained_model_name_or_path, "weights.pt")
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+
+
 def two_out():
     return TwoOut()
 
@@ -146,6 +158,27 @@ def test_default_output_is_the_first(project):
     stages = "  - export: {}\n"
     result, _ = run_recipe(write(project, "two_out", None, stages), project / "out_f")
     assert result.report["baseline"]["metrics"]["metric"] < 0.6
+
+
+def test_a_factory_alone_loads_the_model_from_a_folder_next_to_the_recipe(project):
+    # setup: the weights in a folder, loaded by a dotted `Class.from_pretrained` factory
+    import shutil
+
+    (project / "my-model").mkdir(exist_ok=True)
+    shutil.copy(project / "body.pt", project / "my-model" / "weights.pt")
+    path = project / "pretrained.yaml"
+    path.write_text(
+        RECIPE.replace(
+            'path: body.pt, factory: "outmodels:FACTORY", python_path: ["."], OUTPUT',
+            'factory: "outmodels:Pretrained.from_pretrained", python_path: ["."], '
+            "factory_args: {pretrained_model_name_or_path: my-model}, output: logits",
+        ).replace("STAGES", "  - prune: {sparsity: 0.5}\n  - export: {}\n")
+    )
+    # act: from another working directory, so that the folder is found next to the recipe
+    result, _ = run_recipe(path, project / "out_p")
+    # check
+    assert result.report["baseline"]["metrics"]["metric"] > 0.8
+    assert result.report["stages"][-1]["metrics"]["metric"] > 0.7
 
 
 def invoke(folder: Path, *args: str):

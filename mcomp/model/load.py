@@ -32,6 +32,8 @@ def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -
     """Load the model the recipe names; `inputs` may be empty until `resolve_inputs` runs."""
     if spec.builtin is not None:
         return _builtin(spec.builtin)
+    if spec.path is None:  # the schema allows this only with a factory
+        return _from_factory(spec, base_dir)
     path = (base_dir / (spec.path or "")).resolve()
     check_regular_file(path, "model.path", ModelLoadError, "model file")
     allow_pickle = allow_pickle or spec.allow_pickle
@@ -149,21 +151,7 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             f"model.path: {path} is a state_dict; name the function that builds "
             "the module with `model.factory: package.module:function`"
         )
-    build = import_factory(spec.factory, key="model.factory")
-    try:
-        with user_code():
-            module = build(**spec.factory_args)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model.factory: calling {spec.factory} with model.factory_args "
-            f"{spec.factory_args} failed ({_describe(exc)}); check "
-            "`model.factory_args`"
-        ) from None
-    if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(
-            f"model.factory: {spec.factory} returned a {type(module).__name__}, "
-            "not a torch.nn.Module"
-        )
+    module = _build(spec, spec.factory_args)
     state_dict = obj.get("state_dict", obj) if "state_dict" in obj else obj
     state_dict = _without_wrapper_prefixes(state_dict, module)
     try:
@@ -175,6 +163,42 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             f"{detail} (check `model.factory_args`)"
         ) from None
     return ModelState.from_torch(module.eval(), [])
+
+
+def _build(spec: ModelSpec, args: dict):
+    """The module `model.factory` returns for `args`."""
+    import torch
+
+    build = import_factory(spec.factory, key="model.factory")
+    try:
+        with user_code():
+            module = build(**args)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model.factory: calling {spec.factory} with model.factory_args "
+            f"{spec.factory_args} failed ({_describe(exc)}); check "
+            "`model.factory_args`"
+        ) from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(
+            f"model.factory: {spec.factory} returned a {type(module).__name__}, "
+            "not a torch.nn.Module"
+        )
+    return module
+
+
+def _from_factory(spec: ModelSpec, base_dir: Path) -> ModelState:
+    """A model that `model.factory` loads itself (no `path`: e.g. a Hugging Face
+    `from_pretrained`); a string argument naming a file or folder next to the recipe is passed
+    as that path."""
+    args = {
+        key: str(base_dir / value)
+        if isinstance(value, str) and value and (base_dir / value).exists()
+        else value
+        for key, value in spec.factory_args.items()
+    }
+    module = _build(spec, args)
+    return ModelState.from_torch(module.eval(), [], source=f"factory:{spec.factory}")
 
 
 def _without_wrapper_prefixes(state_dict: dict, module) -> dict:

@@ -35,7 +35,9 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     # warnings to stderr, which carries only mcomp's own lines; ours already pass level 3.
     onnxruntime.set_default_logger_severity(3)
     seed_everything(seed)
-    progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
+    progress.log(
+        f"loading model ({recipe.model.builtin or recipe.model.path or recipe.model.factory})"
+    )
     state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
     check_weights(state, "model.path")
     progress.log("loading data")
