@@ -123,6 +123,8 @@ def inputs_of(splits: list[Split]) -> Split | None:
 def _load_split(name: str, spec: SplitSpec, base_dir: Path) -> Split:
     if spec.builtin == "digits":
         split = _digits(name)
+        if spec.labels is None:  # `labels: null`: its images alone, as unlabelled data
+            split = Split(name, split.inputs, None)
     elif spec.path is not None:
         split = _npz(name, spec, base_dir / spec.path)
     else:

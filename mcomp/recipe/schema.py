@@ -129,7 +129,8 @@ class ModelSpec(Strict):
         None,
         description="The output that the metric, fidelity and the task loss read, when the "
         "model returns several (a tuple, dict or dataclass): its key (`logits`) or its index "
-        "in the flattened outputs; default: the first.",
+        "in the flattened outputs (docs/recovery.md#models-with-several-outputs); default: the "
+        "first.",
     )
     allow_pickle: bool = Field(
         False,
@@ -500,8 +501,8 @@ class Recipe(Strict):
     task: Task = Field(
         Task.CLASSIFICATION,
         strict=False,
-        description="Decides the training loss (cross-entropy or MSE) and the default "
-        "metric; distillation needs classification.",
+        description="Decides the training loss (cross-entropy or MSE), the default "
+        "metric and distillation's default loss (kl or mse).",
     )
     metric: str | None = Field(
         None,

@@ -82,7 +82,7 @@ class OutputLoss(StageOptions):
 
     output: str | int = Field(
         description="The output's key (`logits`, `last_hidden_state`) or index in the "
-        "flattened outputs (docs/models.md#outputs)."
+        "flattened outputs (docs/recovery.md#models-with-several-outputs)."
     )
     loss: LossName = Field(
         description="kl (softened class scores; over every step of sequence logits), mse, "
