@@ -22,12 +22,14 @@ Options and the layer selection are in `options.py`.
 
 from __future__ import annotations
 
+from mcomp.compressors.prune.channel_allocation import MAX_LAYER_RATIO
 from mcomp.compressors.prune.options import PruneOptions, select_prunable
 from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
 from mcomp.training.masks import mask_sparsity
 
+RATIO_TOLERANCE = 0.05  # achieved vs requested channel ratio, beyond which a warning says so
 STORAGE_ONLY = (
     "unstructured sparsity: storage only (smaller compressed file, "
     "no latency change on dense runtimes)"
@@ -75,9 +77,31 @@ class PruneStage(Stage):
         from mcomp.compressors.prune.channel import prune_channels_of_model
 
         self.details = prune_channels_of_model(model, self.options, ctx)
+        self._compare_ratios(ctx)
         ctx.facts.masks = {}  # earlier unstructured masks no longer fit the new shapes
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
         return model.with_module(model.module)
+
+    def _compare_ratios(self, ctx: StageContext) -> None:
+        """Warn when the channels removed differ from `sparsity` by more than 0.05 (a layer
+        keeps at least a tenth of its channels; `round_to` rounds each layer)."""
+        achieved = self.details.get("channel_ratio_achieved")
+        if self.options.target_macs_ratio is not None or achieved is None:
+            return
+        if abs(achieved - self.options.sparsity) > RATIO_TOLERANCE:
+            message = (
+                f"channel pruning removed {achieved:.0%} of the prunable channels, not the "
+                f"{self.options.sparsity:.0%} asked for (each layer keeps at least "
+                f"{1 - MAX_LAYER_RATIO:.0%}"
+                + (
+                    f", round_to {self.options.round_to} rounds each layer"
+                    if self.options.round_to
+                    else ""
+                )
+                + "); target_macs_ratio sets the cost directly"
+            )
+            ctx.progress.warn(f"prune: {message}")
+            self.notes.append(message)
 
     def _prune_magnitude(self, model: ModelState, ctx: StageContext) -> ModelState:
         opts = self.options
