@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mcomp.compressors.prune.batchnorm import FoldedImportance, conv_bn_pairs
 from mcomp.compressors.prune.channel_allocation import (
     MAX_LAYER_RATIO,
     allocate,
@@ -144,7 +145,10 @@ def _pruner(
         "taylor": tp.importance.TaylorImportance,
         "bn_scale": tp.importance.BNScaleImportance,
     }
-    scorer = scorers[importance]()
+    name, _, folded = importance.partition("+")  # "l1+bn": ranked on BN-folded weights
+    scorer = scorers[name]()
+    if folded:
+        scorer = FoldedImportance(scorer, conv_bn_pairs(module, example))
     per_layer: dict = {}
     if global_scope and steps == 1:
         # one ranking across layers, then each layer on its own: monotone in `ratio`
@@ -241,8 +245,9 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
     prunable = [m for _, m in layer_candidates(module, list(options.layer_types))]
     # Keep the output layer: removing its neurons would change the model's outputs.
     ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
+    folds = options.fold_batchnorm and options.importance in ("l1", "l2")
     common = dict(
-        importance=options.importance,
+        importance=options.importance + ("+bn" if folds else ""),
         global_scope=options.scope == "global",
         ignored=ignored,
         round_to=options.round_to,

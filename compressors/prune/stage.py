@@ -8,6 +8,7 @@
         include: ["*"]         # glob patterns over module names (default: every Conv/Linear)
         exclude: ["fc2"]
         importance: l1         # channel only: l1 | l2 | taylor | bn_scale
+        fold_batchnorm: true   # rank a conv followed by BatchNorm on its folded weights
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
@@ -122,15 +123,26 @@ class PruneStage(Stage):
 
                 table = read_sensitivity(ctx.recipe_dir / opts.sensitivity)
                 per_layer = allocate_sparsity(table, opts.sparsity, [n for n, _ in targets])
+            norms = self._batchnorms(model, targets) if opts.fold_batchnorm else {}
             masks = prune_magnitude(
-                targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer
+                targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
-            details = {}
+            details = {"bn_folded_layers": sorted(n for n, m in targets if m in norms)}
         ctx.facts.masks.update(masks)
         pruned = sum(int((~m).sum()) for m in masks.values())
         self.details = {**details, "layers": mask_sparsity(masks), "pruned_weights": pruned}
         self.notes.append(STORAGE_ONLY)
         return model.with_module(model.module)
+
+    @staticmethod
+    def _batchnorms(model: ModelState, targets: list) -> dict:
+        """{target layer: the BatchNorm after it}, for ranking on folded weights."""
+        from mcomp.compressors.prune.batchnorm import conv_bn_pairs
+        from mcomp.model.convert import example_inputs
+
+        chosen = {module for _, module in targets}
+        pairs = conv_bn_pairs(model.module, example_inputs(model, batch=2))
+        return {layer: norm for layer, norm in pairs.items() if layer in chosen}
 
     def _prune_layers(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.prune.layer import prune_blocks
