@@ -23,6 +23,10 @@ def conv_bn_pairs(module: torch.nn.Module, example: tuple) -> dict:
     """{Conv/Linear layer: the BatchNorm that reads its output directly}."""
     import torch
 
+    from mcomp.model.modes import is_exported, is_scripted, set_training
+
+    if is_scripted(module) or is_exported(module):
+        return {}  # no forward hooks there (TorchScript) or no layer modules (torch.export)
     layers = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
     produced: dict[int, torch.nn.Module] = {}
     pairs: dict = {}
@@ -42,14 +46,14 @@ def conv_bn_pairs(module: torch.nn.Module, example: tuple) -> dict:
         elif isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
             handles.append(sub.register_forward_hook(match))
     was_training = module.training
-    module.eval()
+    set_training(module, False)
     try:
         with torch.no_grad():
             module(*example)
     finally:
         for handle in handles:
             handle.remove()
-        module.train(was_training)
+        set_training(module, was_training)
     return pairs
 
 

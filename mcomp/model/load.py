@@ -69,20 +69,7 @@ def detect_format(path: Path) -> ModelFormat:
     with path.open("rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            raise ModelLoadError(
-                f"model.path: {path} is a corrupt or truncated torch archive; save it again"
-            ) from None
-        if any(
-            n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names
-        ):
-            return ModelFormat.EXPORTED_PROGRAM
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
-            return ModelFormat.TORCHSCRIPT
-        return ModelFormat.STATE_DICT
+        return archive_format(path)
     if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
         return ModelFormat.STATE_DICT
     if _looks_like_onnx(path):
@@ -91,6 +78,23 @@ def detect_format(path: Path) -> ModelFormat:
         f"model.path: {path} is not a model file mcomp knows (torch state_dict, "
         ".pt2, TorchScript, pickled module or ONNX), or it is corrupt"
     )
+
+
+def archive_format(path: Path) -> ModelFormat:
+    """The format of a torch zip archive from its member names, without loading it (no
+    torch import: `mcomp validate` uses it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ModelLoadError(
+            f"model.path: {path} is a corrupt or truncated torch archive; save it again"
+        ) from None
+    if any(n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names):
+        return ModelFormat.EXPORTED_PROGRAM
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return ModelFormat.TORCHSCRIPT
+    return ModelFormat.STATE_DICT
 
 
 def _looks_like_onnx(path: Path) -> bool:

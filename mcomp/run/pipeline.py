@@ -89,6 +89,7 @@ def _measure(state, ctx, main: bool, models: list[bytes]):
 
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, resuming):
     from mcomp.measure.figures import onnx_form
+    from mcomp.model.format_limits import check_stage
     from mcomp.report.constraints import absolute_budget
     from mcomp.run.latency import time_run_models
     from mcomp.run.prepare import check_labels_fit
@@ -97,7 +98,8 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
     models: list[bytes] = []  # every entry's ONNX form, timed side by side at the end
     # Every stage checks its options against the model before any work is done, so a bad
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
-    for stage in stages:
+    for index, stage in enumerate(stages):
+        check_stage(state.module, index, stage)  # a .pt2 / TorchScript keeps no layers
         stage.check(state, ctx)
     check_labels_fit(ctx, stages)
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from mcomp.errors import DataError, ModelLoadError
@@ -21,6 +20,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     from mcomp.measure.inference import predict_split
     from mcomp.measure.metrics import resolve_metric
     from mcomp.model.load import load_model
+    from mcomp.model.modes import copy_module
     from mcomp.model.signature import conform_datasets, probe, resolve_inputs
     from mcomp.run.memory import check_batch_fits
     from mcomp.run.threads import apply_threads, resolve_threads, seed_everything
@@ -82,7 +82,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     )
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
     # Stages change modules in place; the original stays intact for fidelity and teachers.
-    working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
+    working = state.with_module(copy_module(state.module)) if state.module is not None else state
     return working, ctx, stages
 
 

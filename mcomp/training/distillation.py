@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 
 from mcomp.errors import MCompError, StageError
 from mcomp.factory import extend_python_path
+from mcomp.model.modes import set_training
 from mcomp.recipe.schema import ModelFormat
 from mcomp.stage import StageOptions
 from mcomp.training.distill_losses import LossName, kl_term
@@ -189,7 +190,10 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
         raise StageError(f"{label}: the teacher must be a torch model (got {state.kind})")
     # eval mode (BatchNorm statistics and dropout of the teacher must not move) and frozen:
     # the teacher is only ever run under no_grad, nothing may update it.
-    return state.module.eval().requires_grad_(False)
+    set_training(state.module, False)
+    for parameter in state.module.parameters():  # (a ScriptModule has no requires_grad_)
+        parameter.requires_grad_(False)
+    return state.module
 
 
 def check_hints(
@@ -229,11 +233,11 @@ def check_distill(
     sample = check_sample(ctx, key.split(".")[0], state)
     with torch.no_grad():
         was_training = student.training
-        student.eval()
+        set_training(student, False)
         try:
             student_out, teacher_out = student(*sample), teacher(*sample)
         finally:
-            student.train(was_training)
+            set_training(student, was_training)
     return resolve_terms(settings, ctx.task, state.output, student_out, teacher_out, key)
 
 

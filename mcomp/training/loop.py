@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcomp.errors import NonFiniteError, StageError
+from mcomp.model.modes import set_training
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import Task
 
@@ -97,7 +98,7 @@ def train_module(
     result, best, best_value = TrainResult(), None, None
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
-        module.train()
+        set_training(module, True)
         # the same permutation on every rank (same generator), then this rank's shard of it
         order = torch.randperm(len(split), generator=generator)
         if ctx.dist is not None:
@@ -131,7 +132,7 @@ def train_module(
             total += loss_value * len(index)
             count += len(index)
             ctx.progress.advance()
-        module.eval()
+        set_training(module, False)
         total, count = _reduce_loss(total, count, ctx)
         try:
             value = _evaluate(state, ctx)
@@ -155,7 +156,7 @@ def train_module(
     ctx.progress.finish()
     if config.keep_best and best is not None:
         module.load_state_dict(best)
-    module.to("cpu").eval()  # measurement, quantization and export run on the CPU
+    set_training(module.to("cpu"), False)  # measurement, quantization, export: on the CPU
     return result
 
 
