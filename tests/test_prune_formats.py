@@ -92,3 +92,27 @@ def test_structural_stages_are_refused_at_validate_time(project, model, stage):
     kind = "ExportedProgram" if model.endswith("pt2") else "TorchScript"
     for text in (f"{model}", "stages[0]", kind, "state_dict", "factory"):
         assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("model", ["model.pt2", "scripted.ts"])
+def test_init_writes_only_stages_that_run_on_the_format(project, model):
+    out = project / f"init_{model}.yaml"
+    result = invoke(
+        project,
+        "init",
+        "--model",
+        model,
+        "--data",
+        "train.npz",
+        "--eval-data",
+        "eval.npz",
+        "--out",
+        str(out),
+        "--force",
+    )
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "channel/layer pruning, lowrank and QAT need the" in text
+    checked = invoke(project, "validate", str(out))
+    assert checked.exit_code == 0, checked.output
+    assert "prune → finetune → quantize → export" in checked.output
