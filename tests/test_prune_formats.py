@@ -116,3 +116,11 @@ def test_init_writes_only_stages_that_run_on_the_format(project, model):
     checked = invoke(project, "validate", str(out))
     assert checked.exit_code == 0, checked.output
     assert "prune → finetune → quantize → export" in checked.output
+
+
+@pytest.mark.parametrize("model", ["model.pt2", "traced.ts"])
+def test_cluster_shares_the_weights_of_every_layer(project, model):
+    result, _ = run_recipe(write(project, model, "  - cluster: {}\n"), project / f"cl_{model}")
+    entry = result.report["stages"][0]
+    assert len(entry["details"]["layers"]) == 3
+    assert entry["metrics"]["metric"] >= result.report["baseline"]["metrics"]["metric"] - 0.05
