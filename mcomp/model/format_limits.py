@@ -69,11 +69,11 @@ def module_kind(module: Any) -> str | None:
     return None
 
 
-def check_stage(module: Any, index: int, stage: Any) -> None:
-    """At run time: the stage at `index` cannot work on this loaded module's format."""
+def check_stage(module: Any, index: int, name: str, options: Any) -> None:
+    """At run time: stage `name` at `index` cannot work on this loaded module's format."""
     from mcomp.errors import StageError
 
     kind = module_kind(module)
-    reason = None if kind is None else refusal(kind, stage.name, stage.options)
+    reason = None if kind is None else refusal(kind, name, options)
     if reason is not None:
-        raise StageError(f"stages[{index}].{stage.name}: {reason}")
+        raise StageError(f"stages[{index}].{name}: {reason}")

@@ -99,7 +99,8 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
     # Every stage checks its options against the model before any work is done, so a bad
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
     for index, stage in enumerate(stages):
-        check_stage(state.module, index, stage)  # a .pt2 / TorchScript keeps no layers
+        # a .pt2 / TorchScript keeps no layer modules for stages that rebuild layers
+        check_stage(state.module, index, stage.name, stage.options)
         stage.check(state, ctx)
     check_labels_fit(ctx, stages)
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
