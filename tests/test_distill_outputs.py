@@ -208,6 +208,12 @@ BAD = {
         None,
         ["finetune.distill.outputs[0].output", "no output 'pool'", "did you mean 'pooled'"],
     ),
+    "gradual pruning without labels": (
+        "embed",
+        "  - prune: {sparsity: 0.5, gradual: {}}\n",
+        None,
+        ["prune.gradual: trains on labelled data and data.train has no labels", "finetune"],
+    ),
     "no train inputs at all": (
         "embed",
         "  - distill: {loss: cosine}\n",

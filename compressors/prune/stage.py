@@ -55,6 +55,14 @@ class PruneStage(Stage):
 
             return check_layer_options(model, opts.blocks, opts.num_blocks)
         select_prunable(model.module, opts, ctx.progress)
+        train = ctx.datasets.train
+        if opts.gradual is not None and (train is None or train.labels is None):
+            raise StageError(
+                "prune.gradual: trains on labelled data and data.train has "
+                + ("none" if train is None else "no labels")
+                + "; prune at once and recover with `finetune` (it distils from the original "
+                "model without labels)"
+            )
         if opts.method == "magnitude" and (opts.target_macs_ratio or opts.round_to):
             raise StageError(
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
