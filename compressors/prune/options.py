@@ -49,6 +49,13 @@ class PruneOptions(StageOptions):
         description="channel: how channels are ranked (L1 or L2 norm of the weights, "
         "first-order Taylor on labelled train batches, BatchNorm scale).",
     )
+    fold_batchnorm: bool = Field(
+        True,
+        description="magnitude, and channel with l1/l2: rank a Conv/Linear followed by "
+        "BatchNorm on its BN-folded weights |w·gamma/sqrt(var+eps)| (what the network "
+        "computes; raw weights of BN layers are not comparable across layers); false: raw "
+        "weight magnitudes.",
+    )
     target_macs_ratio: float | None = Field(
         None,
         gt=0,
