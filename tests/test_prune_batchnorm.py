@@ -1,6 +1,6 @@
 """Pruning importance that respects BatchNorm: a layer followed by BatchNorm is ranked on its
-folded weights |w * gamma / sqrt(var + eps)| (`prune.fold_batchnorm`, default), raw
-magnitudes on request."""
+folded weights |w * gamma / sqrt(var + eps)| (`prune.fold_batchnorm`; `auto` folds for
+channel pruning only), raw magnitudes on request."""
 
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ def test_folded_channel_importance_restores_the_weights_exactly():
     assert int(scores.argmin()) == 1  # the channel its BatchNorm scales by 0.01
 
 
-@pytest.mark.parametrize("fold, folded_layers", [(True, ["0"]), (False, [])])
+@pytest.mark.parametrize(
+    "fold, folded_layers", [("true", ["0"]), ("false", []), ("auto", [])]
+)
 def test_prune_stage_reports_the_folded_layers(tmp_path, fold, folded_layers):
     (tmp_path / "bnmodels.py").write_text(
         "import torch\nfrom torch import nn\n\n\ndef net():\n    torch.manual_seed(0)\n"
@@ -97,7 +99,7 @@ def test_prune_stage_reports_the_folded_layers(tmp_path, fold, folded_layers):
         'model: {path: net.pt, factory: "bnmodels:net", python_path: ["."]}\n'
         "data: {train: {builtin: digits, samples: 64}, eval: {builtin: digits, samples: 64}}\n"
         "runtime: {threads: 1, latency: {enabled: false}}\n"
-        f"stages:\n  - prune: {{sparsity: 0.5, fold_batchnorm: {str(fold).lower()}}}\n"
+        f"stages:\n  - prune: {{sparsity: 0.5, fold_batchnorm: {fold}}}\n"
     )
     result, _ = run_recipe(recipe, tmp_path / "out")
     details = result.report["stages"][0]["details"]

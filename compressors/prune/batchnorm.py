@@ -4,7 +4,7 @@ In eval mode BatchNorm scales output channel c of the layer before it by
 s_c = |gamma_c| / sqrt(var_c + eps), and each BatchNorm has its own scale: raw weight
 magnitudes of a BN network are not comparable across layers (nor across the channels of
 one layer). Ranking |w * s_c| — the weight of the BN-folded layer — ranks what the network
-computes (`prune.fold_batchnorm`, default on).
+computes (`prune.fold_batchnorm`: on for channel pruning by default).
 
 The pairs are found by running the model once with forward hooks: a BatchNorm whose input is
 the very tensor a Conv/Linear layer returned follows that layer, whatever the module nesting

@@ -245,7 +245,7 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
     prunable = [m for _, m in layer_candidates(module, list(options.layer_types))]
     # Keep the output layer: removing its neurons would change the model's outputs.
     ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
-    folds = options.fold_batchnorm and options.importance in ("l1", "l2")
+    folds = options.fold_batchnorm in (True, "auto") and options.importance in ("l1", "l2")
     common = dict(
         importance=options.importance + ("+bn" if folds else ""),
         global_scope=options.scope == "global",

@@ -8,7 +8,7 @@
         include: ["*"]         # glob patterns over module names (default: every Conv/Linear)
         exclude: ["fc2"]
         importance: l1         # channel only: l1 | l2 | taylor | bn_scale
-        fold_batchnorm: true   # rank a conv followed by BatchNorm on its folded weights
+        fold_batchnorm: auto   # folded BN weights for channel pruning, raw for magnitude
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
@@ -131,7 +131,7 @@ class PruneStage(Stage):
 
                 table = read_sensitivity(ctx.recipe_dir / opts.sensitivity)
                 per_layer = allocate_sparsity(table, opts.sparsity, [n for n, _ in targets])
-            norms = self._batchnorms(model, targets) if opts.fold_batchnorm else {}
+            norms = self._batchnorms(model, targets) if opts.fold_batchnorm is True else {}
             masks = prune_magnitude(
                 targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
