@@ -81,9 +81,7 @@ def test_folded_channel_importance_restores_the_weights_exactly():
     assert int(scores.argmin()) == 1  # the channel its BatchNorm scales by 0.01
 
 
-@pytest.mark.parametrize(
-    "fold, folded_layers", [("true", ["0"]), ("false", []), ("auto", [])]
-)
+@pytest.mark.parametrize("fold, folded_layers", [("true", ["0"]), ("false", []), ("auto", [])])
 def test_prune_stage_reports_the_folded_layers(tmp_path, fold, folded_layers):
     (tmp_path / "bnmodels.py").write_text(
         "import torch\nfrom torch import nn\n\n\ndef net():\n    torch.manual_seed(0)\n"
