@@ -2,10 +2,12 @@
 
 One pass runs the prepared fp32 model with every float activation exposed as an output and
 keeps, per tensor: the global min and max, the mean over samples of each sample's min and
-max (NNCF's default estimator), and the mean per channel (for bias correction). A second,
-optional pass fills a histogram per tensor over its [min, max] (MSE-optimal clipping,
-percentiles). Nothing but these summaries is kept: memory is one batch of activations, and
-the batch is chosen so that the exposed tensors of one batch fit `MEMORY_BUDGET` bytes.
+max (NNCF's default estimator), the mean per channel (bias correction), the minimum and
+maximum per channel (equalization, high-bias absorption) and the largest |x| per last-axis
+entry (SmoothQuant). A second, optional pass fills a histogram per tensor over its [min, max]
+(MSE-optimal clipping, percentiles). Nothing but these summaries is kept: memory is one batch
+of activations, and the batch is chosen so that the exposed tensors of one batch fit
+`MEMORY_BUDGET` bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class TensorStatistics:
     channel_count: int = 0
     last_sum: np.ndarray | None = None  # per last-axis entry (MatMul inputs), summed
     last_count: int = 0
+    channel_low: np.ndarray | None = None  # per channel (axis 1) minimum (bias absorption)
+    channel_high: np.ndarray | None = None  # per channel (axis 1) maximum (equalization)
+    last_absmax: np.ndarray | None = None  # per last-axis entry max |x| (SmoothQuant)
     histogram: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +72,17 @@ class TensorStatistics:
             per_last = values.reshape(-1, values.shape[-1]).sum(axis=0, dtype=np.float64)
             self.last_sum = per_last if self.last_sum is None else self.last_sum + per_last
             self.last_count += values.size // values.shape[-1]
+            low, high = values.min(axis=axes), values.max(axis=axes)
+            self.channel_low = (
+                low if self.channel_low is None else np.minimum(self.channel_low, low)
+            )
+            self.channel_high = (
+                high if self.channel_high is None else np.maximum(self.channel_high, high)
+            )
+            absmax = np.abs(values.reshape(-1, values.shape[-1])).max(axis=0)
+            self.last_absmax = (
+                absmax if self.last_absmax is None else np.maximum(self.last_absmax, absmax)
+            )
 
     def add_to_histogram(self, batch: np.ndarray) -> None:
         if not np.isfinite(self.low) or self.high <= self.low:
