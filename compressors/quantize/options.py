@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from mcomp.compressors.quantize.rewrite_options import (
     EqualizationOptions,
     SmoothQuantOptions,
+    Switch,
     switch,
 )
 from mcomp.stage import StageOptions
@@ -168,12 +169,14 @@ class QuantizeOptions(StageOptions):
     )
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
     weight4: Weight4Options = Field(default_factory=Weight4Options)
-    equalization: EqualizationOptions = Field(
+    # the scalar shorthand is in the type so the JSON schema accepts it; the validator turns
+    # it into the mapping, so the attribute is always the options object
+    equalization: EqualizationOptions | Switch = Field(
         default_factory=EqualizationOptions,
         description="Cross-layer equalization of the fp32 graph before int8 (true, false, "
         "auto, or the mapping); see docs/quantization.md.",
     )
-    smoothquant: SmoothQuantOptions = Field(
+    smoothquant: SmoothQuantOptions | Switch = Field(
         default_factory=SmoothQuantOptions,
         description="SmoothQuant of MatMul/Gemm inputs before int8 (true, false, auto, or "
         "the mapping); see docs/quantization.md.",

@@ -6,14 +6,13 @@ Each takes a shorthand, `equalization: true` (or `false`, `auto`), or the full m
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mcomp.stage import StageOptions
 
 Switch = bool | Literal["auto"]
-Strength = Annotated[float, Field(ge=0, le=1)]
 
 
 class EqualizationOptions(StageOptions):
@@ -23,8 +22,10 @@ class EqualizationOptions(StageOptions):
         "auto",
         description="true: equalize every Conv → (ReLU | LeakyReLU | PReLU | nothing) → Conv "
         "pair whose middle tensor has one reader (depthwise included; Clip(0, 6) pairs are "
-        "skipped, as the fp32 function must not change); auto: only where the int8 model's "
-        "output error on calibration samples is lower with it (static mode).",
+        "skipped, as the fp32 function must not change); auto: with per-tensor weights "
+        "(`per_channel: false`), only where the int8 model's output error on calibration "
+        "samples is lower with it; off with per-channel weights, where it did not help on the "
+        "real-model benchmark (static mode only).",
     )
     ranges: Literal["weights", "activations"] = Field(
         "weights",
@@ -51,12 +52,12 @@ class SmoothQuantOptions(StageOptions):
         "else a Mul node) and multiply the weight rows by s_j; auto: only where the input has "
         "outlier channels and the int8 output error on calibration samples is lower with it.",
     )
-    alpha: Strength | Literal["auto"] = Field(
+    alpha: float | Literal["auto"] = Field(
         "auto",
         description="Migration strength in [0, 1]; auto: the one of `alphas` with the "
         "least int8 output error on calibration samples.",
     )
-    alphas: list[Strength] = Field(
+    alphas: list[float] = Field(
         default_factory=lambda: [0.3, 0.5, 0.7],
         min_length=1,
         max_length=8,
@@ -68,6 +69,14 @@ class SmoothQuantOptions(StageOptions):
         description="auto: an input has outlier channels when its largest channel |max| is at "
         "least this many times the median channel's.",
     )
+
+    @field_validator("alpha", "alphas")
+    @classmethod
+    def _strengths_in_unit_range(cls, value):
+        for alpha in value if isinstance(value, list) else [value]:
+            if alpha != "auto" and not 0 <= alpha <= 1:
+                raise ValueError(f"a SmoothQuant strength is in [0, 1], got {alpha}")
+        return value
 
 
 def switch(value):
