@@ -263,3 +263,11 @@ def test_rewrite_options_take_a_shorthand_and_reject_bad_values():
         QuantizeOptions(smoothquant={"alpha": 1.5})
     with pytest.raises(ValidationError):
         QuantizeOptions(equalization={"enable": True})
+
+
+def test_smoothquant_auto_reduces_dynamic_int8_error_too(block):
+    _, error_off = _quantize(block, "{mode: dynamic, smoothquant: false}")
+    on, error_on = _quantize(block, "{mode: dynamic, smoothquant: auto}")
+    assert on["details"]["mode"] == "dynamic"
+    assert on["details"]["smoothquant"]["applied"] is True
+    assert error_on < error_off
