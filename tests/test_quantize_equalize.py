@@ -271,3 +271,12 @@ def test_smoothquant_auto_reduces_dynamic_int8_error_too(block):
     assert on["details"]["mode"] == "dynamic"
     assert on["details"]["smoothquant"]["applied"] is True
     assert error_on < error_off
+
+
+def test_the_json_schema_accepts_the_shorthand():
+    from mcomp.recipe.json_schema import recipe_json_schema
+
+    properties = recipe_json_schema()["$defs"]["QuantizeOptions"]["properties"]
+    for name in ("equalization", "smoothquant"):
+        assert {"type": "boolean"} in properties[name]["anyOf"]
+        assert {"const": "auto", "type": "string"} in properties[name]["anyOf"]

@@ -153,6 +153,7 @@ def equalize(
         for name in node.input[1:3]
         if name
     }
+    before = [_channel_spread(weights[p.first.input[1]]) for p in pairs]
     iterations = 0
     while pairs and iterations < MAX_ITERATIONS:
         iterations += 1
@@ -165,8 +166,11 @@ def equalize(
         arrays[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     facts: dict[str, Any] = {"pairs": len(pairs), "iterations": iterations}
     if pairs:
-        spread = [_channel_spread(weights[p.first.input[1]]) for p in pairs]
-        facts["largest_channel_range_ratio"] = round(float(max(spread)), 3)
+        after = [_channel_spread(weights[p.first.input[1]]) for p in pairs]
+        facts["median_channel_range_ratio"] = {
+            "before": round(float(np.median(before)), 3),
+            "after": round(float(np.median(after)), 3),
+        }
     if skipped:
         facts["skipped"] = skipped
     if absorb_bias:
@@ -232,9 +236,10 @@ def _middle_range(pair: Pair, stats: dict[str, TensorStatistics]) -> np.ndarray 
 
 
 def _channel_spread(weight: np.ndarray) -> float:
-    """Largest over smallest nonzero output-channel range (1 = perfectly equalized)."""
+    """Largest over smallest output-channel weight range (1 = perfectly equalized), dead
+    channels (below 1e-6 of the largest) left out."""
     ranges = _out_ranges(weight)
-    ranges = ranges[ranges > 0]
+    ranges = ranges[ranges > 1e-6 * ranges.max()] if ranges.size else ranges
     return float(ranges.max() / ranges.min()) if ranges.size else 1.0
 
 

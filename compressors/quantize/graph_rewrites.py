@@ -76,11 +76,18 @@ class Scorer:
     def __init__(self, prepared, folder: Path, options, *, mode, excluded, ctx) -> None:
         self.folder, self.options, self.mode = folder, options, mode
         self.excluded, self.ctx = excluded, ctx
-        names = [value.name for value in graph_inputs(prepared)]
-        inputs = ctx.datasets.calibration.inputs
-        self.feed = {name: inputs[name][:SCORING_SAMPLES] for name in names}
-        self.reference = float_outputs(prepared.SerializeToString(), self.feed, ctx.threads)
+        self.prepared = prepared
+        self._reference: tuple | None = None  # (feed, fp32 outputs), made on first use
         self.known: dict[int, float] = {}  # by id of the model scored
+
+    def reference(self) -> tuple:
+        if self._reference is None:
+            names = [value.name for value in graph_inputs(self.prepared)]
+            inputs = self.ctx.datasets.calibration.inputs
+            feed = {name: inputs[name][:SCORING_SAMPLES] for name in names}
+            outputs = float_outputs(self.prepared.SerializeToString(), feed, self.ctx.threads)
+            self._reference = feed, outputs
+        return self._reference
 
     def save(self, model, tag: str) -> PreparedModel:
         """`model` written to the scratch folder, with a statistics cache of its own."""
@@ -89,6 +96,22 @@ class Scorer:
         path = self.folder / f"rewrite.{tag}.onnx"
         onnx.save(model, path)
         return PreparedModel(path, StatisticsCache(path, self.ctx, self.samples))
+
+    def statistics(self, model, names: set[str]):
+        """Statistics of the tensors `names` of `model` on the calibration samples."""
+        from mcomp.compressors.quantize.calibration_reader import CalibrationReader
+        from mcomp.compressors.quantize.statistics import collect_statistics
+
+        reader = CalibrationReader(self.ctx, model, self.samples)
+        self.ctx.progress.finish()
+        return collect_statistics(
+            model,
+            reader.all_inputs(),
+            threads=self.ctx.threads,
+            histograms=False,
+            batch_size=self.ctx.batch_size,
+            only=names,
+        )
 
     @property
     def samples(self) -> int | None:
@@ -105,11 +128,11 @@ class Scorer:
                 excluded=self.excluded,
                 ctx=self.ctx,
             )
-            self.known[id(model)] = float(
-                relative_output_error(
-                    self.reference, quantized.model.SerializeToString(), self.feed, self.ctx.threads
-                )
+            feed, reference = self.reference()
+            error = relative_output_error(
+                reference, quantized.model.SerializeToString(), feed, self.ctx.threads
             )
+            self.known[id(model)] = float(error)
         return self.known[id(model)]
 
 
@@ -149,11 +172,14 @@ def _equalization(model, options: QuantizeOptions, scorer: Scorer):
 
 
 def _smoothquant(model, options: QuantizeOptions, scorer: Scorer, excluded: set[str]):
-    from mcomp.compressors.quantize.smoothquant import smooth
+    from mcomp.compressors.quantize.smoothquant import smooth, smoothing_groups
 
     settings = options.smoothquant
     ratio = settings.outlier_ratio if settings.enabled == "auto" else None
-    stats = scorer.save(model, "smooth-stats").statistics.get(histograms=False)
+    groups = smoothing_groups(model, excluded)
+    if not groups:
+        return model, {"applied": False, "inputs": 0}
+    stats = scorer.statistics(model, {group.tensor for group in groups})
     alphas = settings.alphas if settings.alpha == "auto" else [settings.alpha]
     candidates = {}
     for alpha in alphas:

@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 from mcomp.compressors.quantize.rewrite_options import (
     EqualizationOptions,
     SmoothQuantOptions,
-    Switch,
     switch,
 )
 from mcomp.stage import StageOptions
@@ -169,14 +168,14 @@ class QuantizeOptions(StageOptions):
     )
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
     weight4: Weight4Options = Field(default_factory=Weight4Options)
-    # the scalar shorthand is in the type so the JSON schema accepts it; the validator turns
-    # it into the mapping, so the attribute is always the options object
-    equalization: EqualizationOptions | Switch = Field(
+    # `equalization: true` is turned into the mapping by `_switches` (the JSON schema
+    # allows the scalar: mcomp/recipe/json_schema.py)
+    equalization: EqualizationOptions = Field(
         default_factory=EqualizationOptions,
         description="Cross-layer equalization of the fp32 graph before int8 (true, false, "
         "auto, or the mapping); see docs/quantization.md.",
     )
-    smoothquant: SmoothQuantOptions | Switch = Field(
+    smoothquant: SmoothQuantOptions = Field(
         default_factory=SmoothQuantOptions,
         description="SmoothQuant of MatMul/Gemm inputs before int8 (true, false, auto, or "
         "the mapping); see docs/quantization.md.",

@@ -119,10 +119,12 @@ def collect_statistics(
     histograms: bool,
     batch_size: int,
     progress=None,
+    only: set[str] | None = None,
 ) -> dict[str, TensorStatistics]:
     """Statistics of every float activation of `model` (a ModelProto) over `inputs` (one
-    array per graph input, samples on axis 0); graph inputs included."""
-    session, names = _exposed_session(model, threads)
+    array per graph input, samples on axis 0); graph inputs included. `only`: just these
+    tensors (a cheaper pass when a few are needed)."""
+    session, names = _exposed_session(model, threads, only)
     count = len(next(iter(inputs.values())))
     batch = _batch_for_memory(session, names, inputs, batch_size)
     stats: dict[str, TensorStatistics] = {}
@@ -133,7 +135,7 @@ def collect_statistics(
         for start in range(0, count, batch):
             feed = {k: v[start : start + batch] for k, v in inputs.items()}
             values = dict(zip(names, session.run(names, feed), strict=True))
-            values.update(feed)
+            values.update(feed if only is None else {k: feed[k] for k in feed if k in only})
             for name, value in values.items():
                 value = np.asarray(value)
                 if value.dtype.kind != "f":
@@ -150,8 +152,9 @@ def collect_statistics(
     return {name: s for name, s in stats.items() if s.samples}
 
 
-def _exposed_session(model, threads: int):
-    """A session of `model` with every float activation as an output; (session, names)."""
+def _exposed_session(model, threads: int, only: set[str] | None = None):
+    """A session of `model` with every float activation (or those in `only`) as an output;
+    (session, names)."""
     import onnx
 
     from mcomp.measure.ort_session import create_session
@@ -161,6 +164,8 @@ def _exposed_session(model, threads: int):
     present = {o.name for o in exposed.graph.output}
     graph_inputs = {i.name for i in exposed.graph.input}
     for name in activation_names(model):
+        if only is not None and name not in only:
+            continue
         if name not in present and name not in graph_inputs:
             exposed.graph.output.append(onnx.ValueInfoProto(name=name))
     session = create_session(exposed.SerializeToString(), threads)
