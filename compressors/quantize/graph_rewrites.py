@@ -10,6 +10,7 @@ bias correction, the fallback search — simply starts from the rewritten model.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +59,13 @@ def rewrite_for_int8(
     facts: dict[str, Any] = {}
     current = prepared
     if equalization:
+        start = time.perf_counter()
         current, facts["equalization"] = _equalization(current, options, scorer)
+        facts["equalization"]["seconds"] = round(time.perf_counter() - start, 2)
     if smoothing:
+        start = time.perf_counter()
         current, facts["smoothquant"] = _smoothquant(current, options, scorer, excluded)
+        facts["smoothquant"]["seconds"] = round(time.perf_counter() - start, 2)
     if current is not prepared:
         import onnx
 
