@@ -52,8 +52,12 @@ def rewrite_for_int8(
     smoothing = mode in ("static", "dynamic") and options.smoothquant.enabled is not False
     if not (equalization or smoothing):
         return prepared, {}
-    if learned:
-        ctx.progress.warn("quantize: QAT ranges given; equalization and SmoothQuant are off")
+    if learned:  # `auto` steps aside silently; an explicit `true` is told why
+        if True in (options.equalization.enabled, options.smoothquant.enabled):
+            ctx.progress.warn(
+                "quantize: QAT ranges name the unrewritten tensors; equalization and "
+                "SmoothQuant are off"
+            )
         return prepared, {}
     scorer = Scorer(prepared, path.parent, options, mode=mode, excluded=excluded, ctx=ctx)
     facts: dict[str, Any] = {}
