@@ -75,7 +75,7 @@ class SmoothQuantOptions(StageOptions):
     def _strengths_in_unit_range(cls, value):
         for alpha in value if isinstance(value, list) else [value]:
             if alpha != "auto" and not 0 <= alpha <= 1:
-                raise ValueError(f"a SmoothQuant strength is in [0, 1], got {alpha}")
+                raise ValueError("a SmoothQuant strength is in [0, 1]")
         return value
 
 
