@@ -79,3 +79,9 @@ def run_recipe(path: Path, out: Path, overrides: tuple[str, ...] = ()):
     progress = NullProgress()
     result = run_pipeline(load_recipe(str(path), overrides), RunOptions(out_dir=out), progress)
     return result, progress
+
+
+def run_warnings(progress) -> list[str]:
+    """The run's warnings less the machine-load note (other processes on a shared machine
+    while latency was timed: a fact about the machine, not about what the test checks)."""
+    return [w for w in progress.warnings if not w.startswith("latency: other processes used")]

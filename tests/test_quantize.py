@@ -136,7 +136,11 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     assert split["quantized_kernels_ms"] > 0 and 0 < split["quantized_kernel_share"] <= 1
     assert 0 < sum(split["largest_other_ops_ms"].values()) <= split["other_ms"] + 1e-3
     assert not any(op.startswith("QLinear") for op in split["largest_other_ops_ms"])
-    assert split["fp32_kernels_ms"] > 0 and split["speedup_bound"] > 1
+    # the bound is kernel time (fp32 model / int8 model's non-int8 kernels), not a speed
+    # claim: whether int8 is faster is the end-of-run timing's call (benchmarks/ holds those)
+    assert split["fp32_kernels_ms"] > 0 and split["speedup_bound"] == pytest.approx(
+        split["fp32_kernels_ms"] / split["other_ms"], abs=0.01
+    )
     # `calibration.method: auto` (the default) quantized with minmax and with percentile and
     # kept the one closer to fp32 on the calibration samples
     calibration = details["calibration"]

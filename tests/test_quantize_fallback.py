@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from mcomp.compressors.quantize.fallback import TIMING_BATCH
 from tests.helpers import run_recipe
 
 RECIPE = """\
@@ -124,8 +125,28 @@ def test_fallback_leaves_sensitive_nodes_in_float_until_the_budget_holds(outlier
             assert weights[node.input[1]].data_type == onnx.TensorProto.FLOAT
     assert details["int8_nodes"]["QuantizeLinear"] >= 1
     cost = fallback["latency_cost"]
-    assert cost["batch"] == 64 and cost["all_int8_ms"] > 0 and cost["chosen_ms"] > 0
+    assert cost["batch"] == TIMING_BATCH and cost["all_int8_ms"] > 0 and cost["chosen_ms"] > 0
+    # candidates scored on the first eval samples, the chosen one confirmed on all of them
+    assert {t["scored_on"] for t in trials[1:-1]} <= {"subset"}
+    assert trials[-1]["scored_on"] == "eval" and trials[-1]["float_nodes"] == len(floated)
+    ranked = [row["node"] for row in fallback["sensitivity"]]
+    assert set(ranked[: len(floated)]) == set(floated)  # the float nodes lead the ranking
+    assert all("local_error" in row for row in fallback["sensitivity"])
+    assert "output_error" in fallback["sensitivity"][0]
     assert result.ok
+    check_valid(model, outlier_dir)
+
+
+def test_the_search_stops_at_max_seconds_and_keeps_the_best_model(outlier_dir):
+    # a time budget smaller than one trial: the ranking is cut short, no trial is started
+    # after the time is spent, yet the plain int8 model is kept and written
+    result, model, warnings = quantize(
+        outlier_dir,
+        "{max_accuracy_drop: 0.0, fallback: {alternatives: false, max_seconds: 0.001}}",
+    )
+    fallback = result.report["stages"][0]["details"]["fallback"]
+    assert fallback["met"] is False and [t["label"] for t in fallback["trials"]] == ["plain"]
+    assert any("not met within 1 trial(s)" in w for w in warnings)
     check_valid(model, outlier_dir)
 
 

@@ -253,3 +253,90 @@ def test_an_opset_11_model_is_upgraded_for_per_channel_qdq(cnn):
     assert next(o.version for o in upgraded.opset_import if o.domain in ("", "ai.onnx")) == 13
     np.testing.assert_allclose(_run(upgraded, cnn["eval"]), _run(old, cnn["eval"]), atol=1e-5)
     assert upgrade_opset(cnn["fp32"]) is cnn["fp32"]  # recent models are left alone
+
+
+def test_preprocessing_that_grows_the_weights_is_redone_without_graph_optimisation(tmp_path):
+    """y = MatMul(x + Tile(b, 4096), W): onnxruntime's optimiser folds the Tile into a
+    4096-wide constant, making the file twice as large; mcomp pre-processes again with shape
+    inference only and keeps the weights as they are."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcomp.compressors.quantize.prepare import preprocess
+    from mcomp.progress import NullProgress
+
+    rng = np.random.default_rng(0)
+    width = 65536
+    graph = helper.make_graph(
+        [
+            helper.make_node("Tile", ["b", "repeats"], ["tiled"]),
+            helper.make_node("Add", ["x", "tiled"], ["shifted"]),
+            helper.make_node("MatMul", ["shifted", "W"], ["y"]),
+        ],
+        "grows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [
+            numpy_helper.from_array(rng.normal(size=(1, 16)).astype(np.float32), "b"),
+            numpy_helper.from_array(np.array([1, width // 16], np.int64), "repeats"),
+            numpy_helper.from_array(rng.normal(size=(width, 1)).astype(np.float32), "W"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "fp32.onnx"
+    onnx.save(model, source)
+
+    class Context:
+        progress = NullProgress()
+
+    prepared = preprocess(source, tmp_path / "prepared.onnx", Context())
+
+    assert prepared.stat().st_size <= 1.2 * source.stat().st_size
+    x = rng.normal(size=(2, width)).astype(np.float32)
+    np.testing.assert_allclose(_run(onnx.load(str(prepared)), x), _run(model, x), rtol=1e-4)
+
+
+def test_weights_held_in_constant_nodes_are_not_growth(tmp_path):
+    """Conv → BatchNormalization with every tensor in a Constant node (as PaddleOCR's files
+    hold them): folding the BN into the Conv's weights is the optimisation wanted, so it
+    stays (no BatchNormalization in the pre-processed model)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcomp.compressors.quantize.prepare import preprocess
+    from mcomp.progress import NullProgress
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "W": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "scale": rng.uniform(0.5, 2, 8).astype(np.float32),
+        "shift": rng.normal(size=8).astype(np.float32),
+        "mean": rng.normal(size=8).astype(np.float32),
+        "var": rng.uniform(0.5, 2, 8).astype(np.float32),
+    }
+    constants = [
+        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+        for name, value in tensors.items()
+    ]
+    graph = helper.make_graph(
+        [
+            *constants,
+            helper.make_node("Conv", ["x", "W"], ["c"]),
+            helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["y"]),
+        ],
+        "constants",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 10, 10])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "fp32.onnx"
+    onnx.save(model, source)
+
+    class Context:
+        progress = NullProgress()
+
+    prepared = onnx.load(str(preprocess(source, tmp_path / "prepared.onnx", Context())))
+
+    assert "BatchNormalization" not in {node.op_type for node in prepared.graph.node}
+    x = rng.normal(size=(2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(_run(prepared, x), _run(model, x), rtol=1e-4, atol=1e-5)

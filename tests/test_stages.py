@@ -186,3 +186,24 @@ def test_wrapper_prefixes_are_stripped_before_matching(tmp_path, monkeypatch):
     result, progress = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
     assert set(result.report["stages"][0]["details"]["layers"]) == {"0"}
     assert not progress.warnings  # 'module.2' matched the pattern '2'
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "auto"])
+def test_prune_then_int8_keeps_the_zeros(project, mode):
+    # setup: 70 % of the MLP's weights pruned, then int8 with every type left at auto
+    recipe = mlp_recipe(project, f"  - prune: {{sparsity: 0.7}}\n  - quantize: {{mode: {mode}}}\n")
+    # act
+    result, _ = run_recipe(recipe, project / "out")
+    # check: the int8 file holds the pruned zeros as the byte 0 (signed symmetric weights),
+    # and the report's sparsity after quantize is the pruned one
+    prune, quantize = result.report["stages"]
+    assert quantize["details"]["symmetric_weights"] is True
+    assert quantize["details"]["weight_type"] == "int8"
+    assert quantize["metrics"]["sparsity"] >= prune["metrics"]["sparsity"] - 0.01
+    model = onnx.load(str(project / "out" / "model.onnx"))
+    int8 = [
+        onnx.numpy_helper.to_array(init)
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2
+    ]
+    assert int8 and sum(int((w == 0).sum()) for w in int8) >= 0.69 * sum(w.size for w in int8)

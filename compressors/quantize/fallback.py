@@ -12,15 +12,18 @@ search tries, in order and within the trial/time budget:
    calibration methods not yet used (static mode). Entropy calibration clips an outlier
    activation range that minmax and percentile keep whole: on the test suite's outlier MLP it
    alone took accuracy from 0.28 back to 1.00 with no node in float;
-2. leaving nodes in float, most sensitive first, `group_size` more per trial. Sensitivity is
-   the local quantization error of a node, as `onnxruntime.quantization.qdq_loss_debug` measures
-   it: both models run with every intermediate tensor exposed (`quantize_sensitivity`), and a
-   node's score is the relative error of its output minus the largest relative error of its
-   inputs, so error a node merely inherits from upstream does not count against it.
+2. leaving nodes in float, most sensitive first. Static mode (float_search.py): every node
+   ranked by its local error (`onnxruntime.quantization.qdq_loss_debug`'s measure: its output's
+   relative error minus the largest of its inputs'), the top ones again by their error at the
+   model's output; candidates made by graph surgery and scored on an eval subset, the chosen
+   one confirmed on the whole split. Dynamic mode: the local ranking, `group_size` more nodes
+   per trial, each a new quantization scored on the whole split.
 
-The best model found is always returned (the first that meets the budget, else the best
-metric); `details.fallback` lists every trial's metric and excluded nodes, and the latency of
-the chosen model against the all-int8 one.
+Trials count against `max_trials` first and `max_seconds` second; a trial is not started
+once the time is spent (the candidate in hand is still confirmed). The best model found is
+always returned (the fewest float nodes that meet the budget, else the best metric);
+`details.fallback` lists every trial's metric, where it was scored and its float nodes, the
+sensitivity ranking, and the latency of the chosen model against the all-int8 one.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
 
 TOLERANCE = 1e-9  # the same slack as mcomp.report.constraints
 SENSITIVITY_SAMPLES = 64
-TIMING_BATCH = 64
+TIMING_BATCH = 8  # a detector's 64-image batch alone took gigabytes
+SENSITIVITY_ROWS = 20  # nodes of the ranking the report lists
 
 
 @dataclass
@@ -92,6 +96,9 @@ class Trial:
     excluded: frozenset[str]
     metric: float
     result: QuantizedModel = field(repr=False)
+    scope: str = "eval"  # "subset": scored on the first eval samples, against `drop`
+    drop: float | None = None  # a subset trial's drop against the subset's goal
+    seconds: float = 0.0
 
     @property
     def options(self) -> QuantizeOptions:
@@ -108,7 +115,7 @@ class FallbackResult:
     notes: list[str]
 
 
-class _Search:
+class Search:
     """The trials of one fallback search, within its trial and time budget."""
 
     def __init__(
@@ -130,23 +137,40 @@ class _Search:
         self.options, self.mode, self.goal = options, mode, goal
         self.limits = options.fallback
         self.trials: list[Trial] = []
+        self.sensitivity: list[dict] = []  # the static search's ranking, for the report
         self.started = time.perf_counter()
 
-    def record(self, label: str, excluded, result: QuantizedModel) -> Trial:
+    def record(self, label: str, excluded, result: QuantizedModel, started=None) -> Trial:
+        """Score `result` on the whole eval split as a trial."""
+        started = time.perf_counter() if started is None else started
         metric = self.ctx.evaluate(self.state.with_onnx(result.model))
         trial = Trial(label, frozenset(excluded), metric, result)
+        trial.seconds = time.perf_counter() - started
         self.trials.append(trial)
-        self.ctx.progress.log(
-            f"quantize fallback: {label}: {self.ctx.metric.name} "
-            f"{metric:.4f} (drop {self.goal.drop(metric):+.4f}, budget "
-            f"{self.goal.budget})"
-        )
+        self._log(trial, self.goal.drop(metric), "")
         return trial
 
-    def can_try(self) -> bool:
+    def record_subset(self, label, excluded, result, metric: float, goal: Goal, started):
+        """A trial scored on an eval subset against `goal`, the subset's goal."""
+        trial = Trial(label, frozenset(excluded), metric, result, "subset", goal.drop(metric))
+        trial.seconds = time.perf_counter() - started
+        self.trials.append(trial)
+        self._log(trial, trial.drop, " on the subset")
+        return trial
+
+    def _log(self, trial: Trial, drop: float, where: str) -> None:
+        self.ctx.progress.log(
+            f"quantize fallback: {trial.label}: {self.ctx.metric.name} {trial.metric:.4f}"
+            f"{where} (drop {drop:+.4f}, budget {self.goal.budget})"
+        )
+
+    def can_try(self, seconds: float = 0.0) -> bool:
+        """Whether another trial fits: trials first, then time (`seconds`: what the trial
+        is expected to take)."""
+        elapsed = time.perf_counter() - self.started
         return (
             len(self.trials) - 1 < self.limits.max_trials
-            and time.perf_counter() - self.started < self.limits.max_seconds
+            and elapsed + seconds < self.limits.max_seconds
         )
 
     def quantize(self, target: Path, options: QuantizeOptions, excluded: set[str]):
@@ -156,16 +180,22 @@ class _Search:
 
     def attempt(self, label: str, options: QuantizeOptions, excluded: set[str]) -> Trial:
         target = self.prepared_path.parent / f"trial{len(self.trials)}.onnx"
-        return self.record(label, excluded, self.quantize(target, options, excluded))
+        started = time.perf_counter()
+        return self.record(label, excluded, self.quantize(target, options, excluded), started)
+
+    def scored(self) -> list[Trial]:
+        return [t for t in self.trials if t.scope == "eval"]
 
     def best(self) -> Trial:
-        passing = [t for t in self.trials if self.goal.met(t.metric)]
-        if passing:  # fewest nodes in float, then the best metric
+        """Among the trials scored on the whole split: the fewest nodes in float that meet
+        the goal, then the best metric; else the best metric."""
+        passing = [t for t in self.scored() if self.goal.met(t.metric)]
+        if passing:
             return min(passing, key=lambda t: (len(t.excluded), self.goal.drop(t.metric)))
-        return min(self.trials, key=lambda t: self.goal.drop(t.metric))
+        return self.closest()
 
     def closest(self) -> Trial:
-        return min(self.trials, key=lambda t: self.goal.drop(t.metric))
+        return min(self.scored(), key=lambda t: self.goal.drop(t.metric))
 
 
 def fallback_search(
@@ -180,7 +210,7 @@ def fallback_search(
     mode: str,
 ) -> FallbackResult:
     """Search for a quantization within `goal`, starting from the plain one (`first`)."""
-    search = _Search(prepared, state, ctx, options=options, mode=mode, goal=goal)
+    search = Search(prepared, state, ctx, options=options, mode=mode, goal=goal)
     plain = search.record("plain", excluded, first)
     facts: dict[str, Any] = {
         "budget": goal.budget,
@@ -205,14 +235,19 @@ def fallback_search(
         _exclude_sensitive(search, excluded)
     chosen = search.best()
     met = goal.met(chosen.metric)
+    seconds = round(time.perf_counter() - search.started, 2)
+    result = _in_requested_format(search, chosen, options)
     facts.update(
         needed=True,
         met=met,
         chosen=chosen.label,
         trials=_trial_rows(search),
         float_nodes=sorted(chosen.excluded - excluded),
-        seconds=round(time.perf_counter() - search.started, 2),
-        latency_cost=_latency_cost(plain.result.model, chosen.result.model, ctx),
+        seconds=seconds,
+        sensitivity=search.sensitivity[:SENSITIVITY_ROWS],
+        latency_cost=(
+            _latency_cost(plain.result.model, result.model, ctx) if chosen is not plain else None
+        ),
     )
     if met:
         notes = [
@@ -228,10 +263,20 @@ def fallback_search(
         facts["message"] = message
         notes = [message]
         ctx.progress.warn(f"quantize: {message}")
-    return FallbackResult(chosen.result, set(chosen.excluded), facts, notes)
+    return FallbackResult(result, set(chosen.excluded), facts, notes)
 
 
-def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
+def _in_requested_format(search: Search, chosen: Trial, options: QuantizeOptions):
+    """The chosen trial's model; quantized again with its float nodes excluded when the
+    search edited a QDQ stand-in for a QOperator model."""
+    edited = search.mode == "static" and chosen.label.startswith("float ")
+    if not edited or options.format == "qdq":
+        return chosen.result
+    target = search.prepared_path.parent / "chosen.onnx"
+    return search.quantize(target, chosen.options, set(chosen.excluded))
+
+
+def _cheap_alternatives(search: Search, excluded: set[str]) -> Trial:
     """Per-channel weights, then the calibration methods the first quantization did not use;
     the best trial."""
     options = search.options
@@ -249,7 +294,8 @@ def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
                     (f"calibration {method}", {"per_channel": True, "calibration": calibration})
                 )
     for label, update in variants:
-        if not search.can_try():
+        # a new calibration costs about what the first quantization did
+        if not search.can_try(search.trials[0].seconds):
             break
         trial = search.attempt(label, options.model_copy(update=update), excluded)
         if search.goal.met(trial.metric):
@@ -257,16 +303,30 @@ def _cheap_alternatives(search: _Search, excluded: set[str]) -> Trial:
     return search.closest()
 
 
-def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
-    """Put the most sensitive nodes back in float, a group per trial, until the goal holds."""
-    from mcomp.compressors.quantize.sensitivity import rank_nodes
+def _exclude_sensitive(search: Search, excluded: set[str]) -> None:
+    """Put the most sensitive nodes back in float until the goal holds (trials appended)."""
+    import onnx
+
+    from mcomp.compressors.quantize.float_search import float_search
 
     base = search.closest()
+    if search.mode != "static":
+        _float_by_quantizing(search, excluded, base)
+        return
     analysed = base.result.model
-    if search.mode == "static" and base.options.format != "qdq":  # names are kept in QDQ only
+    if base.options.format != "qdq":  # surgery and names work on QDQ models only
         target = search.prepared_path.parent / "sensitivity.qdq.onnx"
         qdq = base.options.model_copy(update={"format": "qdq"})
         analysed = search.quantize(target, qdq, set(base.excluded)).model
+    float_search(search, excluded, base, analysed, onnx.load(str(search.prepared_path)))
+
+
+def _float_by_quantizing(search: Search, excluded: set[str], base: Trial) -> None:
+    """Dynamic mode: the nodes by local error, `group_size` more per trial, each trial a
+    new quantization (dynamic models have no Q/DQ pairs to edit)."""
+    from mcomp.compressors.quantize.sensitivity import rank_nodes
+
+    analysed = base.result.model
     ranking = rank_nodes(
         search.prepared_path,
         analysed,
@@ -275,6 +335,7 @@ def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
         skip=set(base.excluded),
         samples=SENSITIVITY_SAMPLES,
     )
+    search.sensitivity = [{"node": name, "local_error": score} for name, score in ranking]
     floated = set(base.excluded)
     group = search.limits.group_size
     trial = base
@@ -289,7 +350,6 @@ def _exclude_sensitive(search: _Search, excluded: set[str]) -> Trial:
         )
         if search.goal.met(trial.metric):
             break
-    return trial
 
 
 def _with_gemm_alias(names: list[str], mode: str) -> set[str]:
@@ -299,15 +359,17 @@ def _with_gemm_alias(names: list[str], mode: str) -> set[str]:
     return {n[: -len("_matmul")] if n.endswith("_matmul") else n for n in names} | set(names)
 
 
-def _trial_rows(search: _Search) -> list[dict[str, Any]]:
+def _trial_rows(search: Search) -> list[dict[str, Any]]:
     return [
         {
             "label": t.label,
             "metric": round(t.metric, 6),
-            "drop": round(search.goal.drop(t.metric), 6),
+            "drop": round(search.goal.drop(t.metric) if t.drop is None else t.drop, 6),
+            "scored_on": t.scope,
             "float_nodes": len(t.excluded),
             "per_channel": t.options.per_channel,
             "calibration": t.options.calibration.method,
+            "seconds": round(t.seconds, 2),
         }
         for t in search.trials
     ]

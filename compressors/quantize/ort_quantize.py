@@ -2,8 +2,9 @@
 method (static) or none (dynamic), plus the two edits mcomp makes to the result.
 
 Static mode calls `quantize_static` (QDQ or QOperator) with a `CalibrationReader` that streams
-the calibration split; `entropy` ranges are computed by mcomp (`entropy.py`) and handed over
-as tensor overrides, since onnxruntime's own entropy calibrator returns minmax's ranges.
+the calibration split; `mean_minmax`, `mse` and `entropy` ranges are computed by mcomp from
+its statistics (ranges.py) and handed over as tensor overrides (onnxruntime's own entropy
+calibrator returns minmax's ranges at its default 128 bins and is a slow Python loop at 2048).
 Dynamic mode calls `quantize_dynamic` on MatMul-family ops after rewriting Gemm as
 MatMul + Add (onnxruntime's dynamic quantizer skips Gemm); convolutions never, since
 ConvInteger ran slower than fp32 on these machines. Afterwards the graph outputs are made
@@ -43,7 +44,7 @@ QUANTIZED_OPS = {
     "DynamicQuantizeLSTM",
 }
 # activation ranges mcomp estimates itself from its statistics (ranges.py)
-MCOMP_METHODS = {"mean_minmax", "mse"}
+MCOMP_METHODS = {"mean_minmax", "mse", "entropy"}
 # dynamic mode never quantizes Conv: ConvInteger ran slower than fp32 on these machines
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "LSTM", "GRU", "Gather"]
 
@@ -139,27 +140,17 @@ def _quantize_static(
     reader_samples = calib.samples
     if method in MCOMP_METHODS:
         from mcomp.compressors.quantize.ranges import HISTOGRAM_METHODS, activation_ranges
+        from mcomp.compressors.quantize.statistics import HISTOGRAM_BINS
 
         stats = prepared.statistics.get(histograms=method in HISTOGRAM_METHODS)
         ranges = activation_ranges(stats, method, symmetric=options.symmetric_activations)
         overrides = {**ranges, **overrides}  # QAT's learned ranges win
         samples = next(iter(stats.values())).samples if stats else 0
         # every activation has its range: onnxruntime's own pass needs one batch only
-        method, facts, reader_samples = "minmax", {"estimated_samples": samples}, 1
-    if method == "entropy":
-        from mcomp.compressors.quantize.entropy import HISTOGRAM_BINS, entropy_ranges
-
-        # ORT's own entropy calibration gives minmax's ranges (see entropy.py): mcomp
-        # computes them, and ORT's minmax pass is only what the quantizer needs
-        ranges = entropy_ranges(
-            source,
-            CalibrationReader(ctx, fp32, calib.samples),
-            symmetric=options.symmetric_activations,
-            folder=target.parent,
-        )
-        ctx.progress.finish()
-        overrides = {**ranges, **overrides}  # QAT's learned ranges win
-        method, facts = "minmax", {"histogram_bins": HISTOGRAM_BINS}
+        facts = {"estimated_samples": samples}
+        if method in HISTOGRAM_METHODS:
+            facts["histogram_bins"] = HISTOGRAM_BINS
+        method, reader_samples = "minmax", 1
     reader = CalibrationReader(ctx, fp32, reader_samples)
     methods = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile}
     extra = {

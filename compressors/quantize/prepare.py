@@ -20,11 +20,61 @@ def preprocess(source: Path, target: Path, ctx: StageContext) -> Path:
         try:
             with working_directory(target.parent):
                 quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+        except Exception:
+            continue
+        if not _grew_constants(source, target):
+            return target
+        # onnxruntime's graph optimisation folds constants into new, larger ones: on a
+        # TensorFlow audio model (basic-pitch) it made the file 2.5x larger, and the int8
+        # model with it; shape inference alone keeps the constants as they are. Folding
+        # into a Conv/Gemm/MatMul weight is wanted (a clustered model's codebook lookup
+        # becomes a weight the quantizer makes one byte per value), so only other
+        # constants count.
+        try:
+            with working_directory(target.parent):
+                quant_pre_process(
+                    str(source),
+                    str(target),
+                    skip_optimization=True,
+                    skip_symbolic_shape=skip_symbolic,
+                )
+            ctx.progress.log(
+                "quantize: onnxruntime's graph optimisation grew the model; pre-processed "
+                "without it"
+            )
             return target
         except Exception:
             continue
     ctx.progress.warn("quantize: onnxruntime pre-processing failed; quantizing the model as is")
     return source
+
+
+GROWTH_LIMIT = 0.2  # of the model's weight bytes: constants folding may add, beyond weights
+WEIGHT_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _grew_constants(source: Path, target: Path) -> bool:
+    """Whether pre-processing added more bytes of constants that are not Conv/Gemm/MatMul
+    weights than GROWTH_LIMIT of the source's constant bytes (initializers and Constant
+    nodes: PaddleOCR's files hold every weight in Constant nodes)."""
+    import onnx
+
+    def constant_bytes(model) -> tuple[int, int]:
+        weights = {
+            node.input[1]
+            for node in model.graph.node
+            if node.op_type in WEIGHT_READERS and len(node.input) > 1
+        }
+        sizes = {init.name: init.ByteSize() for init in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output:
+                sizes[node.output[0]] = sum(a.ByteSize() for a in node.attribute)
+        other = sum(size for name, size in sizes.items() if name not in weights)
+        return other, sum(sizes.values())
+
+    before, total = constant_bytes(onnx.load(str(source)))
+    after, _ = constant_bytes(onnx.load(str(target)))
+    return after - before > GROWTH_LIMIT * max(total, 1)
 
 
 # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) exist from opset 13; older

@@ -9,6 +9,11 @@
   expected squared error of 8-bit quantization of the tensor's histogram (rounding error
   against clipping error; Banner et al. 2019, "ACIQ", and the search NNCF and TensorRT use).
 - `percentile`: the `p`-th percentiles of the histogram at both ends.
+- `entropy`: the symmetric clipping threshold whose 128-level quantized histogram is closest
+  to the real one in KL divergence (TensorRT's method, onnxruntime's formula), computed here
+  on the 2048-bin histograms mcomp collects anyway.
+  onnxruntime's own calibrator runs the same search as a Python loop per candidate: 304 s on
+  a 0.6 M-parameter OCR classifier, against well under a second here.
 
 Every range contains 0 (so zero is exact, as padding and ReLU need).
 """
@@ -22,7 +27,9 @@ from mcomp.compressors.quantize.statistics import TensorStatistics
 # candidate shrink factors of the min/max range: geometric, so a range set by one outlier
 # 50x the bulk can still shrink to the bulk
 MSE_FACTORS = np.geomspace(1.0, 0.01, 121)
-HISTOGRAM_METHODS = {"mse", "percentile"}
+HISTOGRAM_METHODS = {"mse", "percentile", "entropy"}
+QUANTIZED_BINS = 128  # the KL search's quantized levels (onnxruntime's and TensorRT's)
+ENTROPY_CANDIDATES = 240  # thresholds tried (onnxruntime tries all 961 of 2048 bins)
 
 
 def activation_ranges(
@@ -53,6 +60,8 @@ def _range(entry: TensorStatistics, method: str, percentile: float, symmetric: b
         return _percentiles(entry, percentile)
     if method == "mse":
         return mse_range(entry, symmetric=symmetric, levels=levels)
+    if method == "entropy":
+        return entropy_range(entry)
     raise ValueError(f"unknown activation range method {method!r}")
 
 
@@ -84,3 +93,53 @@ def mse_range(
     errors = ((restored - centers[None, :]) ** 2 * counts[None, :]).sum(axis=1)
     best = int(np.argmin(errors))
     return float(lows[best]), float(highs[best])
+
+
+def entropy_range(entry: TensorStatistics) -> tuple[float, float]:
+    """onnxruntime's KL-divergence threshold search (`HistogramCalibrater` with 2048 bins,
+    `get_entropy_threshold`), the same formula, vectorised per candidate and run on mcomp's
+    histogram re-binned onto onnxruntime's symmetric [-max|x|, max|x|] bins."""
+    bound = max(abs(entry.low), abs(entry.high))
+    if bound == 0:
+        return entry.low, entry.high
+    bins = len(entry.histogram)
+    hist, edges = np.histogram(
+        entry.bin_centers(), bins=bins, range=(-bound, bound), weights=entry.histogram
+    )
+    zero, half = bins // 2, QUANTIZED_BINS // 2
+    candidates = np.unique(np.linspace(half, zero, ENTROPY_CANDIDATES).astype(int))
+    divergences = [_ort_divergence(hist, zero - i, min(zero + i + 1, bins)) for i in candidates]
+    i = int(candidates[int(np.argmin(divergences))])
+    low, high = float(edges[zero - i]), float(edges[min(zero + i + 1, bins)])
+    return max(low, entry.low), min(high, entry.high)
+
+
+def _ort_divergence(hist: np.ndarray, start: int, end: int) -> float:
+    """KL(p || q) of one candidate slice, as onnxruntime computes it: p the slice with the
+    outliers added to its end bins, q the slice merged into `QUANTIZED_BINS` levels, each
+    level's mass spread over the bins where p is non-zero (integer division, as there)."""
+    sliced = hist[start:end]
+    p = sliced.copy()
+    p[0] += hist[:start].sum()
+    p[-1] += hist[end:].sum()
+    merged = len(sliced) // QUANTIZED_BINS
+    body = QUANTIZED_BINS * merged
+    levels = sliced[:body].reshape(QUANTIZED_BINS, merged).sum(axis=1)
+    levels[-1] += sliced[body:].sum()
+    norm = (p[:body] != 0).reshape(QUANTIZED_BINS, merged).sum(axis=1)
+    q = np.zeros(len(p))
+    q[:body] = np.repeat(np.where(norm > 0, np.trunc(levels / np.maximum(norm, 1)), 0), merged)
+    p, q = _smooth(p), _smooth(q)
+    if p is None or q is None:
+        return np.inf
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(np.where(p > 0, p * np.log(p / q), 0.0)))
+
+
+def _smooth(values: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
+    """onnxruntime's smooth_distribution: zeros get `eps`, taken off the non-zero bins."""
+    zeros = values == 0
+    if zeros.all():
+        return None
+    taken = eps * zeros.sum() / (~zeros).sum()
+    return values.astype(np.float64) + np.where(zeros, eps, -taken)

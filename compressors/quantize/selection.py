@@ -44,12 +44,19 @@ def resolve_types(options: QuantizeOptions, model) -> QuantizeOptions:
     from mcomp.measure.cpu_features import cpu_features
 
     isa, machine = cpu_features(), platform.machine()
-    update: dict = {
+    update: dict = {}
+    if options.symmetric_weights == "auto":
+        update["symmetric_weights"] = weight_sparsity(model) >= SPARSE_WEIGHTS
+    if update.get("symmetric_weights") and options.weight_type == "auto":
+        # a pruned model's zeros stay the byte 0 only in signed weights: symmetric uint8
+        # weights store 0.0 as their zero point, 128 (the file compresses as well, but the
+        # report's sparsity would fall to the accidental zeros)
+        update["weight_type"] = "int8"
+    options = options.model_copy(update=update)
+    update = {
         "weight_type": effective_weight_type(options, isa, machine),
         "reduce_range": effective_reduce_range(options, isa, machine),
     }
-    if options.symmetric_weights == "auto":
-        update["symmetric_weights"] = weight_sparsity(model) >= SPARSE_WEIGHTS
     return options.model_copy(update=update)
 
 

@@ -174,13 +174,17 @@ def rank_by_output(
     threads: int,
     classification: bool,
     progress=None,
+    deadline: float | None = None,
 ) -> list[tuple[str, float]]:
     """`candidates` by the output error of quantizing each alone (every other node of the
     static QDQ model `quantized` in float), most sensitive first: (name, error).
 
     The practice of AIMET, Quark and onnxsim's study (per-layer quantization measured at the
     model's output on a few dozen samples ranks layers like the full metric does); the
-    models are built by editing the graph (float_nodes.py), not by quantizing again."""
+    models are built by editing the graph (float_nodes.py), not by quantizing again. Past
+    `deadline` (a `time.perf_counter()` value) the nodes not yet measured are left out."""
+    import time
+
     from mcomp.compressors.quantize.float_nodes import quantized_nodes, with_nodes_in_float
     from mcomp.compressors.quantize.int8_check import float_outputs
     from mcomp.measure.ort_session import create_session
@@ -191,6 +195,8 @@ def rank_by_output(
     if progress is not None:
         progress.start("ranking nodes by sensitivity", total=len(candidates))
     for name in candidates:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         alone = with_nodes_in_float(quantized, fp32, everything - {name})
         session = create_session(alone.SerializeToString(), threads)
         outputs = [np.asarray(o, np.float64) for o in session.run(None, feed)]

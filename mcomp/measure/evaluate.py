@@ -35,6 +35,18 @@ def evaluate_metric(model: ModelState, ctx: StageContext) -> float:
     return ctx.metric.fn(outputs, ctx.datasets.eval.labels, ctx.reference_outputs)
 
 
+def evaluate_metric_on_first(model: ModelState, ctx: StageContext, count: int) -> float:
+    """The task metric of `model` on the first `count` samples of the eval split: a cheap
+    score that a search confirms on the whole split (the quantize fallback)."""
+    split = ctx.datasets.eval
+    if count >= len(split):
+        return evaluate_metric(model, ctx)
+    part = split.subset(np.arange(count))
+    outputs = predict_split(model, part, batch_size=ctx.batch_size, threads=ctx.threads)
+    reference = None if ctx.reference_outputs is None else ctx.reference_outputs[:count]
+    return ctx.metric.fn(_finite(outputs), part.labels, reference)
+
+
 def evaluate_all(model: ModelState, ctx: StageContext) -> tuple[float, dict[str, float]]:
     """The task metric and the fidelity metrics, from one pass over the eval split."""
     outputs = _finite(eval_outputs(model, ctx))
