@@ -49,7 +49,13 @@ def rewrite_for_int8(
     equalization = mode == "static" and (
         wanted is True or (wanted == "auto" and not options.per_channel)
     )
-    smoothing = mode in ("static", "dynamic") and options.smoothquant.enabled is not False
+    # auto smooths dynamic int8 only: in static mode, on the test suite's MLP with outlier
+    # units, it won on calibration output error yet left the accuracy budget unmet even
+    # with the fallback (met without it); docs/quantization.md
+    smooth_wanted = options.smoothquant.enabled
+    smoothing = (mode == "static" and smooth_wanted is True) or (
+        mode == "dynamic" and smooth_wanted is not False
+    )
     if not (equalization or smoothing):
         return prepared, {}
     if learned:  # `auto` steps aside silently; an explicit `true` is told why
@@ -69,6 +75,8 @@ def rewrite_for_int8(
     if smoothing:
         start = time.perf_counter()
         current, facts["smoothquant"] = _smoothquant(current, options, scorer, excluded)
+        # the inserted Muls stay float (smoothquant.py); `excluded` is the stage's own set
+        excluded |= set(facts["smoothquant"].pop("mul_nodes", []))
         facts["smoothquant"]["seconds"] = round(time.perf_counter() - start, 2)
     if current is not prepared:
         import onnx
@@ -126,7 +134,7 @@ class Scorer:
     def samples(self) -> int | None:
         return self.options.calibration.samples
 
-    def error(self, model, tag: str) -> float:
+    def error(self, model, tag: str, float_nodes: list[str] | None = None) -> float:
         if id(model) not in self.known:
             prepared = self.save(model, tag)
             quantized = quantize_once(
@@ -134,7 +142,7 @@ class Scorer:
                 self.folder / f"rewrite.{tag}.int8.onnx",
                 self.options,
                 mode=self.mode,
-                excluded=self.excluded,
+                excluded=self.excluded | set(float_nodes or []),
                 ctx=self.ctx,
             )
             feed, reference = self.reference()
@@ -201,7 +209,9 @@ def _smoothquant(model, options: QuantizeOptions, scorer: Scorer, excluded: set[
         candidate, facts = candidates[alphas[0]]
         return candidate, {"applied": True, **facts}
     scorer.ctx.progress.log("quantize: measuring SmoothQuant strengths")
-    errors = {str(a): scorer.error(c, f"smooth{a}") for a, (c, _) in candidates.items()}
+    errors = {
+        str(a): scorer.error(c, f"smooth{a}", f["mul_nodes"]) for a, (c, f) in candidates.items()
+    }
     if settings.enabled == "auto":
         errors["off"] = scorer.error(model, "plain")
     best = min(errors, key=errors.get)

@@ -49,8 +49,9 @@ class SmoothQuantOptions(StageOptions):
         "auto",
         description="true: divide each MatMul/Gemm input channel j by s_j = max|X_j|^alpha / "
         "max|W_j|^(1-alpha) (folded into the LayerNorm, Mul, Add or MatMul that produces it, "
-        "else a Mul node) and multiply the weight rows by s_j; auto: only where the input has "
-        "outlier channels and the int8 output error on calibration samples is lower with it.",
+        "else a Mul node, kept float) and multiply the weight rows by s_j; auto: dynamic mode "
+        "only, where the input has outlier channels and the int8 output error on calibration "
+        "samples is lower with it (static mode: only with `true`).",
     )
     alpha: float | Literal["auto"] = Field(
         "auto",

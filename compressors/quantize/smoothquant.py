@@ -74,11 +74,13 @@ def smooth(
 ) -> dict[str, Any]:
     """Apply SmoothQuant with `alpha` to `model` (a ModelProto, edited in place), channel
     ranges from `stats` (of this model); with `outlier_ratio`, only inputs with outlier
-    channels. Returns facts: groups smoothed, folded vs Mul nodes inserted."""
+    channels. Returns facts: groups smoothed, folded vs Mul nodes inserted (`mul_nodes`:
+    their names, to be left in float)."""
     from onnx import numpy_helper
 
     arrays = {init.name: init for init in model.graph.initializer}
     facts = {"alpha": alpha, "inputs": 0, "nodes": 0, "folded": 0, "mul_inserted": 0}
+    float_muls: list[str] = []
     for group in smoothing_groups(model, excluded):
         entry = stats.get(group.tensor)
         if entry is None or entry.last_absmax is None:
@@ -98,10 +100,11 @@ def smooth(
         if _fold_division(model, group, scale, arrays):
             facts["folded"] += 1
         else:
-            _insert_division(model, group, scale)
+            float_muls.append(_insert_division(model, group, scale))
             facts["mul_inserted"] += 1
         facts["inputs"] += 1
         facts["nodes"] += len(group.nodes)
+    facts["mul_nodes"] = float_muls
     return facts
 
 
@@ -185,7 +188,9 @@ def _last_axis(init, channels: int) -> bool:
     return all(d == 1 for d in dims) or (dims[-1] == channels and all(d == 1 for d in dims[:-1]))
 
 
-def _insert_division(model, group: Group, scale: np.ndarray) -> None:
+def _insert_division(model, group: Group, scale: np.ndarray) -> str:
+    """Insert Mul(X, 1/s) in front of the group; returns its name. It must stay float in
+    static QDQ: quantizing its input would quantize X with its outliers after all."""
     from onnx import helper, numpy_helper
 
     name = f"{group.tensor}_smoothed"
@@ -196,3 +201,4 @@ def _insert_division(model, group: Group, scale: np.ndarray) -> None:
     model.graph.node.insert(first, mul)
     for node, _, _ in group.nodes:
         node.input[0] = name
+    return mul.name
