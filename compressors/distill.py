@@ -1,4 +1,4 @@
-"""Knowledge distillation: train a student against a teacher's softened outputs.
+"""Knowledge distillation: train a student against a teacher's outputs, labels optional.
 
     - distill:
         teacher: null            # default: the original model (before any stage ran)
@@ -7,7 +7,9 @@
           factory_args: {width: 8}
           init_from_teacher: true  # copy teacher weights where names and shapes match
         temperature: 4.0
-        alpha: 0.9               # alpha * T^2 * KL + (1 - alpha) * cross-entropy
+        alpha: 0.9               # alpha * distillation + (1 - alpha) * task loss (with labels)
+        loss: auto               # on model.output: kl (classification) | mse | cosine | bce
+        outputs: [{output: logits, loss: kl, weight: 1.0}]   # or several, weighted
         hints: [{student: "2", teacher: "2", weight: 1.0}]   # FitNets feature hints
         epochs: 5
         lr: 0.001
@@ -65,13 +67,12 @@ class DistillStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
-        from mcomp.training.distillation import check_hints, check_outputs, check_task, load_teacher
+        from mcomp.training.distillation import check_distill, check_hints, load_teacher
 
-        check_task(ctx, self.name)
         teacher = load_teacher(self.options, ctx, self.name)
         student = self._build_student() if self.options.student else model.module
         check_hints(student, teacher, self.options.hints, self.name)
-        check_outputs(student, teacher, model, self.name)
+        check_distill(student, teacher, model, self.options, ctx, self.name)
 
     def runs_on_all_ranks(self) -> bool:
         return True  # trains: every rank under DistributedDataParallel
@@ -90,6 +91,7 @@ class DistillStage(Stage):
             ctx.facts.masks = {}  # pruning masks belong to the old architecture
             self.notes.append(f"new student from {opts.student.factory}")
         masks = training_masks(model.module, ctx.facts.masks)
+        self.notes += ctx.datasets.train_notes()
         self.details = distill_train(
             model, ctx, opts.train_config(), opts, masks=masks, label=self.name
         )

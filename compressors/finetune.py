@@ -7,6 +7,7 @@
         schedule: cosine       # constant | cosine | step
         batch_size: 64
         distill: {temperature: 4, alpha: 0.9}   # optional: train against the original model
+        # (data.train without labels: distils from the original model by default)
         qat: false             # true: fake int8 (see the qat stage); quantize uses the ranges
 
 Weights that an earlier `prune` stage set to zero stay zero (its masks are re-applied after
@@ -14,7 +15,9 @@ every optimizer step; weights already zero in a loaded model are kept at zero to
 sparsity after finetune equals the sparsity before. The train loss of each epoch and the eval
 metric are reported, and the best eval checkpoint is restored at the end. With `distill:` the
 loss is the distillation loss of `mcomp.training.distillation` (teacher, temperature, alpha,
-hints), the same code as the `distill` stage. The training options are the shared
+hints, a loss per output), the same code as the `distill` stage. A train split without labels
+distils from the original model with the default settings (a log line and a report note say
+so): a pruned model is recovered from its inputs alone. The training options are the shared
 `TrainingOptions` (`mcomp.training.options`).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
 from mcomp.training.distillation import DistillSettings
@@ -57,18 +61,34 @@ class FinetuneStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
-        if self.options.distill is not None:
-            from mcomp.training.distillation import (
-                check_hints,
-                check_outputs,
-                check_task,
-                load_teacher,
-            )
+        from mcomp.training.distillation import check_distill, check_hints, load_teacher
 
-            check_task(ctx, self.name)
-            teacher = load_teacher(self.options.distill, ctx, self.name)
-            check_hints(model.module, teacher, self.options.distill.hints, self.name)
-            check_outputs(model.module, teacher, model, self.name)
+        split = ctx.datasets.train
+        if split is None:
+            raise StageError(
+                "finetune: needs train inputs and the recipe gives none; add `data.train` "
+                "(without labels it distils from the original model), or opt in to "
+                "`data.train_from: [calibration]`"
+            )
+        if self.options.qat and split.labels is None:
+            raise StageError(
+                "finetune: qat: true trains on labels and data.train has none; add labels "
+                "(`labels: y`), or recover with `finetune: {distill: {}}` and quantize after"
+            )
+        settings = self._distill_settings(ctx)
+        if settings is not None:
+            teacher = load_teacher(settings, ctx, self.name)
+            check_hints(model.module, teacher, settings.hints, self.name)
+            check_distill(model.module, teacher, model, settings, ctx, f"{self.name}.distill")
+
+    def _distill_settings(self, ctx: StageContext) -> DistillSettings | None:
+        """`distill:`, else the defaults (the original model as teacher) when the train split
+        has no labels: recovering a pruned model needs its inputs only."""
+        if self.options.distill is not None:
+            return self.options.distill
+        if ctx.datasets.train is not None and ctx.datasets.train.labels is None:
+            return DistillSettings()
+        return None
 
     def runs_on_all_ranks(self) -> bool:
         return True
@@ -78,6 +98,7 @@ class FinetuneStage(Stage):
         from mcomp.training.masks import training_masks
 
         masks = training_masks(model.module, ctx.facts.masks)
+        self.notes += ctx.datasets.train_notes()
         config = self.options.train_config()
         if self.options.qat:
             from mcomp.compressors.qat.train import qat_train
@@ -86,11 +107,22 @@ class FinetuneStage(Stage):
                 model, ctx, config, masks=masks, ema=QAT_EMA, label=self.name
             )
             return model.with_module(model.module)
-        if self.options.distill is not None:
+        settings = self._distill_settings(ctx)
+        if settings is not None:
             from mcomp.training.distillation import distill_train
 
+            if self.options.distill is None:
+                note = "data.train has no labels: distilled from the original model"
+                ctx.progress.log(f"finetune: {note} (finetune.distill sets how)")
+                self.notes.append(note)
             self.details = distill_train(
-                model, ctx, config, self.options.distill, masks=masks, label=self.name
+                model,
+                ctx,
+                config,
+                settings,
+                masks=masks,
+                label=self.name,
+                key=f"{self.name}.distill",
             )
             return model.with_module(model.module)
         result = train_module(model, ctx, config, masks=masks)

@@ -13,11 +13,13 @@ from mcomp.progress import Progress
 
 def layer_candidates(root, layer_types: list[str]) -> list[tuple[str, Any]]:
     """(name, module) of every module of `layer_types`, names without wrapper prefixes
-    (`module.`, `_orig_mod.`), in `named_modules()` order."""
+    (`module.`, `_orig_mod.`), in `named_modules()` order. TorchScript modules and an
+    exported program's submodules count by the layer they compute (`layer_kinds`)."""
+    from mcomp.model.modes import layer_kinds
+
+    kinds = layer_kinds(root)
     return [
-        (strip_wrapper_prefix(n), m)
-        for n, m in root.named_modules()
-        if type(m).__name__ in layer_types
+        (strip_wrapper_prefix(n), m) for n, m in root.named_modules() if kinds.get(n) in layer_types
     ]
 
 
@@ -40,8 +42,8 @@ def select_layers(
     kinds = "/".join(layer_types)
     if not candidates and verb:
         raise StageError(
-            f"{label}: the model has no {kinds} modules to {verb} (a .pt2 or TorchScript "
-            "file keeps none); load a state_dict with its `model.factory` instead"
+            f"{label}: the model has no {kinds} modules to {verb}; include other "
+            "`layer_types`, or check `model.path` names the model you mean"
         )
     for pattern in include + exclude:
         if progress and not any(fnmatch.fnmatchcase(n, pattern) for n, _ in candidates):

@@ -55,7 +55,9 @@ def import_factory(
         raise MCompError(
             f"{key}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from None
-    target = getattr(module, attr, None)
+    target = module
+    for part in attr.split("."):  # `module:Class.from_pretrained`
+        target = getattr(target, part, None)
     if not callable(target):
         raise MCompError(f"{key}: {module_name!r} has no callable {attr!r}")
     return target

@@ -85,3 +85,30 @@ def run_warnings(progress) -> list[str]:
     """The run's warnings less the machine-load note (other processes on a shared machine
     while latency was timed: a fact about the machine, not about what the test checks)."""
     return [w for w in progress.warnings if not w.startswith("latency: other processes used")]
+
+
+def without_timings(report: dict) -> dict:
+    """A copy of `report` without what differs between identical runs: timings and what
+    follows from them (the end-of-run latency and speed-ups, the quantize stage's speed
+    check, profile, advice and int8 verdict), where it was written, whether a stage was
+    reused."""
+    import json
+
+    report = json.loads(json.dumps(report))
+    for entry in [report["baseline"], *report["stages"]]:
+        entry.pop("seconds")
+        entry.pop("resumed", None)
+        for key in ("latency_ms_b1", "latency_ms_batch", "latency", "speedup"):
+            entry["metrics"].pop(key, None)
+        for key in ("speed_check", "time_split", "speed_advice"):
+            entry.get("details", {}).pop(key, None)
+        entry["notes"] = [
+            n.split("; parity")[0]
+            for n in entry.get("notes", [])
+            if "its fp32 input at batch" not in n and "resume cache" not in n
+        ]
+    report.pop("latency", None)  # how the timing went: rounds, the machine's load
+    report.pop("artifacts")
+    report["final"] = report["final"]["metrics"]["metric"]
+    report["constraints"] = [c for c in report["constraints"] if c["name"] != "min_speedup"]
+    return report

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import FAST
+from tests.helpers import without_timings
 
 REPORT_METRICS = {
     "params",
@@ -135,28 +136,6 @@ def test_same_recipe_gives_the_same_report_save_timings(quickstart, run_mcomp, t
     folder, first = quickstart
     second = run_mcomp("run", "quickstart", "--json", *FAST, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
-
-    def without_timings(report: dict) -> dict:
-        for entry in [report["baseline"], *report["stages"]]:
-            entry.pop("seconds")
-            # the end-of-run timing: medians, their spread and the speed-ups over the baseline
-            for key in ("latency_ms_b1", "latency_ms_batch", "latency", "speedup"):
-                entry["metrics"].pop(key, None)
-        report.pop("latency")  # how the timing went: rounds, the machine's load
-        report["final"].pop("delta")
-        report["final"]["metrics"] = None
-        report.pop("artifacts")
-        report["constraints"] = [c for c in report["constraints"] if c["name"] != "min_speedup"]
-        for entry in report["stages"]:
-            # the quantize stage's own fp32-vs-int8 timing and profile, and the note they
-            # may lead to
-            entry["details"].pop("speed_check", None)
-            entry["details"].pop("time_split", None)
-            entry["details"].pop("speed_advice", None)  # quotes time_split's milliseconds
-            entry["notes"] = [
-                n.split("; parity")[0] for n in entry["notes"] if "faster than its fp32" not in n
-            ]
-        return report
 
     assert without_timings(json.loads(first.stdout)) == without_timings(json.loads(second.stdout))
     assert (folder / "mcomp-out" / "model.onnx").read_bytes() == (

@@ -4,7 +4,6 @@ not sign is never unpickled."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from mcomp.errors import StageError
 from mcomp.progress import NullProgress
 from mcomp.run.resume import MAGIC
-from tests.helpers import mlp_recipe, write_mlp_project
+from tests.helpers import mlp_recipe, without_timings, write_mlp_project
 
 # channel pruning changes the module's shapes: the cache must keep its structure
 STAGES = """\
@@ -77,28 +76,6 @@ def copy_of(full_out: Path, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     shutil.copytree(full_out, out)
     return out
-
-
-def without_timings(report: dict) -> dict:
-    """The report save what differs between identical runs: timings, where it was written,
-    and whether a stage was reused."""
-    report = json.loads(json.dumps(report))
-    for entry in [report["baseline"], *report["stages"]]:
-        entry.pop("seconds")
-        entry.pop("resumed", None)
-        for key in ("latency_ms_b1", "latency_ms_batch"):
-            entry["metrics"].pop(key)
-        entry.get("details", {}).pop("speed_check", None)
-        entry.get("details", {}).pop("time_split", None)
-        entry["notes"] = [
-            n.split("; parity")[0]
-            for n in entry.get("notes", [])
-            if "not faster" not in n and "resume cache" not in n
-        ]
-    report.pop("artifacts")
-    report["final"] = report["final"]["metrics"]["metric"]
-    report["constraints"] = [c for c in report["constraints"] if c["name"] != "min_speedup"]
-    return report
 
 
 def reused(progress: NullProgress) -> list[str]:

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mcomp.compressors.prune.batchnorm import FoldedImportance, conv_bn_pairs
+from mcomp.compressors.prune.channel_allocation import (
+    MAX_LAYER_RATIO,
+    allocate,
+    channels_of,
+    importance_groups,
+    ratio_dict,
+)
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
@@ -18,8 +26,6 @@ if TYPE_CHECKING:
     from mcomp.compressors.prune.options import PruneOptions
     from mcomp.model.state import ModelState
     from mcomp.stage import StageContext
-
-MAX_LAYER_RATIO = 0.9  # global ranking may not empty a layer completely
 
 
 def prune_channels(
@@ -39,6 +45,8 @@ def prune_channels(
     import torch_pruning as tp
 
     macs_before, params_before = tp.utils.count_ops_and_params(module, example)
+    shrinkable = _shrinkable(module, ignored)
+    channels_before = channels_of(shrinkable)
     if target_macs_ratio is not None:
         ratio = _ratio_for_macs(
             module,
@@ -51,19 +59,31 @@ def prune_channels(
             grad_batches,
             loss_fn,
         )
-    pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to)
-    if importance == "taylor":
+    if importance == "taylor":  # before the pruner: a global allocation ranks when it is made
         _accumulate_gradients(module, grad_batches, loss_fn)
+    pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to)
     pruner.step()
     module.zero_grad(set_to_none=True)
     macs_after, params_after = tp.utils.count_ops_and_params(module, example)
     return {
         "channel_ratio": round(ratio, 4),
+        # what was removed of the prunable layers' channels (a layer keeps at least a tenth,
+        # `round_to` rounds): the report shows it beside the requested ratio
+        "channel_ratio_achieved": round(1 - channels_of(shrinkable) / max(channels_before, 1), 4),
         "macs_before": int(macs_before),
         "macs_after": int(macs_after),
         "params_before": int(params_before),
         "params_after": int(params_after),
     }
+
+
+def _shrinkable(module, ignored: list) -> list:
+    """The Conv/Linear layers whose output channels channel pruning may remove."""
+    import torch
+
+    skip = {id(m) for m in ignored}
+    types = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    return [m for m in module.modules() if isinstance(m, types) and id(m) not in skip]
 
 
 def iterative_pruner(
@@ -125,12 +145,25 @@ def _pruner(
         "taylor": tp.importance.TaylorImportance,
         "bn_scale": tp.importance.BNScaleImportance,
     }
+    name, _, folded = importance.partition("+")  # "l1+bn": ranked on BN-folded weights
+    scorer = scorers[name]()
+    if folded:
+        scorer = FoldedImportance(scorer, conv_bn_pairs(module, example))
+    per_layer: dict = {}
+    if global_scope and steps == 1:
+        # one ranking across layers, then each layer on its own: monotone in `ratio`
+        # (channel_allocation.py says why Torch-Pruning's global threshold is not)
+        groups = _groups(module, example, scorer, ignored)
+        counts = allocate(groups, ratio, round_to)
+        per_layer = ratio_dict(counts, {root: len(imp) for root, imp in groups})
+        ratio, global_scope, round_to = 0.0, False, None
     try:
         return tp.pruner.MetaPruner(
             module,
             example,
-            importance=scorers[importance](),
+            importance=scorer,
             pruning_ratio=ratio,
+            pruning_ratio_dict=per_layer or None,
             global_pruning=global_scope,
             max_pruning_ratio=MAX_LAYER_RATIO,
             ignored_layers=ignored,
@@ -139,11 +172,22 @@ def _pruner(
             **({"iterative_pruning_ratio_scheduler": schedule} if schedule else {}),
         )
     except Exception as exc:
-        raise StageError(
-            f"prune: the dependency graph cannot handle this model "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); exclude the "
-            "module it names with `exclude:`"
-        ) from None
+        raise _graph_error(exc) from None
+
+
+def _groups(module, example, scorer, ignored):
+    try:
+        return importance_groups(module, example, scorer, ignored)
+    except Exception as exc:
+        raise _graph_error(exc) from None
+
+
+def _graph_error(exc: Exception) -> StageError:
+    return StageError(
+        f"prune: the dependency graph cannot handle this model "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); exclude the "
+        "module it names with `exclude:`"
+    )
 
 
 def _accumulate_gradients(module, grad_batches, loss_fn) -> None:
@@ -176,9 +220,9 @@ def _ratio_for_macs(
         ids = {id(m): n for n, m in module.named_modules()}
         by_name = dict(trial.named_modules())
         trial_ignored = [by_name[ids[id(m)]] for m in ignored]
-        pruner = _pruner(trial, example, mid, importance, global_scope, trial_ignored, round_to)
         if importance == "taylor":
             _accumulate_gradients(trial, grad_batches, loss_fn)
+        pruner = _pruner(trial, example, mid, importance, global_scope, trial_ignored, round_to)
         pruner.step()
         macs, _ = tp.utils.count_ops_and_params(trial, example)
         if macs / base_macs > target:
@@ -194,18 +238,20 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
     from mcomp.compressors.prune.options import select_prunable
     from mcomp.compressors.select import layer_candidates
     from mcomp.model.convert import example_inputs
+    from mcomp.training.loop import task_loss
 
     module = model.module
     chosen = {id(m) for _, m in select_prunable(module, options)}
     prunable = [m for _, m in layer_candidates(module, list(options.layer_types))]
     # Keep the output layer: removing its neurons would change the model's outputs.
     ignored = [m for m in prunable if id(m) not in chosen] + prunable[-1:]
+    folds = options.fold_batchnorm in (True, "auto") and options.importance in ("l1", "l2")
     common = dict(
-        importance=options.importance,
+        importance=options.importance + ("+bn" if folds else ""),
         global_scope=options.scope == "global",
         ignored=ignored,
         round_to=options.round_to,
-        loss_fn=_task_loss(ctx),
+        loss_fn=task_loss(ctx.task, model.output),
         grad_batches=_taylor_batches(model, ctx) if options.importance == "taylor" else None,
     )
     example = example_inputs(model, batch=1)
@@ -266,13 +312,3 @@ def _taylor_batches(model: ModelState, ctx: StageContext, count: int = 4) -> lis
         if len(batches) == count:
             break
     return batches
-
-
-def _task_loss(ctx: StageContext):
-    import torch.nn.functional as F
-
-    from mcomp.recipe.schema import Task
-
-    if ctx.task == Task.CLASSIFICATION:
-        return lambda outputs, labels: F.cross_entropy(outputs, labels.long())
-    return lambda outputs, labels: F.mse_loss(outputs, labels.to(outputs.dtype).view_as(outputs))

@@ -1,10 +1,12 @@
 """One-shot unstructured magnitude pruning (Han et al., "Learning both Weights and Connections
 for Efficient Neural Networks", NeurIPS 2015).
 
-Wraps `torch.nn.utils.prune` (L1 magnitude, over all targets at once or per layer) and makes
-the result permanent with `prune.remove`, so the module carries real zeros instead of
-weights plus masks (which would make the file grow). Returns the masks, for training stages
-to keep the zeros at zero.
+Ranks the weights of the targets (all together, or per layer) and zeros the lowest, in
+place: the module carries real zeros, not weights plus masks (which would make the file
+grow). The rank is |w|, or with `fold_batchnorm` the BN-folded |w * gamma / sqrt(var + eps)|
+of a layer followed by BatchNorm (`batchnorm.py`): raw magnitudes of a BN network are not
+comparable across layers. As `torch.nn.utils.prune`, round(sparsity * n) weights are
+zeroed. Returns the masks, for training stages to keep the zeros at zero.
 """
 
 from __future__ import annotations
@@ -21,24 +23,43 @@ def prune_magnitude(
     sparsity: float,
     scope: str,
     per_layer: dict[str, float] | None = None,
+    norms: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Zero the smallest weights of `targets` in place; {"<name>.weight": kept mask}.
+    """Zero the lowest-ranked weights of `targets` in place; {"<name>.weight": kept mask}.
 
     `scope: global` ranks all targets' weights together, `layer` each layer alone;
-    `per_layer` (name -> sparsity, e.g. from a sensitivity analysis) overrides both."""
-    from torch.nn.utils import prune
+    `per_layer` (name -> sparsity, e.g. from a sensitivity analysis) overrides both.
+    `norms` ({layer: BatchNorm after it}) ranks those layers on their folded weights."""
+    import torch
 
-    params = [(module, "weight") for _, module in targets]
+    from mcomp.compressors.prune.batchnorm import folded_magnitude
+
+    scores = [folded_magnitude(module, (norms or {}).get(module)) for _, module in targets]
     if per_layer is not None:
-        for name, module in targets:
-            prune.l1_unstructured(module, "weight", amount=per_layer.get(name, sparsity))
+        keep = [
+            _keep(s, per_layer.get(name, sparsity))
+            for (name, _), s in zip(targets, scores, strict=True)
+        ]
     elif scope == "global":
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+        flat = _keep(torch.cat([s.flatten() for s in scores]), sparsity)
+        keep = list(torch.split(flat, [s.numel() for s in scores]))
+        keep = [k.view_as(s) for k, s in zip(keep, scores, strict=True)]
     else:
-        for module, attr in params:
-            prune.l1_unstructured(module, attr, amount=sparsity)
+        keep = [_keep(s, sparsity) for s in scores]
     masks = {}
-    for name, module in targets:
-        masks[f"{name}.weight"] = module.weight_mask.detach().clone().bool()
-        prune.remove(module, "weight")
+    with torch.no_grad():
+        for (name, module), mask in zip(targets, keep, strict=True):
+            module.weight.mul_(mask.to(module.weight.dtype))
+            masks[f"{name}.weight"] = mask.detach().clone()
     return masks
+
+
+def _keep(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """True for all but the round(sparsity * n) lowest `scores`."""
+    import torch
+
+    count = round(sparsity * scores.numel())
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        keep[torch.topk(scores.flatten(), count, largest=False).indices] = False
+    return keep.view_as(scores)

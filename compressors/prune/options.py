@@ -49,6 +49,13 @@ class PruneOptions(StageOptions):
         description="channel: how channels are ranked (L1 or L2 norm of the weights, "
         "first-order Taylor on labelled train batches, BatchNorm scale).",
     )
+    fold_batchnorm: bool | Literal["auto"] = Field(
+        "auto",
+        description="Rank a Conv/Linear followed by BatchNorm on its BN-folded weights "
+        "|w·gamma/sqrt(var+eps)| (what the network computes) instead of raw magnitudes. "
+        "auto: folded for channel pruning with l1/l2, raw for magnitude pruning, as measured "
+        "on the bundled BN ResNet (docs/stages.md).",
+    )
     target_macs_ratio: float | None = Field(
         None,
         gt=0,

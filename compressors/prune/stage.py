@@ -8,6 +8,7 @@
         include: ["*"]         # glob patterns over module names (default: every Conv/Linear)
         exclude: ["fc2"]
         importance: l1         # channel only: l1 | l2 | taylor | bn_scale
+        fold_batchnorm: auto   # folded BN weights for channel pruning, raw for magnitude
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
@@ -22,12 +23,14 @@ Options and the layer selection are in `options.py`.
 
 from __future__ import annotations
 
+from mcomp.compressors.prune.channel_allocation import MAX_LAYER_RATIO
 from mcomp.compressors.prune.options import PruneOptions, select_prunable
 from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
 from mcomp.training.masks import mask_sparsity
 
+RATIO_TOLERANCE = 0.05  # achieved vs requested channel ratio, beyond which a warning says so
 STORAGE_ONLY = (
     "unstructured sparsity: storage only (smaller compressed file, "
     "no latency change on dense runtimes)"
@@ -52,6 +55,14 @@ class PruneStage(Stage):
 
             return check_layer_options(model, opts.blocks, opts.num_blocks)
         select_prunable(model.module, opts, ctx.progress)
+        train = ctx.datasets.train
+        if opts.gradual is not None and (train is None or train.labels is None):
+            raise StageError(
+                "prune.gradual: trains on labelled data and data.train has "
+                + ("none" if train is None else "no labels")
+                + "; prune at once and recover with `finetune` (it distils from the original "
+                "model without labels)"
+            )
         if opts.method == "magnitude" and (opts.target_macs_ratio or opts.round_to):
             raise StageError(
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
@@ -75,9 +86,31 @@ class PruneStage(Stage):
         from mcomp.compressors.prune.channel import prune_channels_of_model
 
         self.details = prune_channels_of_model(model, self.options, ctx)
+        self._compare_ratios(ctx)
         ctx.facts.masks = {}  # earlier unstructured masks no longer fit the new shapes
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
         return model.with_module(model.module)
+
+    def _compare_ratios(self, ctx: StageContext) -> None:
+        """Warn when the channels removed differ from `sparsity` by more than 0.05 (a layer
+        keeps at least a tenth of its channels; `round_to` rounds each layer)."""
+        achieved = self.details.get("channel_ratio_achieved")
+        if self.options.target_macs_ratio is not None or achieved is None:
+            return
+        if abs(achieved - self.options.sparsity) > RATIO_TOLERANCE:
+            message = (
+                f"channel pruning removed {achieved:.0%} of the prunable channels, not the "
+                f"{self.options.sparsity:.0%} asked for (each layer keeps at least "
+                f"{1 - MAX_LAYER_RATIO:.0%}"
+                + (
+                    f", round_to {self.options.round_to} rounds each layer"
+                    if self.options.round_to
+                    else ""
+                )
+                + "); target_macs_ratio sets the cost directly"
+            )
+            ctx.progress.warn(f"prune: {message}")
+            self.notes.append(message)
 
     def _prune_magnitude(self, model: ModelState, ctx: StageContext) -> ModelState:
         opts = self.options
@@ -98,15 +131,26 @@ class PruneStage(Stage):
 
                 table = read_sensitivity(ctx.recipe_dir / opts.sensitivity)
                 per_layer = allocate_sparsity(table, opts.sparsity, [n for n, _ in targets])
+            norms = self._batchnorms(model, targets) if opts.fold_batchnorm is True else {}
             masks = prune_magnitude(
-                targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer
+                targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
-            details = {}
+            details = {"bn_folded_layers": sorted(n for n, m in targets if m in norms)}
         ctx.facts.masks.update(masks)
         pruned = sum(int((~m).sum()) for m in masks.values())
         self.details = {**details, "layers": mask_sparsity(masks), "pruned_weights": pruned}
         self.notes.append(STORAGE_ONLY)
         return model.with_module(model.module)
+
+    @staticmethod
+    def _batchnorms(model: ModelState, targets: list) -> dict:
+        """{target layer: the BatchNorm after it}, for ranking on folded weights."""
+        from mcomp.compressors.prune.batchnorm import conv_bn_pairs
+        from mcomp.model.convert import example_inputs
+
+        chosen = {module for _, module in targets}
+        pairs = conv_bn_pairs(model.module, example_inputs(model, batch=2))
+        return {layer: norm for layer, norm in pairs.items() if layer in chosen}
 
     def _prune_layers(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.prune.layer import prune_blocks

@@ -54,6 +54,17 @@ class Datasets:
     train: Split | None
     calibration: Split | None
     eval: Split | None
+    # the splits whose inputs make up `train` (`data.train_from`); empty: its own file
+    train_from: tuple[str, ...] = ()
+
+    def train_notes(self) -> list[str]:
+        """What the report says of a train split made of other splits' inputs."""
+        if not self.train_from:
+            return []
+        notes = [f"trained on the inputs of data.{', data.'.join(self.train_from)} (train_from)"]
+        if "eval" in self.train_from:
+            notes.append("the eval figures are optimistic: the model was trained on its inputs")
+        return notes
 
     def first_available(self) -> Split:
         for split in (self.eval, self.calibration, self.train):
@@ -77,12 +88,43 @@ def load_datasets(spec: DataSpec, *, base_dir: Path, seed: int) -> Datasets:
         calibration = train.subset(np.sort(rng.permutation(len(train))[:count]), "calibration")
     elif calibration is not None and len(calibration) > spec.calibration_samples:
         calibration = calibration.subset(np.arange(spec.calibration_samples))
-    return Datasets(train=loaded.get("train"), calibration=calibration, eval=loaded.get("eval"))
+    train = loaded.get("train")
+    if spec.train_from:
+        train = inputs_of([loaded[name] for name in spec.train_from if name in loaded])
+    return Datasets(
+        train=train,
+        calibration=calibration,
+        eval=loaded.get("eval"),
+        train_from=tuple(spec.train_from),
+    )
+
+
+def inputs_of(splits: list[Split]) -> Split | None:
+    """One unlabelled train split of the inputs of `splits` (`data.train_from`), arrays
+    matched by position."""
+    if not splits:
+        return None
+    first = splits[0]
+    for other in splits[1:]:
+        shapes = [a.shape[1:] for a in first.inputs.values()]
+        if [a.shape[1:] for a in other.inputs.values()] != shapes:
+            raise DataError(
+                f"data.train_from: the inputs of data.{first.name} and data.{other.name} "
+                "differ in number or shape; they cannot make one train split"
+            )
+    names = list(first.inputs)
+    arrays = {
+        name: np.concatenate([list(split.inputs.values())[i] for split in splits])
+        for i, name in enumerate(names)
+    }
+    return Split("train", arrays, None)
 
 
 def _load_split(name: str, spec: SplitSpec, base_dir: Path) -> Split:
     if spec.builtin == "digits":
         split = _digits(name)
+        if spec.labels is None:  # `labels: null`: its images alone, as unlabelled data
+            split = Split(name, split.inputs, None)
     elif spec.path is not None:
         split = _npz(name, spec, base_dir / spec.path)
     else:

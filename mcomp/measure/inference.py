@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcomp.data.load import Split
+from mcomp.model.outputs import output_tensors
 from mcomp.model.state import ModelKind, ModelState
 
 
@@ -23,25 +24,17 @@ def predict_batch(
     ]
     with torch.no_grad():
         result = state.module(*tensors)
-    return [t.detach().cpu().numpy() for t in _flatten(result)]
+    return [t.detach().cpu().numpy() for t in output_tensors(result)]
 
 
 def predict_split(state: ModelState, split: Split, *, batch_size: int, threads: int) -> np.ndarray:
-    """The first output of the model over the whole split, concatenated."""
+    """The model's chosen output (`model.output`, default the first) over the whole split,
+    concatenated."""
     outputs = [
-        predict_batch(state, inputs, threads=threads)[0] for inputs, _ in split.batches(batch_size)
+        predict_batch(state, inputs, threads=threads)[state.output]
+        for inputs, _ in split.batches(batch_size)
     ]
     return np.concatenate(outputs)
-
-
-def _flatten(result) -> list:
-    import torch
-
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        result = list(result.values())
-    return [t for item in result for t in _flatten(item)]
 
 
 def _onnx_feed(state: ModelState, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mcomp.errors import ParityError, StageError
+from mcomp.model.outputs import flat_forward
 from mcomp.model.state import ModelState
 
 if TYPE_CHECKING:
@@ -36,11 +37,19 @@ def torch_to_onnx(state: ModelState, *, opset: int = DEFAULT_OPSET) -> onnx.Mode
     axis is dynamic. If the torch.export path cannot trace the model, the TorchScript-based
     exporter is tried before giving up: it still handles models torch.export cannot.
     """
-    import torch
 
     module = state.module.eval()
     args = example_inputs(state)
     names = [spec.name for spec in state.inputs]
+    with flat_forward(module, args) as output_names:
+        if output_names is not None and set(output_names) & set(names):
+            output_names = None  # an output named like an input: the exporter's own names
+        return _export(module, args, names, output_names, opset)
+
+
+def _export(module, args: tuple, names: list[str], output_names, opset: int):
+    import torch
+
     batch = torch.export.Dim("batch", min=1)
     try:
         with _quiet_exporter():
@@ -52,13 +61,14 @@ def torch_to_onnx(state: ModelState, *, opset: int = DEFAULT_OPSET) -> onnx.Mode
                 external_data=False,
                 verbose=False,
                 input_names=names,
+                output_names=output_names,
                 opset_version=opset,
                 dynamic_shapes=tuple({0: batch} for _ in names),
             )
         return strip_debug_metadata(program.model_proto)
     except Exception as first_error:
         try:
-            return _legacy_export(module, args, names, opset)
+            return _legacy_export(module, args, names, output_names, opset)
         except Exception:
             raise StageError(
                 f"cannot export the model to ONNX: {type(first_error).__name__}: "
@@ -89,7 +99,7 @@ def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _legacy_export(module, args: tuple, names: list[str], opset: int) -> onnx.ModelProto:
+def _legacy_export(module, args: tuple, names: list[str], output_names, opset: int):
     import onnx
     import torch
 
@@ -101,6 +111,7 @@ def _legacy_export(module, args: tuple, names: list[str], opset: int) -> onnx.Mo
             buffer,
             dynamo=False,
             input_names=names,
+            output_names=output_names,
             opset_version=min(opset, 17),
             dynamic_axes={name: {0: "batch"} for name in names},
         )

@@ -32,6 +32,8 @@ def load_model(spec: ModelSpec, *, base_dir: Path, allow_pickle: bool = False) -
     """Load the model the recipe names; `inputs` may be empty until `resolve_inputs` runs."""
     if spec.builtin is not None:
         return _builtin(spec.builtin)
+    if spec.path is None:  # the schema allows this only with a factory
+        return _from_factory(spec, base_dir)
     path = (base_dir / (spec.path or "")).resolve()
     check_regular_file(path, "model.path", ModelLoadError, "model file")
     allow_pickle = allow_pickle or spec.allow_pickle
@@ -67,20 +69,7 @@ def detect_format(path: Path) -> ModelFormat:
     with path.open("rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            raise ModelLoadError(
-                f"model.path: {path} is a corrupt or truncated torch archive; save it again"
-            ) from None
-        if any(
-            n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names
-        ):
-            return ModelFormat.EXPORTED_PROGRAM
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
-            return ModelFormat.TORCHSCRIPT
-        return ModelFormat.STATE_DICT
+        return archive_format(path)
     if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
         return ModelFormat.STATE_DICT
     if _looks_like_onnx(path):
@@ -89,6 +78,23 @@ def detect_format(path: Path) -> ModelFormat:
         f"model.path: {path} is not a model file mcomp knows (torch state_dict, "
         ".pt2, TorchScript, pickled module or ONNX), or it is corrupt"
     )
+
+
+def archive_format(path: Path) -> ModelFormat:
+    """The format of a torch zip archive from its member names, without loading it (no
+    torch import: `mcomp validate` uses it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ModelLoadError(
+            f"model.path: {path} is a corrupt or truncated torch archive; save it again"
+        ) from None
+    if any(n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names):
+        return ModelFormat.EXPORTED_PROGRAM
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return ModelFormat.TORCHSCRIPT
+    return ModelFormat.STATE_DICT
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -149,21 +155,7 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             f"model.path: {path} is a state_dict; name the function that builds "
             "the module with `model.factory: package.module:function`"
         )
-    build = import_factory(spec.factory, key="model.factory")
-    try:
-        with user_code():
-            module = build(**spec.factory_args)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model.factory: calling {spec.factory} with model.factory_args "
-            f"{spec.factory_args} failed ({_describe(exc)}); check "
-            "`model.factory_args`"
-        ) from None
-    if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(
-            f"model.factory: {spec.factory} returned a {type(module).__name__}, "
-            "not a torch.nn.Module"
-        )
+    module = _build(spec, spec.factory_args)
     state_dict = obj.get("state_dict", obj) if "state_dict" in obj else obj
     state_dict = _without_wrapper_prefixes(state_dict, module)
     try:
@@ -175,6 +167,42 @@ def _load_torch_file(path: Path, spec: ModelSpec, allow_pickle: bool) -> ModelSt
             f"{detail} (check `model.factory_args`)"
         ) from None
     return ModelState.from_torch(module.eval(), [])
+
+
+def _build(spec: ModelSpec, args: dict):
+    """The module `model.factory` returns for `args`."""
+    import torch
+
+    build = import_factory(spec.factory, key="model.factory")
+    try:
+        with user_code():
+            module = build(**args)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model.factory: calling {spec.factory} with model.factory_args "
+            f"{spec.factory_args} failed ({_describe(exc)}); check "
+            "`model.factory_args`"
+        ) from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(
+            f"model.factory: {spec.factory} returned a {type(module).__name__}, "
+            "not a torch.nn.Module"
+        )
+    return module
+
+
+def _from_factory(spec: ModelSpec, base_dir: Path) -> ModelState:
+    """A model that `model.factory` loads itself (no `path`: e.g. a Hugging Face
+    `from_pretrained`); a string argument naming a file or folder next to the recipe is passed
+    as that path."""
+    args = {
+        key: str(base_dir / value)
+        if isinstance(value, str) and value and (base_dir / value).exists()
+        else value
+        for key, value in spec.factory_args.items()
+    }
+    module = _build(spec, args)
+    return ModelState.from_torch(module.eval(), [], source=f"factory:{spec.factory}")
 
 
 def _without_wrapper_prefixes(state_dict: dict, module) -> dict:

@@ -78,7 +78,8 @@ def conform_datasets(datasets: Datasets, inputs: list[InputSpec]) -> Datasets:
         *(
             None if split is None else _conform(split, inputs)
             for split in (datasets.train, datasets.calibration, datasets.eval)
-        )
+        ),
+        train_from=datasets.train_from,
     )
 
 

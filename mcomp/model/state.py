@@ -39,6 +39,9 @@ class ModelState:
     onnx_cache: onnx.ModelProto | None = field(default=None, repr=False)
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # index into the flattened outputs (`mcomp.model.outputs`) that metrics and the task
+    # loss read; `model.output` sets it, the ONNX form keeps the same order
+    output: int = 0
 
     @classmethod
     def from_torch(
@@ -60,6 +63,7 @@ class ModelState:
             module=module,
             source=self.source,
             extra=self._carried_extra(),
+            output=self.output,
         )
 
     def without_caches_of(self, given: ModelState) -> ModelState:
@@ -88,4 +92,5 @@ class ModelState:
             onnx_model=model,
             source=self.source,
             extra=self._carried_extra(),
+            output=self.output,
         )

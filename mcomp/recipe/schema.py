@@ -33,12 +33,16 @@ MAX_SAMPLES = 100_000_000
 MAX_LIST = 1_000  # list-valued options: inputs, python_path, stages, ...
 Dimension = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 
-FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
+# package.module:function, or a dotted attribute such as module:Class.from_pretrained
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def _factory_ref(value: str | None) -> str | None:
     if value is not None and not FACTORY_PATTERN.match(value):
-        raise ValueError(f"{value!r} is not of the form 'package.module:function'")
+        raise ValueError(
+            f"{value!r} is not of the form 'package.module:function' (or "
+            "'package.module:Class.method')"
+        )
     return value
 
 
@@ -90,7 +94,8 @@ class InputSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """Where the model comes from. Exactly one of `path` or `builtin`."""
+    """Where the model comes from: a file (`path`), a bundled model (`builtin`), or a
+    `factory` alone that returns the loaded module (e.g. a Hugging Face `from_pretrained`)."""
 
     path: str | None = Field(None, description="Model file, relative to the recipe file.")
     builtin: Literal["digits_cnn", "digits_resnet"] | None = Field(
@@ -104,16 +109,28 @@ class ModelSpec(Strict):
         description="How to load the file; auto detects it from the content, not the extension.",
     )
     factory: str | None = Field(
-        None, description="'package.module:function' building the module for a state_dict."
+        None,
+        description="'package.module:function' building the module for a state_dict; without "
+        "`path`, it returns the loaded model itself (e.g. "
+        "'transformers:AutoModelForSequenceClassification.from_pretrained').",
     )
     factory_args: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments passed to `factory`."
+        default_factory=dict,
+        description="Keyword arguments passed to `factory`; a string naming an existing file or "
+        "folder relative to the recipe is passed as that path.",
     )
     python_path: list[str] = Field(
         default_factory=list,
         max_length=MAX_LIST,
         description="Folders (relative to the recipe) appended to sys.path so that `factory` "
         "imports (docs/security.md: a recipe that names them is code).",
+    )
+    output: str | int | None = Field(
+        None,
+        description="The output that the metric, fidelity and the task loss read, when the "
+        "model returns several (a tuple, dict or dataclass): its key (`logits`) or its index "
+        "in the flattened outputs (docs/recovery.md#models-with-several-outputs); default: the "
+        "first.",
     )
     allow_pickle: bool = Field(
         False,
@@ -138,10 +155,23 @@ class ModelSpec(Strict):
         _distinct_names([spec.name for spec in value or []], "input")
         return value
 
+    @field_validator("output")
+    @classmethod
+    def _output_choice(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, bool):  # YAML `true` is not an index
+            raise ValueError("must be an output's name or index")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.builtin is None):
+        if self.path is not None and self.builtin is not None:
             raise ValueError("give exactly one of 'path' or 'builtin'")
+        if self.path is None and self.builtin is None and self.factory is None:
+            raise ValueError(
+                "give exactly one of 'path' or 'builtin' (or a `factory` that loads the model)"
+            )
+        if self.builtin is not None and self.factory is not None:
+            raise ValueError("a `builtin` model takes no `factory`")
         return self
 
 
@@ -223,6 +253,14 @@ class DataSpec(Strict):
         description="Data for the metric, fidelity and latency inputs: `digits`, a path to an "
         ".npz file, or a mapping; null: `train`, with a warning.",
     )
+    train_from: list[Literal["calibration", "eval"]] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Without `train`: train on the inputs of these splits, without their "
+        "labels (the training stages then distil from the original model). An explicit "
+        "opt-in, never a default: training on `eval` inputs makes the eval figures "
+        "optimistic, which a warning and the training stages' report notes say.",
+    )
     calibration_samples: int = Field(
         256,
         gt=0,
@@ -233,6 +271,20 @@ class DataSpec(Strict):
     batch_size: int = Field(
         64, gt=0, le=MAX_BATCH, description="Batch size for evaluation and calibration."
     )
+
+    @model_validator(mode="after")
+    def _train_source(self) -> DataSpec:
+        _distinct_names(list(self.train_from), "split")
+        if self.train_from and self.train is not None:
+            raise ValueError("give `train` or `train_from`, not both")
+        if "calibration" in self.train_from and self.calibration is None:
+            raise ValueError(
+                "`train_from: [calibration]` needs `calibration` (it defaults to a sample of "
+                "`train`, which is what `train_from` replaces)"
+            )
+        if "eval" in self.train_from and self.eval is None:
+            raise ValueError("`train_from: [eval]` needs `eval`")
+        return self
 
 
 class Task(StrEnum):
@@ -449,8 +501,8 @@ class Recipe(Strict):
     task: Task = Field(
         Task.CLASSIFICATION,
         strict=False,
-        description="Decides the training loss (cross-entropy or MSE) and the default "
-        "metric; distillation needs classification.",
+        description="Decides the training loss (cross-entropy or MSE), the default "
+        "metric and distillation's default loss (kl or mse).",
     )
     metric: str | None = Field(
         None,

@@ -93,7 +93,7 @@ def starter_recipe(
             if shares_train_and_eval(data, eval_data)
             else "",
         )
-        text += ONNX_STAGES if _is_onnx(model) else TORCH_STAGES
+        text += ONNX_STAGES if _is_onnx(model) else _torch_stages(model)
     drop = (
         "max_accuracy_drop: 0.01   # at most 1 point of accuracy lost"
         if task == Task.CLASSIFICATION
@@ -141,6 +141,23 @@ def _data_ref(data: str | None, out: Path, placeholder: str) -> str:
     if data is None:
         return placeholder
     return data if data == "digits" else _relative(Path(data), out)
+
+
+def _torch_stages(model: Path) -> str:
+    """The torch stages; for a .pt2 or TorchScript file a line says which stages it cannot
+    take (they rebuild layers it does not keep), so none of those is written."""
+    from mcomp.model.format_limits import file_kind
+
+    kind = file_kind(model)
+    if kind is None:
+        return TORCH_STAGES
+    return TORCH_STAGES.replace(
+        "stages:\n",
+        f"stages:                      # a {kind}: magnitude pruning, finetune, distill,\n"
+        "  # quantize and export work; channel/layer pruning, lowrank and QAT need the\n"
+        "  # state_dict and its `model.factory`\n",
+        1,
+    )
 
 
 def _is_onnx(model: Path) -> bool:

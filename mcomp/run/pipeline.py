@@ -89,6 +89,7 @@ def _measure(state, ctx, main: bool, models: list[bytes]):
 
 def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, resuming):
     from mcomp.measure.figures import onnx_form
+    from mcomp.model.format_limits import check_stage
     from mcomp.report.constraints import absolute_budget
     from mcomp.run.latency import time_run_models
     from mcomp.run.prepare import check_labels_fit
@@ -97,7 +98,9 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
     models: list[bytes] = []  # every entry's ONNX form, timed side by side at the end
     # Every stage checks its options against the model before any work is done, so a bad
     # pattern in stage 4 fails in a second, not after an hour of finetuning.
-    for stage in stages:
+    for index, stage in enumerate(stages):
+        # a .pt2 / TorchScript keeps no layer modules for stages that rebuild layers
+        check_stage(state.module, index, stage.name, stage.options)
         stage.check(state, ctx)
     check_labels_fit(ctx, stages)
     main = ctx.dist is None or ctx.dist.is_main  # under torchrun only rank 0 measures
@@ -240,12 +243,15 @@ def _broadcast_state(state, ctx):
         return state
     ctx.facts.masks = payload["masks"]
     if payload["kind"] == "torch":
-        return ModelState.from_torch(payload["module"], payload["inputs"], state.source)
-    import onnx
+        received = ModelState.from_torch(payload["module"], payload["inputs"], state.source)
+    else:
+        import onnx
 
-    return ModelState.from_onnx(
-        onnx.load_from_string(payload["onnx"]), payload["inputs"], state.source
-    )
+        received = ModelState.from_onnx(
+            onnx.load_from_string(payload["onnx"]), payload["inputs"], state.source
+        )
+    received.output = state.output  # the same output index on every rank
+    return received
 
 
 def _convert_if_needed(state, stage, ctx) -> tuple[Any, list[str]]:

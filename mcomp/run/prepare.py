@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from mcomp.errors import DataError, ModelLoadError
@@ -21,6 +20,7 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     from mcomp.measure.inference import predict_split
     from mcomp.measure.metrics import resolve_metric
     from mcomp.model.load import load_model
+    from mcomp.model.modes import copy_module
     from mcomp.model.signature import conform_datasets, probe, resolve_inputs
     from mcomp.run.memory import check_batch_fits
     from mcomp.run.threads import apply_threads, resolve_threads, seed_everything
@@ -35,17 +35,22 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     # warnings to stderr, which carries only mcomp's own lines; ours already pass level 3.
     onnxruntime.set_default_logger_severity(3)
     seed_everything(seed)
-    progress.log(f"loading model ({recipe.model.builtin or recipe.model.path})")
+    progress.log(
+        f"loading model ({recipe.model.builtin or recipe.model.path or recipe.model.factory})"
+    )
     state = load_model(recipe.model, base_dir=loaded.base_dir, allow_pickle=options.allow_pickle)
     check_weights(state, "model.path")
     progress.log("loading data")
     datasets = require_eval(
         load_datasets(recipe.data, base_dir=loaded.base_dir, seed=seed), progress
     )
+    for note in datasets.train_notes():
+        progress.warn(f"data.train_from: {note}")
     state.inputs = resolve_inputs(recipe.model.inputs, state, datasets)
     datasets = conform_datasets(datasets, state.inputs)
     check_finite(datasets)
     probe(state, datasets, threads)
+    state.output = pick_output(state, recipe.model.output, datasets)
     if recipe.runtime.latency.enabled:
         check_batch_fits(
             recipe.runtime.latency.batch, datasets.eval.inputs, "runtime.latency.batch"
@@ -77,8 +82,17 @@ def prepare_run(loaded: LoadedRecipe, options, workdir: Path, progress: Progress
     )
     stages = [stage_class(name)(opts) for name, opts in loaded.stages]
     # Stages change modules in place; the original stays intact for fidelity and teachers.
-    working = state.with_module(copy.deepcopy(state.module)) if state.module is not None else state
+    working = state.with_module(copy_module(state.module)) if state.module is not None else state
     return working, ctx, stages
+
+
+def pick_output(state, choice, datasets) -> int:
+    """`model.output` as the index of the output that metrics and the task loss read; a
+    name or index the model does not have fails here, listing the outputs it has."""
+    from mcomp.model.outputs import choose_output
+
+    split = datasets.first_available()
+    return choose_output(state, choice, {k: v[:2] for k, v in split.inputs.items()})
 
 
 def check_weights(state, key: str) -> None:

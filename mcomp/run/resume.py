@@ -131,6 +131,7 @@ def _state_payload(state) -> dict[str, Any]:
         "onnx_cache": None if state.onnx_cache is None else state.onnx_cache.SerializeToString(),
         "source": state.source,
         "extra": {k: v for k, v in state.extra.items() if not k.startswith("_")},
+        "output": state.output,
     }
 
 
@@ -151,6 +152,7 @@ def _state_from(payload: dict[str, Any]):
         onnx_cache=proto(payload["onnx_cache"]),
         source=payload["source"],
         extra=payload["extra"],
+        output=payload.get("output", 0),
     )
 
 

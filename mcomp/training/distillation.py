@@ -1,8 +1,15 @@
-"""Knowledge distillation: the loss, the teacher and hint layers, shared by the `distill` stage
-and `finetune: {distill: ...}`.
+"""Knowledge distillation: the settings, the teacher and hint layers, shared by the `distill`
+stage and `finetune: {distill: ...}`.
 
-    loss = alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * task_loss + sum_i w_i * hint_i
-    p_s = softmax(z_s / T),  p_t = softmax(z_t / T)
+    loss = alpha * sum_o w_o * L_o(student_o, teacher_o) + (1 - alpha) * task_loss
+           + sum_i v_i * hint_i
+
+One term per distilled output `o` (default: the chosen output with `kl` for classification,
+`mse` otherwise; `cosine` for embeddings, `bce` for probabilities:
+`mcomp.training.distill_losses`); without labels the task term drops out. For classification
+logits the term is Hinton's:
+
+    L = T^2 * KL(p_t || p_s),  p_s = softmax(z_s / T),  p_t = softmax(z_t / T)
 
 (Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015: the student
 matches the teacher's softened distribution, i.e. cross-entropy with the teacher's soft targets,
@@ -12,27 +19,31 @@ between an intermediate student feature, passed through a learned linear / 1x1-c
 when the widths differ, and the teacher's feature at a named layer.
 
 Training goes through the one loop of mcomp (`mcomp.training.loop.train_module`) via its
-`loss_fn` hook; the projections are trained with `extra_parameters` and dropped afterwards.
+`loss_fn` hook (`mcomp.training.teacher_loss.DistillLoss`); the projections are trained with
+`extra_parameters` and dropped afterwards.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mcomp.errors import MCompError, StageError
 from mcomp.factory import extend_python_path
-from mcomp.recipe.schema import ModelFormat, Task
+from mcomp.model.modes import set_training
+from mcomp.recipe.schema import ModelFormat
 from mcomp.stage import StageOptions
+from mcomp.training.distill_losses import LossName, kl_term
 
 if TYPE_CHECKING:
     import torch
 
     from mcomp.model.state import ModelState
     from mcomp.stage import StageContext
+    from mcomp.training.distill_losses import Term
 
 
 class TeacherSpec(StageOptions):
@@ -67,6 +78,34 @@ class HintSpec(StageOptions):
     weight: float = Field(1.0, gt=0, description="Weight of this hint's MSE term in the loss.")
 
 
+class OutputLoss(StageOptions):
+    """One distilled output of the model and the loss that matches it to the teacher's."""
+
+    output: str | int = Field(
+        description="The output's key (`logits`, `last_hidden_state`) or index in the "
+        "flattened outputs (docs/recovery.md#models-with-several-outputs)."
+    )
+    loss: LossName = Field(
+        description="kl (softened class scores; over every step of sequence logits), mse, "
+        "cosine (embeddings) or bce (probabilities in [0, 1])."
+    )
+    weight: float = Field(1.0, gt=0, description="Weight of this output's term in the loss.")
+    class_axis: int = Field(
+        -1,
+        ge=-8,
+        le=8,
+        description="kl only: the axis holding the classes (-1: the last; 1 for (batch, "
+        "classes, steps) or (batch, classes, height, width)).",
+    )
+
+    @field_validator("output")
+    @classmethod
+    def _not_a_flag(cls, value):
+        if isinstance(value, bool):  # YAML `true` is not an index
+            raise ValueError("must be an output's name or index")
+        return value
+
+
 class DistillSettings(StageOptions):
     """What to distill from and how; used by `distill` and by `finetune: {distill: ...}`."""
 
@@ -78,7 +117,19 @@ class DistillSettings(StageOptions):
         0.9,
         ge=0,
         le=1,
-        description="Weight of the distillation term; 1 - alpha weighs the task loss on labels.",
+        description="Weight of the distillation term; 1 - alpha weighs the task loss on labels "
+        "(without labels: the distillation term alone).",
+    )
+    loss: Literal["auto", "kl", "mse", "cosine", "bce"] = Field(
+        "auto",
+        description="The loss on the chosen output (`model.output`) when `outputs` is empty: "
+        "kl, mse, cosine or bce (see `outputs`); auto: kl for classification, else mse.",
+    )
+    outputs: list[OutputLoss] = Field(
+        default_factory=list,
+        max_length=1_000,
+        description="The outputs to distil, each with its loss and weight (several: their "
+        "weighted sum); empty: the chosen output with `loss`.",
     )
     hints: list[HintSpec] = Field(
         default_factory=list,
@@ -99,26 +150,10 @@ def kd_loss(
     """alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * cross-entropy; no labels: the KD term only."""
     import torch.nn.functional as F
 
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=-1),
-        F.log_softmax(teacher_logits / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
+    kl = kl_term(student_logits, teacher_logits, temperature)
     if labels is None:
-        return kl * t * t
-    return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels.long())
-
-
-def check_task(ctx: StageContext, label: str) -> None:
-    """Distillation matches class distributions: classification only."""
-    if ctx.task != Task.CLASSIFICATION:
-        raise StageError(
-            f"{label}: distillation supports `task: classification` only (it "
-            "matches softened class probabilities); for regression, train the "
-            f"student with `finetune` on labels (task is {ctx.task})"
-        )
+        return kl
+    return alpha * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels.long())
 
 
 def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> torch.nn.Module:
@@ -155,7 +190,10 @@ def load_teacher(settings: DistillSettings, ctx: StageContext, label: str) -> to
         raise StageError(f"{label}: the teacher must be a torch model (got {state.kind})")
     # eval mode (BatchNorm statistics and dropout of the teacher must not move) and frozen:
     # the teacher is only ever run under no_grad, nothing may update it.
-    return state.module.eval().requires_grad_(False)
+    set_training(state.module, False)
+    for parameter in state.module.parameters():  # (a ScriptModule has no requires_grad_)
+        parameter.requires_grad_(False)
+    return state.module
 
 
 def check_hints(
@@ -177,115 +215,44 @@ def check_hints(
                 )
 
 
-def check_outputs(
-    student: torch.nn.Module, teacher: torch.nn.Module, state: ModelState, label: str
-) -> None:
-    """Teacher and student must give logits of the same shape on the same input."""
+def check_distill(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    state: ModelState,
+    settings: DistillSettings,
+    ctx: StageContext,
+    key: str,
+) -> list[Term]:
+    """The distilled outputs (`Term`s), checked on a few train samples before any stage runs:
+    train inputs exist, every output named exists in both models with the same shape, and
+    its loss fits it (`mcomp.training.distill_losses`)."""
     import torch
 
-    from mcomp.model.convert import example_inputs
+    from mcomp.training.distill_losses import resolve_terms
 
-    example = example_inputs(state, batch=2)
+    sample = check_sample(ctx, key.split(".")[0], state)
     with torch.no_grad():
         was_training = student.training
-        student.eval()
-        s_out, t_out = _first(student(*example)), _first(teacher(*example))
-        student.train(was_training)
-    if s_out.shape != t_out.shape:
-        raise StageError(
-            f"{label}: the student's output shape {tuple(s_out.shape)} differs "
-            f"from the teacher's {tuple(t_out.shape)} (batch of 2); both must "
-            "give logits over the same classes"
-        )
+        set_training(student, False)
+        try:
+            student_out, teacher_out = student(*sample), teacher(*sample)
+        finally:
+            set_training(student, was_training)
+    return resolve_terms(settings, ctx.task, state.output, student_out, teacher_out, key)
 
 
-class DistillLoss:
-    """The `loss_fn` for `train_module`: runs the teacher and adds KD and hint terms.
-
-    Use as a context manager: forward hooks on hint layers are removed on exit.
-    """
-
-    def __init__(
-        self,
-        student: torch.nn.Module,
-        teacher: torch.nn.Module,
-        settings: DistillSettings,
-        state: ModelState,
-    ) -> None:
-        self.student, self.teacher, self.settings = student, teacher, settings
-        self._features: dict[tuple[str, int], torch.Tensor] = {}
-        self._handles: list[Any] = []
-        for index, hint in enumerate(settings.hints):
-            self._hook(student, hint.student, ("student", index))
-            self._hook(teacher, hint.teacher, ("teacher", index))
-        self.projections = self._build_projections(state) if settings.hints else []
-
-    def _hook(self, root: torch.nn.Module, name: str, key: tuple[str, int]) -> None:
-        def keep(_module, _inputs, output) -> None:
-            self._features[key] = _first(output)
-
-        self._handles.append(root.get_submodule(name).register_forward_hook(keep))
-
-    def _build_projections(self, state: ModelState) -> list[torch.nn.Module]:
-        import torch
-
-        from mcomp.model.convert import example_inputs
-
-        example = example_inputs(state, batch=2)
-        with torch.no_grad():
-            self.student(*example)
-            self.teacher(*example)
-        return [
-            _projection(self._features[("student", i)], self._features[("teacher", i)], hint)
-            for i, hint in enumerate(self.settings.hints)
-        ]
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for proj in self.projections for p in proj.parameters()]
-
-    def __call__(self, outputs, labels, batch) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
-        with torch.no_grad():
-            teacher_logits = _first(self.teacher(*batch))
-        s = self.settings
-        loss = kd_loss(
-            _first(outputs), teacher_logits, labels, temperature=s.temperature, alpha=s.alpha
-        )
-        for index, (hint, proj) in enumerate(zip(s.hints, self.projections, strict=True)):
-            student_feature = proj(self._features[("student", index)])
-            loss = loss + hint.weight * F.mse_loss(
-                student_feature, self._features[("teacher", index)].detach()
-            )
-        return loss
-
-    def __enter__(self) -> DistillLoss:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._features.clear()
-
-
-def _projection(student_feature, teacher_feature, hint: HintSpec):
-    """Identity for equal shapes, else a 1x1 conv (4-D maps) or a linear layer (2-D)."""
+def check_sample(ctx: StageContext, label: str, state: ModelState, count: int = 64) -> list:
+    """The first `count` train inputs as tensors; no train split is an error that says what
+    to give."""
     import torch
 
-    s, t = tuple(student_feature.shape), tuple(teacher_feature.shape)
-    if s == t:
-        return torch.nn.Identity()
-    if len(s) == 4 and len(t) == 4 and s[2:] == t[2:]:
-        return torch.nn.Conv2d(s[1], t[1], kernel_size=1)
-    if len(s) == 2 and len(t) == 2:
-        return torch.nn.Linear(s[1], t[1])
-    raise StageError(
-        f"hint {hint.student!r} -> {hint.teacher!r}: student feature {s[1:]} and "
-        f"teacher feature {t[1:]} cannot be matched (only the channel/feature "
-        "width may differ); pick layers with the same spatial size"
-    )
+    split = ctx.datasets.train
+    if split is None:
+        raise StageError(
+            f"{label}: distillation trains on inputs and the recipe gives none; add "
+            "`data.train` (labels optional), or opt in to `data.train_from: [calibration]`"
+        )
+    return [torch.from_numpy(split.inputs[spec.name][:count]) for spec in state.inputs]
 
 
 def distill_train(
@@ -296,16 +263,18 @@ def distill_train(
     *,
     masks: dict,
     label: str,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Train `state.module` against the teacher with `train_module`; returns report details."""
     from mcomp.training.loop import train_module
+    from mcomp.training.teacher_loss import DistillLoss
 
     teacher = load_teacher(settings, ctx, label)
     check_hints(state.module, teacher, settings.hints, label)
-    check_outputs(state.module, teacher, state, label)
+    terms = check_distill(state.module, teacher, state, settings, ctx, key or label)
     teacher.to(ctx.device)  # the batches are on the training device
     try:
-        with DistillLoss(state.module, teacher, settings, state) as loss_fn:
+        with DistillLoss(state, teacher, settings, terms, ctx.task) as loss_fn:
             result = train_module(
                 state,
                 ctx,
@@ -318,17 +287,16 @@ def distill_train(
             projected = [type(p).__name__ for p in loss_fn.projections]
     finally:
         teacher.to("cpu")  # measurement and fidelity run on the CPU
+    labelled = ctx.datasets.train.labels is not None
     return {
         "train_loss": result.train_loss,
         "eval_metric": result.eval_metric,
         "best_epoch": result.best_epoch + 1,
         "masked_tensors": len(masks),
         "teacher": settings.teacher.path if settings.teacher else "original model",
+        "outputs": [{"output": t.name, "loss": t.loss, "weight": t.weight} for t in terms],
         "temperature": settings.temperature,
-        "alpha": settings.alpha,
+        "alpha": settings.alpha if labelled else None,
+        "labels": labelled,
         "hint_projections": projected,
     }
-
-
-def _first(outputs):
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs

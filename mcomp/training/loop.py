@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcomp.errors import NonFiniteError, StageError
+from mcomp.model.modes import set_training
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import Task
 
@@ -90,14 +91,14 @@ def train_module(
     samples = len(split) if ctx.dist is None else -(-len(split) // ctx.dist.world_size)
     steps_per_epoch = math.ceil(samples / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
-    loss_fn = loss_fn or _task_loss(ctx.task)
+    loss_fn = loss_fn or task_loss(ctx.task, state.output)
     inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
     labels = torch.from_numpy(np.asarray(split.labels)) if split.labels is not None else None
     generator = torch.Generator().manual_seed(ctx.seed)
     result, best, best_value = TrainResult(), None, None
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
-        module.train()
+        set_training(module, True)
         # the same permutation on every rank (same generator), then this rank's shard of it
         order = torch.randperm(len(split), generator=generator)
         if ctx.dist is not None:
@@ -131,7 +132,7 @@ def train_module(
             total += loss_value * len(index)
             count += len(index)
             ctx.progress.advance()
-        module.eval()
+        set_training(module, False)
         total, count = _reduce_loss(total, count, ctx)
         try:
             value = _evaluate(state, ctx)
@@ -155,7 +156,7 @@ def train_module(
     ctx.progress.finish()
     if config.keep_best and best is not None:
         module.load_state_dict(best)
-    module.to("cpu").eval()  # measurement, quantization and export run on the CPU
+    set_training(module.to("cpu"), False)  # measurement, quantization, export: on the CPU
     return result
 
 
@@ -189,18 +190,20 @@ def _better(value: float, best: float, higher: bool) -> bool:
     return value > best if higher else value < best
 
 
-def _task_loss(task: Task) -> Callable[..., Any]:
+def task_loss(task: Task, output: int = 0) -> Callable[..., Any]:
+    """The loss on labels of the model's chosen output (`ModelState.output`): cross-entropy
+    for classification, else mean squared error. Called as `loss(outputs, labels, batch)`."""
     import torch.nn.functional as F
 
-    if task == Task.CLASSIFICATION:
-        return lambda outputs, labels, _: F.cross_entropy(_first(outputs), labels.long())
-    return lambda outputs, labels, _: F.mse_loss(
-        _first(outputs), labels.to(_first(outputs).dtype).view_as(_first(outputs))
-    )
+    from mcomp.model.outputs import pick
 
+    def loss(outputs, labels, _batch=None):
+        chosen = pick(outputs, output)
+        if task == Task.CLASSIFICATION:
+            return F.cross_entropy(chosen, labels.long())
+        return F.mse_loss(chosen, labels.to(chosen.dtype).view_as(chosen))
 
-def _first(outputs):
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    return loss
 
 
 def _optimizer(module, config: TrainConfig, extra_parameters: list):
