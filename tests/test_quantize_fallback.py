@@ -187,8 +187,11 @@ def test_fallback_options_are_checked():
 
 def test_fallback_in_dynamic_mode_leaves_the_outlier_matmuls_in_float(outlier_dir):
     # dynamic int8 quantizes each batch's activations with the batch's own range: the outlier
-    # units widen it just as much, so plain dynamic int8 breaks the budget as well
-    result, model, _ = quantize(outlier_dir, "{mode: dynamic, max_accuracy_drop: 0.02}")
+    # units widen it just as much, so plain dynamic int8 breaks the budget as well (SmoothQuant
+    # off: with its default `auto`, dynamic int8 of this model meets the budget unaided)
+    result, model, _ = quantize(
+        outlier_dir, "{mode: dynamic, max_accuracy_drop: 0.02, smoothquant: false}"
+    )
     details = result.report["stages"][0]["details"]
     fallback = details["fallback"]
     assert details["mode"] == "dynamic"

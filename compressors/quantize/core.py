@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcomp.compressors.quantize.auto_calibration import quantize_once
 from mcomp.compressors.quantize.fallback import accuracy_goal, fallback_search
+from mcomp.compressors.quantize.graph_rewrites import rewrite_for_int8
 from mcomp.compressors.quantize.options import QuantizeOptions
 from mcomp.compressors.quantize.ort_quantize import (
     QUANTIZED_OPS,
@@ -84,6 +85,16 @@ def quantize_model(
         excluded |= attention
         if attention:
             details["float_attention_nodes"] = len(attention)
+    prepared, rewrites = rewrite_for_int8(
+        prepared,
+        prepared_path,
+        options,
+        mode=mode,
+        excluded=excluded,
+        ctx=ctx,
+        learned=bool(learned),
+    )
+    details.update(rewrites)
     shared = PreparedModel(
         prepared_path,
         StatisticsCache(prepared_path, ctx, options.calibration.samples),

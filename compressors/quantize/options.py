@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from mcomp.compressors.quantize.rewrite_options import (
+    EqualizationOptions,
+    SmoothQuantOptions,
+    switch,
+)
 from mcomp.stage import StageOptions
 
 Method = Literal["auto", "minmax", "mean_minmax", "mse", "entropy", "percentile"]
@@ -164,6 +169,20 @@ class QuantizeOptions(StageOptions):
     )
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
     weight4: Weight4Options = Field(default_factory=Weight4Options)
+    # `equalization: true` is turned into the mapping by `_switches` (the JSON schema
+    # allows the scalar: mcomp/recipe/json_schema.py)
+    equalization: EqualizationOptions = Field(
+        default_factory=EqualizationOptions,
+        description="Cross-layer equalization of the fp32 graph before int8 (true, false, "
+        "auto, or the mapping); see docs/quantization.md.",
+    )
+    smoothquant: SmoothQuantOptions = Field(
+        default_factory=SmoothQuantOptions,
+        description="SmoothQuant of MatMul/Gemm inputs before int8 (true, false, auto, or "
+        "the mapping); see docs/quantization.md.",
+    )
+
+    _switches = field_validator("equalization", "smoothquant", mode="before")(switch)
 
     @model_validator(mode="after")
     def _bits_and_mode(self) -> QuantizeOptions:

@@ -2,10 +2,12 @@
 
 One pass runs the prepared fp32 model with every float activation exposed as an output and
 keeps, per tensor: the global min and max, the mean over samples of each sample's min and
-max (NNCF's default estimator), and the mean per channel (for bias correction). A second,
-optional pass fills a histogram per tensor over its [min, max] (MSE-optimal clipping,
-percentiles). Nothing but these summaries is kept: memory is one batch of activations, and
-the batch is chosen so that the exposed tensors of one batch fit `MEMORY_BUDGET` bytes.
+max (NNCF's default estimator), the mean per channel (bias correction), the minimum and
+maximum per channel (equalization, high-bias absorption) and the largest |x| per last-axis
+entry (SmoothQuant). A second, optional pass fills a histogram per tensor over its [min, max]
+(MSE-optimal clipping, percentiles). Nothing but these summaries is kept: memory is one batch
+of activations, and the batch is chosen so that the exposed tensors of one batch fit
+`MEMORY_BUDGET` bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class TensorStatistics:
     channel_count: int = 0
     last_sum: np.ndarray | None = None  # per last-axis entry (MatMul inputs), summed
     last_count: int = 0
+    channel_low: np.ndarray | None = None  # per channel (axis 1) minimum (bias absorption)
+    channel_high: np.ndarray | None = None  # per channel (axis 1) maximum (equalization)
+    last_absmax: np.ndarray | None = None  # per last-axis entry max |x| (SmoothQuant)
     histogram: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +72,17 @@ class TensorStatistics:
             per_last = values.reshape(-1, values.shape[-1]).sum(axis=0, dtype=np.float64)
             self.last_sum = per_last if self.last_sum is None else self.last_sum + per_last
             self.last_count += values.size // values.shape[-1]
+            low, high = values.min(axis=axes), values.max(axis=axes)
+            self.channel_low = (
+                low if self.channel_low is None else np.minimum(self.channel_low, low)
+            )
+            self.channel_high = (
+                high if self.channel_high is None else np.maximum(self.channel_high, high)
+            )
+            absmax = np.abs(values.reshape(-1, values.shape[-1])).max(axis=0)
+            self.last_absmax = (
+                absmax if self.last_absmax is None else np.maximum(self.last_absmax, absmax)
+            )
 
     def add_to_histogram(self, batch: np.ndarray) -> None:
         if not np.isfinite(self.low) or self.high <= self.low:
@@ -103,10 +119,12 @@ def collect_statistics(
     histograms: bool,
     batch_size: int,
     progress=None,
+    only: set[str] | None = None,
 ) -> dict[str, TensorStatistics]:
     """Statistics of every float activation of `model` (a ModelProto) over `inputs` (one
-    array per graph input, samples on axis 0); graph inputs included."""
-    session, names = _exposed_session(model, threads)
+    array per graph input, samples on axis 0); graph inputs included. `only`: just these
+    tensors (a cheaper pass when a few are needed)."""
+    session, names = _exposed_session(model, threads, only)
     count = len(next(iter(inputs.values())))
     batch = _batch_for_memory(session, names, inputs, batch_size)
     stats: dict[str, TensorStatistics] = {}
@@ -117,7 +135,7 @@ def collect_statistics(
         for start in range(0, count, batch):
             feed = {k: v[start : start + batch] for k, v in inputs.items()}
             values = dict(zip(names, session.run(names, feed), strict=True))
-            values.update(feed)
+            values.update(feed if only is None else {k: feed[k] for k in feed if k in only})
             for name, value in values.items():
                 value = np.asarray(value)
                 if value.dtype.kind != "f":
@@ -134,8 +152,9 @@ def collect_statistics(
     return {name: s for name, s in stats.items() if s.samples}
 
 
-def _exposed_session(model, threads: int):
-    """A session of `model` with every float activation as an output; (session, names)."""
+def _exposed_session(model, threads: int, only: set[str] | None = None):
+    """A session of `model` with every float activation (or those in `only`) as an output;
+    (session, names)."""
     import onnx
 
     from mcomp.measure.ort_session import create_session
@@ -145,6 +164,8 @@ def _exposed_session(model, threads: int):
     present = {o.name for o in exposed.graph.output}
     graph_inputs = {i.name for i in exposed.graph.input}
     for name in activation_names(model):
+        if only is not None and name not in only:
+            continue
         if name not in present and name not in graph_inputs:
             exposed.graph.output.append(onnx.ValueInfoProto(name=name))
     session = create_session(exposed.SerializeToString(), threads)

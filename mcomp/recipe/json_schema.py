@@ -27,6 +27,7 @@ def recipe_json_schema() -> dict[str, Any]:
         )
     schema["properties"]["stages"]["items"] = {"oneOf": choices}
     _allow_split_shorthand(defs)
+    _allow_switch_shorthand(defs)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mcomp recipe"
     return schema
@@ -40,3 +41,21 @@ def _allow_split_shorthand(defs: dict[str, Any]) -> None:
         refs = prop.get("anyOf", [])
         if {"$ref": "#/$defs/SplitSpec"} in refs and shorthand not in refs:
             refs.insert(1, shorthand)
+
+
+SWITCHED = ("EqualizationOptions", "SmoothQuantOptions")
+
+
+def _allow_switch_shorthand(defs: dict[str, Any]) -> None:
+    """`equalization: true` (false, auto) stands for `{enabled: ...}`: the quantize
+    options' before-validator accepts it, but pydantic's schema shows only the mapping."""
+    for definition in defs.values():
+        for prop in definition.get("properties", {}).values():
+            ref = prop.get("$ref", "").removeprefix("#/$defs/")
+            if ref in SWITCHED:
+                del prop["$ref"]
+                prop["anyOf"] = [
+                    {"$ref": f"#/$defs/{ref}"},
+                    {"type": "boolean"},
+                    {"const": "auto", "type": "string"},
+                ]
