@@ -340,3 +340,49 @@ def test_weights_held_in_constant_nodes_are_not_growth(tmp_path):
     assert "BatchNormalization" not in {node.op_type for node in prepared.graph.node}
     x = rng.normal(size=(2, 3, 12, 12)).astype(np.float32)
     np.testing.assert_allclose(_run(prepared, x), _run(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_shared_bias_is_copied_and_a_shared_weight_stays_one(tmp_path):
+    """x ─Conv(W, B)─Relu─Conv(W, B)─ y: one weight and one bias read by both convolutions,
+    as a TensorFlow exporter writes equal tensors. The int8 model loads (a shared bias
+    quantized per node under one name did not), and holds the weight once."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.helpers import run_recipe
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.3, size=(8, 8, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Conv", ["r", "W", "B"], ["y"], pads=[1, 1, 1, 1]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "shared.onnx")
+    x = rng.normal(size=(32, 8, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    (tmp_path / "recipe.yaml").write_text(
+        "version: 1\nseed: 0\nmodel: {path: shared.onnx}\n"
+        "data: {calibration: {path: data.npz, labels: null}, eval: {path: data.npz, "
+        "labels: null}}\ntask: regression\n"
+        "runtime: {threads: 1, latency: {enabled: false}}\n"
+        "stages:\n  - quantize: {mode: static}\n"
+    )
+
+    result, _ = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
+
+    quantized = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    weights = [i for i in quantized.graph.initializer if list(i.dims) == [8, 8, 3, 3]]
+    assert len(weights) == 1 and weights[0].data_type != TensorProto.FLOAT
+    assert np.isfinite(_run(quantized, x[:4])).all()
+    assert result.report["stages"][0]["details"]["int8_nodes"]["DequantizeLinear"] >= 2

@@ -104,12 +104,15 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def unshare_weights(model) -> int:
-    """Give every Conv/Gemm/MatMul weight or bias initializer read by more than one of them
-    a copy of its own; returns the copies made.
+    """Give every Conv/Gemm bias initializer read by more than one of them a copy of its
+    own; returns the copies made.
 
     Exporters share equal tensors (a TensorFlow model's two Conv1d layers read one bias):
     onnxruntime's quantizer then quantizes the shared bias once per node with different
-    scales under the same name and writes a graph it cannot load."""
+    scales (input scale x weight scale) under the same name and writes a graph it cannot
+    load. A shared weight is quantized from its own values alone, the same for every
+    reader, so it stays shared: copying basic-pitch's two 37 KB kernels, each read by nine
+    convolutions, made its int8 file 1.4x the fp32 one."""
     from onnx import TensorProto
 
     initializers = {init.name: init for init in model.graph.initializer}
@@ -118,7 +121,7 @@ def unshare_weights(model) -> int:
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS:
             continue
-        for index in range(1, len(node.input)):
+        for index in range(2, len(node.input)):  # the bias (MatMul has none)
             name = node.input[index]
             if name not in initializers:
                 continue
