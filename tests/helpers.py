@@ -102,6 +102,7 @@ def without_timings(report: dict) -> dict:
             entry["metrics"].pop(key, None)
         for key in ("speed_check", "time_split", "speed_advice"):
             entry.get("details", {}).pop(key, None)
+        _drop_seconds(entry.get("details", {}))  # a stage's own timings (search, rewrites)
         entry["notes"] = [
             n.split("; parity")[0]
             for n in entry.get("notes", [])
@@ -112,3 +113,13 @@ def without_timings(report: dict) -> dict:
     report["final"] = report["final"]["metrics"]["metric"]
     report["constraints"] = [c for c in report["constraints"] if c["name"] != "min_speedup"]
     return report
+
+
+def _drop_seconds(value) -> None:
+    if isinstance(value, dict):
+        value.pop("seconds", None)
+        for item in value.values():
+            _drop_seconds(item)
+    elif isinstance(value, list):
+        for item in value:
+            _drop_seconds(item)
