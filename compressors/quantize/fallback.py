@@ -99,6 +99,7 @@ class Trial:
     scope: str = "eval"  # "subset": scored on the first eval samples, against `drop`
     drop: float | None = None  # a subset trial's drop against the subset's goal
     seconds: float = 0.0
+    edited: bool = False  # made by graph surgery on a QDQ stand-in (float_search.py)
 
     @property
     def options(self) -> QuantizeOptions:
@@ -269,8 +270,7 @@ def fallback_search(
 def _in_requested_format(search: Search, chosen: Trial, options: QuantizeOptions):
     """The chosen trial's model; quantized again with its float nodes excluded when the
     search edited a QDQ stand-in for a QOperator model."""
-    edited = search.mode == "static" and chosen.label.startswith("float ")
-    if not edited or options.format == "qdq":
+    if not chosen.edited or options.format == "qdq":
         return chosen.result
     target = search.prepared_path.parent / "chosen.onnx"
     return search.quantize(target, chosen.options, set(chosen.excluded))

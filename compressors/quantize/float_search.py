@@ -130,10 +130,12 @@ def _score(search, excluded, base, analysed, fp32, names, scorer: SubsetScorer) 
     label = _label(excluded, base, names)
     floated = set(base.excluded) | set(names)
     if scorer.whole:
-        return search.goal.met(search.record(label, floated, result).metric)
+        trial = search.record(label, floated, result)
+        trial.edited = True
+        return search.goal.met(trial.metric)
     started = time.perf_counter()
     metric = scorer.metric(search.state.with_onnx(result.model))
-    search.record_subset(label, floated, result, metric, scorer.goal, started)
+    search.record_subset(label, floated, result, metric, scorer.goal, started).edited = True
     return scorer.goal.met(metric)
 
 
@@ -144,7 +146,9 @@ def _confirm(search, excluded, base, analysed, fp32, names, scorer: SubsetScorer
         if trial.scope == "eval" and trial.excluded == frozenset(floated):
             return trial  # already scored on the whole split (a subset that is all of it)
     result = _candidate(analysed, fp32, base, names)
-    return search.record(_label(excluded, base, names), floated, result)
+    trial = search.record(_label(excluded, base, names), floated, result)
+    trial.edited = True
+    return trial
 
 
 def spearman(first: list[float], second: list[float]) -> float | None:
