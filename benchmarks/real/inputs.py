@@ -2,8 +2,8 @@
 
 One array `x` per file (no labels: every metric is fidelity to the fp32 model), so mcomp
 recipes use them directly as `data.calibration` / `data.eval`. Calibration and evaluation
-sets are drawn from different seeds (different texts, crops, clips); `build_split` also
-checks that no evaluation sample equals a calibration one.
+sets (and recover.py's train and val sets) are drawn from different seeds (different
+texts, crops, clips); `build_split` also checks that no sample equals one of another split.
 
 Preprocessing, from the packages' own code:
 - PP-OCR (rapidocr-onnxruntime 1.4.4): BGR pixels, `(x / 255 - 0.5) / 0.5`; recogniser and
@@ -86,13 +86,19 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 
 
-def craft(rng, photos, count) -> tuple[np.ndarray, None]:
-    # 224 pixels, not easyocr's up-to-2560 canvas: a VGG16 at 224x224 already takes about
-    # 0.5 s per image on one core, and every variant is evaluated on every sample
-    scenes = _scenes(rng, photos, count, 224)
-    return np.stack(
-        [(s.transpose(2, 0, 1) / 255 - IMAGENET_MEAN) / IMAGENET_STD for s in scenes]
-    ), None
+def _craft(size: int) -> Callable:
+    def build(rng, photos, count) -> tuple[np.ndarray, None]:
+        scenes = _scenes(rng, photos, count, size)
+        return np.stack(
+            [(s.transpose(2, 0, 1) / 255 - IMAGENET_MEAN) / IMAGENET_STD for s in scenes]
+        ), None
+
+    return build
+
+
+# 224 pixels, not easyocr's up-to-2560 canvas: a VGG16 at 224x224 already takes about
+# 0.5 s per image on one core, and every variant is evaluated on every sample
+craft = _craft(224)
 
 
 # the astronaut photo's face (x0, y0, x1, y1 in its 512x512 pixels)
@@ -130,11 +136,16 @@ BUILDERS: dict[str, Callable] = {
     "ppocr_det": ppocr_det,
     "easyocr_rec": easyocr_rec,
     "craft": craft,
+    # recover.py trains CRAFT (forward and backward, student and teacher): 160 pixels
+    # halves 224's pixels, so the distillation fits a few minutes on 2 cores
+    "craft160": _craft(160),
     "rnet": _mtcnn(24),
     "onet": _mtcnn(48),
     "basic_pitch": basic_pitch,
 }
-SEEDS = {"calibration": 1, "eval": 2}
+# train and val: recover.py's distillation inputs and its recipes' eval split (checkpoint
+# choice), distinct from the evaluation inputs every figure is measured on
+SEEDS = {"calibration": 1, "eval": 2, "train": 3, "val": 4}
 
 
 def build_split(builder: str, split: str, count: int, files: dict[str, Path], cache: Path) -> Path:
@@ -148,8 +159,7 @@ def build_split(builder: str, split: str, count: int, files: dict[str, Path], ca
     seed = int(hashlib.sha256(builder.encode()).hexdigest()[:8], 16) + SEEDS[split]
     rng, photos = np.random.default_rng(seed), render.load_photos(files)
     x, texts = BUILDERS[builder](rng, photos, count)
-    if split == "eval":
-        x, texts = _without_calibration_samples(builder, x, texts, rng, photos, cache)
+    x, texts = _disjoint(builder, split, x, texts, rng, photos, cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x.astype(np.float32))
     if texts is not None:
@@ -161,12 +171,17 @@ def _digest(sample: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(sample, np.float32).tobytes()).digest()
 
 
-def _without_calibration_samples(builder, x, texts, rng, photos, cache):
-    """Evaluation samples equal to a calibration sample (small crops of a flat photo region
-    can coincide) replaced by further draws of the same generator, so the sets are
-    disjoint."""
-    calibration = sorted((cache / "inputs").glob(f"{builder}-calibration-*.npz"))
-    seen = {_digest(s) for c in calibration for s in np.load(c)["x"]}
+def _disjoint(builder, split, x, texts, rng, photos, cache):
+    """Samples equal to one of another split already made (small crops of a flat photo
+    region can coincide) replaced by further draws of the same generator, so the splits
+    are disjoint: evaluation from calibration (run.py), train and val from both
+    (recover.py)."""
+    others = [
+        p
+        for p in sorted((cache / "inputs").glob(f"{builder}-*.npz"))
+        if p.stem.rsplit("-", 2)[0] == builder and p.stem.rsplit("-", 2)[1] != split
+    ]
+    seen = {_digest(s) for c in others for s in np.load(c)["x"]}
     for _ in range(10):
         clash = [i for i, sample in enumerate(x) if _digest(sample) in seen]
         if not clash:
@@ -176,4 +191,4 @@ def _without_calibration_samples(builder, x, texts, rng, photos, cache):
             x[i] = extra[k]
             if texts is not None:
                 texts[i] = extra_texts[k]
-    raise RuntimeError(f"{builder}: evaluation samples keep equalling calibration samples")
+    raise RuntimeError(f"{builder}: {split} samples keep equalling another split's samples")
