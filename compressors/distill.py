@@ -93,7 +93,12 @@ class DistillStage(Stage):
         masks = training_masks(model.module, ctx.facts.masks)
         self.notes += ctx.datasets.train_notes()
         self.details = distill_train(
-            model, ctx, opts.train_config(), opts, masks=masks, label=self.name
+            model,
+            ctx,
+            opts.train_config(batchnorm=self._batchnorm()),
+            opts,
+            masks=masks,
+            label=self.name,
         )
         if opts.student is not None:
             self.details["student"] = {
@@ -103,6 +108,13 @@ class DistillStage(Stage):
                 "init_from_teacher": copied or None,
             }
         return model.with_module(model.module)
+
+    def _batchnorm(self) -> str:
+        """`batchnorm: auto`: a pretrained student (the current model) keeps its BatchNorm
+        statistics; a new architecture has none worth keeping."""
+        if self.options.batchnorm != "auto":
+            return self.options.batchnorm
+        return "frozen" if self.options.student is None else "train"
 
     def _build_student(self):
         import torch

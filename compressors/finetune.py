@@ -115,10 +115,11 @@ class FinetuneStage(Stage):
                 note = "data.train has no labels: distilled from the original model"
                 ctx.progress.log(f"finetune: {note} (finetune.distill sets how)")
                 self.notes.append(note)
+            frozen = "frozen" if self.options.batchnorm == "auto" else self.options.batchnorm
             self.details = distill_train(
                 model,
                 ctx,
-                config,
+                self.options.train_config(batchnorm=frozen),
                 settings,
                 masks=masks,
                 label=self.name,

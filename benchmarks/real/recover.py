@@ -127,6 +127,18 @@ def bench(target, files: dict, args) -> dict:
     return result
 
 
+def _reused(args, chosen) -> list[dict]:
+    """The models of `--reuse JSON` not chosen now, each marked with its own run's date,
+    command and load (read when the section is written: that run may still be going)."""
+    if not args.reuse:
+        return []
+    names, earlier = {t.name for t in chosen}, json.loads(args.reuse.read_text())
+    env = earlier["environment"]
+    measured = {key: env.get(key) for key in ("date", "command", "load_start", "load_end",
+                                               "others_share")}  # fmt: skip
+    return [{**m, "reused": measured} for m in earlier["models"] if m["name"] not in names]
+
+
 def _bench_safely(target, files: dict, args) -> dict:
     try:
         return bench(target, files, args)
@@ -141,6 +153,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="few samples, one epoch")
     parser.add_argument("--json", type=Path, help="write every figure here (after each model)")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="JSON",
+        help="take the models --only does not choose from this earlier --json file (each keeps "
+        "its own recipes and date) and write the section with all of them",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     return parser.parse_args()
 
@@ -151,6 +170,7 @@ def main() -> None:
     files = fetch.fetch()
     chosen = recover_recipes.select(args.only)
     load, started, results = os.getloadavg(), time.perf_counter(), []
+
     probe = recover_report.start_probe()
     for target in chosen:
         print(f"== {target.name}", file=sys.stderr, flush=True)
@@ -164,8 +184,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps({"environment": env, "models": results},
                                             default=report.jsonable, indent=1) + "\n")  # fmt: skip
-        text = recover_report.section(env, results)
-        if not args.quick and not args.only:
+        text = recover_report.section(env, _reused(args, chosen) + results)
+        if not args.quick and (args.reuse or not args.only):
             update_results(args.results, text)
     sys.stdout.write(text)
 

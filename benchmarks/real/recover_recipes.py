@@ -55,7 +55,7 @@ TARGETS = (
     Target(
         "easyocr_rec", _entry("easyocr_rec"), "easyocr_rec", (1, 64, 256),
         prune="{sparsity: 0.5}",
-        distill="{{loss: kl, temperature: 2, epochs: {epochs}, lr: 0.001, batch_size: 16, "
+        distill="{{loss: kl, temperature: 2, epochs: {epochs}, lr: 0.0003, batch_size: 16, "
         "schedule: cosine}}",
         epochs=3, primary="string_agreement", figures=("string_agreement", "cosine", "cer"),
         counts={"train": 256, "val": 32, "calibration": 64, "eval": 256},

@@ -181,6 +181,19 @@ def command(args) -> str:
     )
 
 
+def _reused_line(result: dict) -> list[str]:
+    if "reused" not in result:
+        return []
+    r = result["reused"]
+    others = "?" if r.get("others_share") is None else f"{r['others_share']:.0%}"
+    return [
+        f"Measured by an earlier run (`{r['command']}`, {r['date']}, load "
+        f"{' '.join(f'{v:.2f}' for v in r['load_start'])} at its start, other processes "
+        f"{others} of the CPUs), taken from its JSON with `--reuse`.",
+        "",
+    ]
+
+
 def section(env: dict, results: list[dict]) -> str:
     others = env.get("others_share")
     lines = [
@@ -224,6 +237,7 @@ def section(env: dict, results: list[dict]) -> str:
             *stages.rstrip("\n").splitlines(),
             "```",
             "",
+            *_reused_line(result),
             model_table(result),
             *[f"- {t}" for t in result["targets"]],
             "",

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "step"]
+BatchNormMode = Literal["auto", "train", "frozen"]
 
 
 class TrainingOptions(StageOptions):
@@ -37,6 +38,14 @@ class TrainingOptions(StageOptions):
         True,
         description="Restore the epoch with the best eval metric at the end; false: keep "
         "the last epoch.",
+    )
+
+    batchnorm: BatchNormMode = Field(
+        "auto",
+        description="BatchNorm statistics while training: train (batch statistics, running "
+        "averages updated), frozen (the running statistics the model came with; scale and "
+        "shift still train), auto: frozen when a pretrained model is distilled (distill "
+        "without a new student, finetune's distillation), train otherwise (docs/recovery.md).",
     )
 
     def train_config(self, **overrides) -> TrainConfig:
