@@ -113,3 +113,34 @@ def _public_names(target: Any) -> list[str]:
         return list(dir(target))
     except Exception:
         return []
+
+
+def factory_paths(args: dict, base_dir: Path, *, key: str, error: type[MCompError]) -> dict:
+    """`args` with every string naming a file or folder next to the recipe made that path
+    (a `from_pretrained` folder, a text file); a string written as a path (`./x`, `../x`,
+    `/x`, `~/x`) that names nothing is an error here, as a Hugging Face library would
+    otherwise take it for a model hub's name."""
+    resolved = {}
+    for name, value in args.items():
+        if isinstance(value, str) and value:
+            candidate = _existing(base_dir, value)
+            if candidate is not None:
+                value = str(candidate)
+            elif value.startswith(PATH_PREFIXES):
+                raise error(
+                    f"{key}.{name}: {value} does not exist (paths are relative to the "
+                    f"recipe's folder, {base_dir.resolve()}); make it, or fix the path"
+                )
+        resolved[name] = value
+    return resolved
+
+
+PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
+def _existing(base_dir: Path, value: str) -> Path | None:
+    try:
+        candidate = (base_dir / Path(value).expanduser()).resolve()
+        return candidate if candidate.exists() else None
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a loop
+        return None

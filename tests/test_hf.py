@@ -229,3 +229,54 @@ class Evil:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.path),))
+
+
+def test_arrays_in_another_order_than_the_forward_are_refused(project):
+    from transformers import AutoModelForSequenceClassification
+
+    from mcomp.errors import DataError
+    from mcomp.model.signature import check_argument_order, forward_arguments
+
+    model = AutoModelForSequenceClassification.from_pretrained(project / "my-model")
+    arguments = forward_arguments(model)
+    assert arguments[:3] == ["input_ids", "attention_mask", "token_type_ids"]
+    check_argument_order(["input_ids", "attention_mask"], arguments)  # the forward's order
+    check_argument_order(["ids", "mask"], arguments)  # other names: by position
+    with pytest.raises(DataError, match="'token_type_ids' would be passed as its argument "):
+        check_argument_order(["input_ids", "token_type_ids"], arguments)
+
+
+def test_text_lines_are_tokenized_by_the_folders_tokenizer(project, monkeypatch):
+    # setup: a WordPiece tokenizer saved into a folder, a text file, both next to a recipe
+    from transformers import BertTokenizerFast
+
+    from mcomp.data.load import load_datasets
+    from mcomp.recipe.schema import DataSpec
+
+    words = ["hello", "world", "mcomp", "prunes", "models"]
+    folder = project / "tokenizer"
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # from the vocabulary file alone (transformers 4 and 5 read it alike), saved in full
+    BertTokenizerFast.from_pretrained(folder).save_pretrained(folder)
+    (project / "texts.txt").write_text("hello world\n\nmcomp prunes models\nunknown words\n")
+    spec = DataSpec.model_validate(
+        {
+            "train": {
+                "factory": "mcomp.data.hf_text:tokenized_lines",
+                "factory_args": {"tokenizer": "./tokenizer", "path": "texts.txt", "max_length": 8},
+                "inputs": ["input_ids", "attention_mask"],
+                "labels": None,
+            }
+        }
+    )
+    # act: from another working directory; the paths are the recipe folder's
+    monkeypatch.chdir(project.parent)
+    split = load_datasets(spec, base_dir=project, seed=0).train
+    # check: one sample per non-empty line, [CLS] w... [SEP] then padding
+    ids, mask = split.inputs["input_ids"], split.inputs["attention_mask"]
+    assert ids.dtype == mask.dtype == np.int64 and ids.shape == mask.shape == (3, 8)
+    assert ids[0].tolist() == [2, 5, 6, 3, 0, 0, 0, 0]
+    assert mask[1].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    assert ids[2].tolist()[:4] == [2, 1, 1, 3]  # unknown words are [UNK]

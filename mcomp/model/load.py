@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from mcomp.errors import MCompError, ModelLoadError
-from mcomp.factory import import_factory, user_code
+from mcomp.factory import factory_paths, import_factory, user_code
 from mcomp.model.module_names import WRAPPER_PREFIXES, strip_wrapper_prefix
 from mcomp.model.state import ModelState
 from mcomp.model.tensor_types import onnx_inputs
@@ -194,39 +194,11 @@ def _build(spec: ModelSpec, args: dict):
 def _from_factory(spec: ModelSpec, base_dir: Path) -> ModelState:
     """A model that `model.factory` loads itself (no `path`: e.g. a Hugging Face
     `from_pretrained`)."""
-    module = _build(spec, factory_paths(spec.factory_args, base_dir))
+    args = factory_paths(
+        spec.factory_args, base_dir, key="model.factory_args", error=ModelLoadError
+    )
+    module = _build(spec, args)
     return ModelState.from_torch(module.eval(), [], source=f"factory:{spec.factory}")
-
-
-def factory_paths(args: dict, base_dir: Path) -> dict:
-    """`args` with every string naming a file or folder next to the recipe made that path
-    (a `from_pretrained` folder, say); a string written as a path (`./x`, `../x`, `/x`,
-    `~/x`) that names nothing is an error here, as the library would otherwise take it for
-    a model hub's name."""
-    resolved = {}
-    for key, value in args.items():
-        if isinstance(value, str) and value:
-            candidate = _existing(base_dir, value)
-            if candidate is not None:
-                value = str(candidate)
-            elif value.startswith(PATH_PREFIXES):
-                raise ModelLoadError(
-                    f"model.factory_args.{key}: {value} does not exist (paths are relative "
-                    f"to the recipe's folder, {base_dir.resolve()}); make it, or fix the path"
-                )
-        resolved[key] = value
-    return resolved
-
-
-PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
-
-
-def _existing(base_dir: Path, value: str) -> Path | None:
-    try:
-        candidate = (base_dir / Path(value).expanduser()).resolve()
-        return candidate if candidate.exists() else None
-    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a loop
-        return None
 
 
 def _without_wrapper_prefixes(state_dict: dict, module) -> dict:
