@@ -116,8 +116,10 @@ class ModelSpec(Strict):
     )
     factory_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword arguments passed to `factory`; a string naming an existing file or "
-        "folder relative to the recipe is passed as that path.",
+        description="Keyword arguments passed to `factory`. Without `path`, a string naming a "
+        "file or folder relative to the recipe (a `from_pretrained` folder) is passed as that "
+        "path, and one written as a path (`./x`, `../x`, `/x`) that does not exist is an error "
+        "(docs/hf.md).",
     )
     python_path: list[str] = Field(
         default_factory=list,
@@ -193,7 +195,10 @@ class SplitSpec(Strict):
         "items are (x, y), (x1, ..., y) or dicts keyed by array name.",
     )
     factory_args: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments passed to `factory`."
+        default_factory=dict,
+        description="Keyword arguments passed to `factory`; a string naming a file or folder "
+        "relative to the recipe is passed as that path (one written as a path that does not "
+        "exist is an error).",
     )
     inputs: list[str] | None = Field(
         None,
