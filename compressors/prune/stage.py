@@ -55,14 +55,10 @@ class PruneStage(Stage):
 
             return check_layer_options(model, opts.blocks, opts.num_blocks)
         select_prunable(model.module, opts, ctx.progress)
-        train = ctx.datasets.train
-        if opts.gradual is not None and (train is None or train.labels is None):
-            raise StageError(
-                "prune.gradual: trains on labelled data and data.train has "
-                + ("none" if train is None else "no labels")
-                + "; prune at once and recover with `finetune` (it distils from the original "
-                "model without labels)"
-            )
+        if opts.gradual is not None:
+            from mcomp.compressors.prune.gradual import check_gradual
+
+            check_gradual(model, ctx, opts.gradual)
         if opts.method == "magnitude" and (opts.target_macs_ratio or opts.round_to):
             raise StageError(
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
@@ -76,6 +72,8 @@ class PruneStage(Stage):
             read_sensitivity(ctx.recipe_dir / opts.sensitivity)
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
+        if self.options.gradual is not None:
+            self.notes += ctx.datasets.train_notes()
         if self.options.method == "channel":
             return self._prune_channels(model, ctx)
         if self.options.method == "layer":
@@ -85,7 +83,7 @@ class PruneStage(Stage):
     def _prune_channels(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.prune.channel import prune_channels_of_model
 
-        self.details = prune_channels_of_model(model, self.options, ctx)
+        self.details = prune_channels_of_model(model, self.options, ctx, self._distill(ctx))
         self._compare_ratios(ctx)
         ctx.facts.masks = {}  # earlier unstructured masks no longer fit the new shapes
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
@@ -119,7 +117,13 @@ class PruneStage(Stage):
             from mcomp.compressors.prune.gradual import prune_magnitude_gradually
 
             details = prune_magnitude_gradually(
-                model, ctx, targets, final=opts.sparsity, scope=opts.scope, options=opts.gradual
+                model,
+                ctx,
+                targets,
+                final=opts.sparsity,
+                scope=opts.scope,
+                options=opts.gradual,
+                distill=self._distill(ctx),
             )
             masks = details.pop("masks")
         else:
@@ -141,6 +145,19 @@ class PruneStage(Stage):
         self.details = {**details, "layers": mask_sparsity(masks), "pruned_weights": pruned}
         self.notes.append(STORAGE_ONLY)
         return model.with_module(model.module)
+
+    def _distill(self, ctx: StageContext):
+        """The distillation settings of gradual pruning (None: on labels, or one-shot); the
+        default without labels is said in a log line and a note."""
+        from mcomp.compressors.prune.gradual import DEFAULT_DISTILL_NOTE, gradual_distill
+
+        if self.options.gradual is None:
+            return None
+        settings = gradual_distill(self.options.gradual, ctx.datasets.train)
+        if settings is not None and self.options.gradual.distill is None:
+            ctx.progress.log(f"prune: {DEFAULT_DISTILL_NOTE} (prune.gradual.distill sets how)")
+            self.notes.append(DEFAULT_DISTILL_NOTE)
+        return settings
 
     @staticmethod
     def _batchnorms(model: ModelState, targets: list) -> dict:

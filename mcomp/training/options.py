@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from mcomp.stage import StageOptions
+from mcomp.training.augment import AugmentOptions
 
 if TYPE_CHECKING:
     from mcomp.training.loop import TrainConfig
@@ -37,6 +38,13 @@ class TrainingOptions(StageOptions):
         True,
         description="Restore the epoch with the best eval metric at the end; false: keep "
         "the last epoch.",
+    )
+
+    augment: AugmentOptions | None = Field(
+        None,
+        description="Cheap per-batch input augmentation for a small train split (noise, "
+        "image flips/crops, audio gain/shift, token dropout; docs/recovery.md); "
+        "null: none.",
     )
 
     def train_config(self, **overrides) -> TrainConfig:
