@@ -12,6 +12,8 @@
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
+        # gradual: {steps: 8, distill: {}}   # ... against the original model (default
+        #                                    #   when data.train has no labels)
 
 One file per method: `magnitude.py` (real zeros; the masks go to `ctx.facts.masks` so that
 training stages keep the zeros at zero), `channel.py` (whole output channels of convolutions

@@ -1,7 +1,8 @@
 """The training options every training stage shares (finetune, distill, gradual prune, qat).
 
 Declared once here; a stage whose default differs (distill trains 5 epochs, qat and gradual
-pruning others) re-declares only that field. `train_config` hands them to the one loop.
+pruning others) re-declares only that field. `train_config` hands them to the one loop;
+`augment` (`mcomp.training.augment`) is applied there to every batch.
 """
 
 from __future__ import annotations
