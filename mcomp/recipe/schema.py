@@ -315,22 +315,23 @@ class LatencySpec(Strict):
         5,
         ge=0,
         le=10_000,
-        description="Untimed calls before a model's first block (2 before its later ones).",
+        description="Untimed calls before a model's first block (1 before its later ones).",
     )
     runs: int = Field(
         30,
         gt=0,
         le=100_000,
-        description="Timed calls per model at batch 1, shared among the rounds (at least 5 "
-        "per round); half as many at the larger batch (at least 3 per round). Fast models get "
-        "more: every block lasts at least 40 ms.",
+        description="Timed calls per model at batch 1, shared among the rounds (at least 3 "
+        "per round); half as many at the larger batch (at least 1 per round). Fast models get "
+        "more: every block lasts at least 15 ms.",
     )
     rounds: int = Field(
-        5,
+        15,
         ge=1,
         le=50,
         description="Rounds of side-by-side timing; a figure is the median of the round "
-        "medians, its spread their min-max. More rounds narrow the spread on a busy machine.",
+        "medians, its spread their min-max; a speed-up is the median of the round-by-round "
+        "ratios within a 95 % interval of that median. More rounds narrow the interval.",
     )
 
 
