@@ -214,6 +214,12 @@ BAD = {
         "eval: {path: eval.npz, labels: null},",
         ["prune.gradual: trains on inputs and the recipe gives none", "data.train"],
     ),
+    "taylor importance without labels (gradual pruning would distil)": (
+        "embed",
+        "  - prune: {method: channel, sparsity: 0.5, importance: taylor, gradual: {}}\n",
+        None,
+        ["prune: importance 'taylor' needs labelled training batches", "l1/l2/bn_scale"],
+    ),
     "an image transform on a 2-D input": (
         "embed",
         "  - prune: {sparsity: 0.5, gradual: {augment: {flip: horizontal}}}\n",

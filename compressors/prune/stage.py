@@ -57,6 +57,14 @@ class PruneStage(Stage):
 
             return check_layer_options(model, opts.blocks, opts.num_blocks)
         select_prunable(model.module, opts, ctx.progress)
+        train = ctx.datasets.train
+        taylor = opts.method == "channel" and opts.importance == "taylor"
+        if taylor and (train is None or train.labels is None):
+            # (gradual pruning without labels distils, but Taylor ranks on the task loss)
+            raise StageError(
+                "prune: importance 'taylor' needs labelled training batches; give "
+                "`data.train` with labels, or use importance l1/l2/bn_scale"
+            )
         if opts.gradual is not None:
             from mcomp.compressors.prune.gradual import check_gradual
 
