@@ -36,8 +36,12 @@ def keep_hubs_offline() -> None:
     """Hugging Face's hub client reads `HF_HUB_OFFLINE` once, when it is first imported: set
     it before any factory imports it, so that a name that is not a local folder fails instead
     of downloading (and running) something. A user who wants downloads says
-    `HF_HUB_OFFLINE=0`; mcomp itself needs no network."""
+    `HF_HUB_OFFLINE=0`; mcomp itself needs no network. Their progress bars ("Loading
+    weights", "Writing model shards") go off the same way, read at the same import: they
+    write to the terminal past mcomp's filter of library output (`--verbose` keeps them off;
+    `HF_HUB_DISABLE_PROGRESS_BARS=0` brings them back)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @contextlib.contextmanager
