@@ -14,6 +14,7 @@ from mcomp.cli.model_options import (
     load_data,
     model_options,
     model_ref,
+    output_option,
     threads_from,
     threads_option,
 )
@@ -30,6 +31,7 @@ EPILOG = (
 @click.argument("model_b", metavar="B", type=click.Path(path_type=Path))
 @data_options
 @model_options
+@output_option
 @threads_option
 @click.option(
     "--batch",
@@ -67,6 +69,7 @@ def compare(
     python_path: tuple[Path, ...],
     input_shapes: tuple[str, ...],
     allow_pickle: bool,
+    output: str | None,
     threads: int | None,
     batch: int,
     rounds: int,
@@ -78,7 +81,8 @@ def compare(
     """Compare model B with model A: size, parameters, MACs, onnxruntime latency (timed side
     by side in one run), the metric (with --data) and output agreement. Ratios are B / A.
 
-    --factory/--python-path/--input-shape apply to whichever model is a torch file.
+    --factory/--python-path/--input-shape apply to whichever model is a torch file;
+    --output to both (a name, or an index of the flattened outputs).
 
     \b
     Examples:
@@ -89,7 +93,8 @@ def compare(
     from mcomp.tools.compare import CompareOptions, compare_models
 
     refs = [
-        model_ref(m, factory, python_path, input_shapes, allow_pickle) for m in (model_a, model_b)
+        model_ref(m, factory, python_path, input_shapes, allow_pickle, output)
+        for m in (model_a, model_b)
     ]
     options = CompareOptions(
         threads=threads_from(threads), batch=batch, rounds=rounds, runs=runs, metric=metric

@@ -15,6 +15,7 @@ from mcomp.cli.model_options import (
     model_argument,
     model_options,
     model_ref,
+    output_option,
     threads_from,
     threads_option,
 )
@@ -27,6 +28,7 @@ EPILOG = "\b\nExit codes: 0 ok, 2 bad input (model or data missing, data that do
 @model_argument
 @data_options
 @model_options
+@output_option
 @threads_option
 @json_option
 @verbose_option
@@ -42,6 +44,7 @@ def eval_command(
     python_path: tuple[Path, ...],
     input_shapes: tuple[str, ...],
     allow_pickle: bool,
+    output: str | None,
     threads: int | None,
     as_json: bool,
     verbose: bool,
@@ -54,20 +57,21 @@ def eval_command(
       mcomp eval mcomp-out/model.onnx --data digits
       mcomp eval model.onnx --data eval.npz --inputs pixels --labels target --metric mse
       mcomp eval model.pt --factory mypkg.nets:mlp --data eval.npz --json
+      mcomp eval model.pt2 --data eval.npz --output logits
     """
     from mcomp.cli.companion_render import render_eval
     from mcomp.data.open import fit_split
-    from mcomp.model.open import open_model
+    from mcomp.model.open import open_model, select_output
     from mcomp.tools.eval import evaluate_model
 
     if data is None:
         raise click.UsageError("--data is required (an .npz file or `digits`)")
     n_threads = threads_from(threads)
     with libraries_filtered(verbose):
-        state = open_model(
-            model_ref(model, factory, python_path, input_shapes, allow_pickle), n_threads
-        )
+        ref = model_ref(model, factory, python_path, input_shapes, allow_pickle, output)
+        state = open_model(ref, n_threads)
         split = fit_split(state, load_data(data, input_arrays, labels), n_threads)
+        select_output(state, ref, split.inputs)
         result = evaluate_model(state, split, metric=metric, threads=n_threads)
     if as_json:
         echo_json(result)

@@ -32,6 +32,14 @@ input_shape_option = click.option(
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code)."
 )
+output_option = click.option(
+    "--output",
+    "output",
+    metavar="NAME|INDEX",
+    help="For a model with several outputs (a tuple, a dict, a Hugging Face ModelOutput, "
+    "several ONNX outputs): the one the metric and the agreement read, by name or index "
+    "(a recipe's model.output; default the first).",
+)
 threads_option = click.option(
     "--threads",
     type=click.IntRange(1, 1024),
@@ -82,6 +90,7 @@ def model_ref(
     python_path: tuple[Path, ...],
     input_shapes: tuple[str, ...],
     allow_pickle: bool,
+    output: str | None = None,
 ):
     """A `ModelRef` from the shared options."""
     from mcomp.model.open import ModelRef, parse_input_shape
@@ -92,6 +101,7 @@ def model_ref(
         python_path=list(python_path),
         input_shapes=[parse_input_shape(s) for s in input_shapes],
         allow_pickle=allow_pickle,
+        output=output,
     )
 
 

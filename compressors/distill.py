@@ -67,12 +67,14 @@ class DistillStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
+        from mcomp.training.augment import check_augment
         from mcomp.training.distillation import check_distill, check_hints, load_teacher
 
         teacher = load_teacher(self.options, ctx, self.name)
         student = self._build_student() if self.options.student else model.module
         check_hints(student, teacher, self.options.hints, self.name)
         check_distill(student, teacher, model, self.options, ctx, self.name)
+        check_augment(self.options.augment, model, ctx, f"{self.name}.augment", teacher=True)
 
     def runs_on_all_ranks(self) -> bool:
         return True  # trains: every rank under DistributedDataParallel

@@ -61,6 +61,7 @@ class FinetuneStage(Stage):
     produces = ModelKind.TORCH
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
+        from mcomp.training.augment import check_augment
         from mcomp.training.distillation import check_distill, check_hints, load_teacher
 
         split = ctx.datasets.train
@@ -80,6 +81,8 @@ class FinetuneStage(Stage):
             teacher = load_teacher(settings, ctx, self.name)
             check_hints(model.module, teacher, settings.hints, self.name)
             check_distill(model.module, teacher, model, settings, ctx, f"{self.name}.distill")
+        key = f"{self.name}.augment"
+        check_augment(self.options.augment, model, ctx, key, teacher=settings is not None)
 
     def _distill_settings(self, ctx: StageContext) -> DistillSettings | None:
         """`distill:`, else the defaults (the original model as teacher) when the train split
@@ -133,4 +136,6 @@ class FinetuneStage(Stage):
             "best_epoch": result.best_epoch + 1,
             "masked_tensors": len(masks),
         }
+        if self.options.augment is not None and self.options.augment.active():
+            self.details["augment"] = self.options.augment.active()
         return model.with_module(model.module)

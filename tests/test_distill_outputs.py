@@ -208,11 +208,26 @@ BAD = {
         None,
         ["finetune.distill.outputs[0].output", "no output 'pool'", "did you mean 'pooled'"],
     ),
-    "gradual pruning without labels": (
+    "gradual pruning without train inputs": (
         "embed",
         "  - prune: {sparsity: 0.5, gradual: {}}\n",
+        "eval: {path: eval.npz, labels: null},",
+        ["prune.gradual: trains on inputs and the recipe gives none", "data.train"],
+    ),
+    "taylor importance without labels (gradual pruning would distil)": (
+        "embed",
+        "  - prune: {method: channel, sparsity: 0.5, importance: taylor, gradual: {}}\n",
         None,
-        ["prune.gradual: trains on labelled data and data.train has no labels", "finetune"],
+        ["prune: importance 'taylor' needs labelled training batches", "l1/l2/bn_scale"],
+    ),
+    "an image transform on a 2-D input": (
+        "embed",
+        "  - prune: {sparsity: 0.5, gradual: {augment: {flip: horizontal}}}\n",
+        None,
+        [
+            "prune.gradual.augment.flip: image transforms need a 4-D float input (N, C, H, W)",
+            "input 'x' is (N, 16) float32",
+        ],
     ),
     "no train inputs at all": (
         "embed",

@@ -37,7 +37,7 @@ README_MAX_LINES = 200
 # CI (.ci/run) runs these steps; the README shows them as one line to copy.
 TEST_COMMAND = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
-    'pip install -e ".[test]" && python -m pytest'
+    'pip install -e ".[test,hf]" && python -m pytest'
 )
 LINKED_PAGES = [
     "README.md",

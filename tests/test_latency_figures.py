@@ -14,7 +14,7 @@ from mcomp.measure.metrics import BUILTIN
 from mcomp.measure.side_by_side import LatencyStats, runs_per_round, time_side_by_side
 from mcomp.recipe.schema import ConstraintsSpec, LatencySpec
 from mcomp.report.constraints import absolute_budget, check_constraints
-from mcomp.report.speedup import RESOLUTION, speedup, speedup_between
+from mcomp.report.speedup import RESOLUTION, median_interval, speedup, speedup_between
 
 
 def figures(*rounds: float) -> dict:
@@ -42,6 +42,25 @@ def test_speedup_is_the_median_round_ratio_and_their_range():
     # a slow round of both (the machine got busy) cancels in the round-by-round ratio
     drift = speedup(figures(2.0, 4.0, 2.0, 4.0, 2.0), figures(1.0, 2.0, 1.0, 2.0, 1.0))
     assert drift.value == drift.low == drift.high == pytest.approx(2.0) and drift.resolved
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    # 5 values or fewer: no narrower interval keeps 95 %, so the whole range
+    assert median_interval((3.0, 1.0, 2.0, 5.0, 4.0)) == (1.0, 5.0)
+    # 15 values: the 5th to the 11th (P(fewer than 5 below the median) = 0.0592 / 2 > 2.5 %
+    # would be too narrow at the 6th; 4 below = 0.0176 keeps 96.5 %)
+    assert median_interval(tuple(float(v) for v in range(15))) == (4.0, 10.0)
+    assert median_interval(tuple(float(v) for v in range(6))) == (1.0, 4.0)
+
+
+def test_an_unlucky_round_of_fifteen_does_not_decide_a_speedup():
+    # a bimodal machine: 3 of 15 baseline blocks ran on the slow level (x1.4); the true
+    # speed-up is 1, the range of the ratios says up to x1.4, the median's interval does not
+    base = [1.4 if r in (2, 7, 11) else 1.0 for r in range(15)]
+    found = speedup(figures(*base), figures(*([1.0] * 15)))
+    assert max(found.paired) == pytest.approx(1.4)
+    assert found.value == found.low == found.high == pytest.approx(1.0)
+    assert found.text() == "≈"
 
 
 def test_round_ratios_on_both_sides_of_one_print_as_approximately_equal():
@@ -143,7 +162,7 @@ def test_a_percentage_that_is_not_a_number_is_refused():
 def test_runs_are_shared_among_rounds_with_a_floor():
     assert runs_per_round(30, 5) == {"b1": 6, "batch": 3}
     assert runs_per_round(100, 4) == {"b1": 25, "batch": 13}
-    assert runs_per_round(1, 5) == {"b1": 5, "batch": 3}
+    assert runs_per_round(1, 5) == {"b1": 3, "batch": 1}
 
 
 def _scaling_model(scale: float) -> bytes:
@@ -214,7 +233,7 @@ def test_busy_warning_names_the_share_of_the_cpus():
 def test_latency_spec_rounds_default_and_bounds():
     from pydantic import ValidationError
 
-    assert LatencySpec().rounds == 5
+    assert LatencySpec().rounds == 15
     with pytest.raises(ValidationError):
         LatencySpec(rounds=0)
 

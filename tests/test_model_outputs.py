@@ -213,3 +213,36 @@ def test_output_the_model_does_not_have_is_one_line_before_any_stage(project, ou
     result = invoke(project, "run", str(path), "--out", str(project / "out_e"), "-q")
     one_error(result, *texts)
     assert not (project / "out_e" / "model.onnx").exists()
+
+
+def test_eval_and_compare_read_the_output_named_by_output(project):
+    runner = CliRunner()
+    model = ["body.pt", "--factory", "outmodels:dict_net", "--python-path", "."]
+    data = ["--data", "eval.npz", "--threads", "1", "--json"]
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        picked = runner.invoke(cli, ["eval", *model, *data, "--output", "logits"])
+        by_index = runner.invoke(cli, ["eval", *model, *data, "--output", "1"])
+        first = runner.invoke(cli, ["eval", *model, *data])
+        typo = runner.invoke(cli, ["eval", *model, *data, "--output", "logit"])
+        run_recipe(write(project, "dict_net", "logits", "  - export: {}\n"), project / "out_e")
+        compared = runner.invoke(
+            cli, ["compare", *model, "out_e/model.onnx", *data, "--output", "logits"]
+        )
+    finally:
+        os.chdir(cwd)
+    import json
+
+    assert picked.exit_code == 0, picked.output
+    scored = json.loads(picked.stdout)
+    # the logits (4 classes) are scored with accuracy; the first output, the 32-wide hidden
+    # layer, is not what the labels describe
+    assert scored["metric_name"] == "accuracy" and scored["metric"] > 0.8
+    assert json.loads(by_index.stdout)["metric"] == scored["metric"]
+    assert first.exit_code != 0 or json.loads(first.stdout)["metric"] != scored["metric"]
+    assert typo.exit_code == 2
+    assert "--output" in typo.output and "did you mean 'logits'" in typo.output
+    assert compared.exit_code == 0, compared.output
+    result = json.loads(compared.stdout)
+    assert result["figures"]["metric"]["a"] == pytest.approx(scored["metric"])

@@ -232,9 +232,12 @@ def _ratio_for_macs(
     return high
 
 
-def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: StageContext) -> dict:
-    """`method: channel` of the prune stage on `model.module` (in place, one-shot or gradual);
-    returns the report details."""
+def prune_channels_of_model(
+    model: ModelState, options: PruneOptions, ctx: StageContext, distill=None
+) -> dict:
+    """`method: channel` of the prune stage on `model.module` (in place, one-shot or gradual;
+    gradual trains against the teacher of `distill` when given); returns the report
+    details."""
     from mcomp.compressors.prune.options import select_prunable
     from mcomp.compressors.select import layer_candidates
     from mcomp.model.convert import example_inputs
@@ -256,7 +259,7 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
     )
     example = example_inputs(model, batch=1)
     if options.gradual is not None:
-        return _prune_channels_gradually(model, ctx, example, options, common)
+        return _prune_channels_gradually(model, ctx, example, options, common, distill)
     return prune_channels(
         module,
         example,
@@ -267,7 +270,7 @@ def prune_channels_of_model(model: ModelState, options: PruneOptions, ctx: Stage
 
 
 def _prune_channels_gradually(
-    model: ModelState, ctx: StageContext, example, options: PruneOptions, common: dict
+    model: ModelState, ctx: StageContext, example, options: PruneOptions, common: dict, distill
 ) -> dict:
     import torch_pruning as tp
 
@@ -287,7 +290,9 @@ def _prune_channels_gradually(
         schedule=schedule,
         **common,
     )
-    details = prune_channels_gradually(model, ctx, prune_step=step, options=gradual)
+    details = prune_channels_gradually(
+        model, ctx, prune_step=step, options=gradual, distill=distill
+    )
     macs_after, params_after = tp.utils.count_ops_and_params(model.module, example)
     return {
         **details,

@@ -12,6 +12,8 @@
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
+        # gradual: {steps: 8, distill: {}}   # ... against the original model (default
+        #                                    #   when data.train has no labels)
 
 One file per method: `magnitude.py` (real zeros; the masks go to `ctx.facts.masks` so that
 training stages keep the zeros at zero), `channel.py` (whole output channels of convolutions
@@ -56,13 +58,17 @@ class PruneStage(Stage):
             return check_layer_options(model, opts.blocks, opts.num_blocks)
         select_prunable(model.module, opts, ctx.progress)
         train = ctx.datasets.train
-        if opts.gradual is not None and (train is None or train.labels is None):
+        taylor = opts.method == "channel" and opts.importance == "taylor"
+        if taylor and (train is None or train.labels is None):
+            # (gradual pruning without labels distils, but Taylor ranks on the task loss)
             raise StageError(
-                "prune.gradual: trains on labelled data and data.train has "
-                + ("none" if train is None else "no labels")
-                + "; prune at once and recover with `finetune` (it distils from the original "
-                "model without labels)"
+                "prune: importance 'taylor' needs labelled training batches; give "
+                "`data.train` with labels, or use importance l1/l2/bn_scale"
             )
+        if opts.gradual is not None:
+            from mcomp.compressors.prune.gradual import check_gradual
+
+            check_gradual(model, ctx, opts.gradual)
         if opts.method == "magnitude" and (opts.target_macs_ratio or opts.round_to):
             raise StageError(
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
@@ -76,6 +82,8 @@ class PruneStage(Stage):
             read_sensitivity(ctx.recipe_dir / opts.sensitivity)
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
+        if self.options.gradual is not None:
+            self.notes += ctx.datasets.train_notes()
         if self.options.method == "channel":
             return self._prune_channels(model, ctx)
         if self.options.method == "layer":
@@ -85,7 +93,7 @@ class PruneStage(Stage):
     def _prune_channels(self, model: ModelState, ctx: StageContext) -> ModelState:
         from mcomp.compressors.prune.channel import prune_channels_of_model
 
-        self.details = prune_channels_of_model(model, self.options, ctx)
+        self.details = prune_channels_of_model(model, self.options, ctx, self._distill(ctx))
         self._compare_ratios(ctx)
         ctx.facts.masks = {}  # earlier unstructured masks no longer fit the new shapes
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
@@ -119,7 +127,13 @@ class PruneStage(Stage):
             from mcomp.compressors.prune.gradual import prune_magnitude_gradually
 
             details = prune_magnitude_gradually(
-                model, ctx, targets, final=opts.sparsity, scope=opts.scope, options=opts.gradual
+                model,
+                ctx,
+                targets,
+                final=opts.sparsity,
+                scope=opts.scope,
+                options=opts.gradual,
+                distill=self._distill(ctx),
             )
             masks = details.pop("masks")
         else:
@@ -141,6 +155,19 @@ class PruneStage(Stage):
         self.details = {**details, "layers": mask_sparsity(masks), "pruned_weights": pruned}
         self.notes.append(STORAGE_ONLY)
         return model.with_module(model.module)
+
+    def _distill(self, ctx: StageContext):
+        """The distillation settings of gradual pruning (None: on labels, or one-shot); the
+        default without labels is said in a log line and a note."""
+        from mcomp.compressors.prune.gradual import DEFAULT_DISTILL_NOTE, gradual_distill
+
+        if self.options.gradual is None:
+            return None
+        settings = gradual_distill(self.options.gradual, ctx.datasets.train)
+        if settings is not None and self.options.gradual.distill is None:
+            ctx.progress.log(f"prune: {DEFAULT_DISTILL_NOTE} (prune.gradual.distill sets how)")
+            self.notes.append(DEFAULT_DISTILL_NOTE)
+        return settings
 
     @staticmethod
     def _batchnorms(model: ModelState, targets: list) -> dict:

@@ -60,7 +60,10 @@ class QatStage(Stage):
         self._warned: set[str] = set()  # exclude patterns warned about by check()
 
     def check(self, model: ModelState, ctx: StageContext) -> None:
+        from mcomp.training.augment import check_augment
+
         check_quantize_options(model.onnx_model, self._quantize_options(), ctx, self._warned)
+        check_augment(self.options.augment, model, ctx, f"{self.name}.augment", teacher=False)
 
     def runs_on_all_ranks(self) -> bool:
         return True  # trains: every rank under DistributedDataParallel

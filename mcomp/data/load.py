@@ -128,7 +128,7 @@ def _load_split(name: str, spec: SplitSpec, base_dir: Path) -> Split:
     elif spec.path is not None:
         split = _npz(name, spec, base_dir / spec.path)
     else:
-        split = _from_factory(name, spec)
+        split = _from_factory(name, spec, base_dir)
     if len(split) == 0:
         raise DataError(f"data.{name}: the split has no samples")
     if spec.samples is not None and spec.samples < len(split):
@@ -172,13 +172,16 @@ def _npz(name: str, spec: SplitSpec, path: Path) -> Split:
     return Split(name, inputs, labels)
 
 
-def _from_factory(name: str, spec: SplitSpec) -> Split:
-    from mcomp.factory import user_code
+def _from_factory(name: str, spec: SplitSpec, base_dir: Path) -> Split:
+    from mcomp.factory import factory_paths, user_code
 
     factory = import_factory(spec.factory or "", key=f"data.{name}.factory")
+    args = factory_paths(
+        spec.factory_args, base_dir, key=f"data.{name}.factory_args", error=DataError
+    )
     try:
         with user_code():
-            obj = factory(**spec.factory_args)
+            obj = factory(**args)
     except Exception as exc:  # the user's code failed: say where, not "unexpected error"
         raise DataError(
             f"data.{name}.factory: {spec.factory} raised {type(exc).__name__}: "

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from mcomp.errors import MCompError, ModelLoadError
-from mcomp.factory import import_factory, user_code
+from mcomp.factory import factory_paths, import_factory, user_code
 from mcomp.model.module_names import WRAPPER_PREFIXES, strip_wrapper_prefix
 from mcomp.model.state import ModelState
 from mcomp.model.tensor_types import onnx_inputs
@@ -193,14 +193,10 @@ def _build(spec: ModelSpec, args: dict):
 
 def _from_factory(spec: ModelSpec, base_dir: Path) -> ModelState:
     """A model that `model.factory` loads itself (no `path`: e.g. a Hugging Face
-    `from_pretrained`); a string argument naming a file or folder next to the recipe is passed
-    as that path."""
-    args = {
-        key: str(base_dir / value)
-        if isinstance(value, str) and value and (base_dir / value).exists()
-        else value
-        for key, value in spec.factory_args.items()
-    }
+    `from_pretrained`)."""
+    args = factory_paths(
+        spec.factory_args, base_dir, key="model.factory_args", error=ModelLoadError
+    )
     module = _build(spec, args)
     return ModelState.from_torch(module.eval(), [], source=f"factory:{spec.factory}")
 

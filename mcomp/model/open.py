@@ -24,6 +24,7 @@ class ModelRef:
     python_path: list[Path] = field(default_factory=list)
     input_shapes: list[list[int]] = field(default_factory=list)
     allow_pickle: bool = False
+    output: str | None = None  # --output: a name or an index among the model's outputs
 
 
 def parse_input_shape(text: str) -> list[int]:
@@ -74,6 +75,19 @@ def open_model(ref: ModelRef, threads: int | None = None) -> ModelState:
             for name, shape in zip(names, ref.input_shapes, strict=True)
         ]
     return state
+
+
+def select_output(state: ModelState, ref: ModelRef, feed: dict) -> None:
+    """--output as the output the metric and the agreement read (`model.output` of a recipe),
+    checked on two samples of `feed`; without it the first output."""
+    if ref.output is None:
+        return
+    from mcomp.model.outputs import choose_output
+
+    text = ref.output.strip()
+    choice: str | int = int(text) if text.lstrip("-").isdigit() else text
+    sample = {name: array[:2] for name, array in feed.items()}
+    state.output = choose_output(state, choice, sample, key="--output")
 
 
 def detect_model_format(path: Path) -> ModelFormat:

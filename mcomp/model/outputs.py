@@ -137,6 +137,9 @@ def flat_forward(module: Any, args: tuple) -> Iterator[list[str] | None]:
             del module.forward
 
 
-def choose_output(state: Any, choice: str | int | None, sample: dict[str, Any]) -> int:
-    """`model.output` as an index into the flattened outputs of `state` on `sample`."""
-    return resolve_output(choice, output_names(state, sample))
+def choose_output(
+    state: Any, choice: str | int | None, sample: dict[str, Any], key: str = "model.output"
+) -> int:
+    """`model.output` (or the command line's `key`) as an index into the flattened outputs of
+    `state` on `sample`."""
+    return resolve_output(choice, output_names(state, sample), key=key)

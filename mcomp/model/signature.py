@@ -28,13 +28,51 @@ def resolve_inputs(
     if not splits:
         datasets.first_available()  # raises: no split at all
     candidates = [_specs_of(split) for split in splits]
+    chosen = candidates[0]
     if any(specs != candidates[0] for specs in candidates):
         # The splits disagree: the signature is the one the model accepts, so that the
         # error names the split that does not fit rather than whichever came second.
         for split, specs in zip(splits, candidates, strict=True):
             if _model_accepts(state, split):
-                return specs
-    return candidates[0]
+                chosen = specs
+                break
+    check_argument_order([spec.name for spec in chosen], forward_arguments(state.module))
+    return chosen
+
+
+def forward_arguments(module) -> list[str]:
+    """The names of the arguments `module.forward` takes by position, in order (empty when
+    they cannot be read, e.g. a TorchScript module)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in parameters if p.kind in kinds]
+
+
+def check_argument_order(names: list[str], arguments: list[str]) -> None:
+    """mcomp calls the model with its data arrays by position. An array named after one of
+    the forward's arguments must therefore sit at that argument's position:
+    `[input_ids, token_type_ids]` would pass the token types as BERT's attention mask.
+    Arrays named otherwise (`x`) go by position, as documented."""
+    misplaced = [
+        (name, arguments[index])
+        for index, name in enumerate(names)
+        if name in arguments and index < len(arguments) and arguments[index] != name
+    ]
+    if not misplaced:
+        return
+    name, receiver = misplaced[0]
+    raise DataError(
+        f"data: the model is called with the arrays {names} by position, so {name!r} would "
+        f"be passed as its argument {receiver!r} (its forward takes "
+        f"{', '.join(arguments[: len(names) + 2])}, ...). List the arrays in the forward's "
+        f"order with `inputs: [...]` in every data split, giving the arguments before "
+        f"{name!r} too (docs/hf.md#inputs)"
+    )
 
 
 def _specs_of(split: Split) -> list[InputSpec]:

@@ -116,8 +116,10 @@ class ModelSpec(Strict):
     )
     factory_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword arguments passed to `factory`; a string naming an existing file or "
-        "folder relative to the recipe is passed as that path.",
+        description="Keyword arguments passed to `factory`. Without `path`, a string naming a "
+        "file or folder relative to the recipe (a `from_pretrained` folder) is passed as that "
+        "path, and one written as a path (`./x`, `../x`, `/x`) that does not exist is an error "
+        "(docs/hf.md).",
     )
     python_path: list[str] = Field(
         default_factory=list,
@@ -193,7 +195,10 @@ class SplitSpec(Strict):
         "items are (x, y), (x1, ..., y) or dicts keyed by array name.",
     )
     factory_args: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments passed to `factory`."
+        default_factory=dict,
+        description="Keyword arguments passed to `factory`; a string naming a file or folder "
+        "relative to the recipe is passed as that path (one written as a path that does not "
+        "exist is an error).",
     )
     inputs: list[str] | None = Field(
         None,
@@ -315,22 +320,23 @@ class LatencySpec(Strict):
         5,
         ge=0,
         le=10_000,
-        description="Untimed calls before a model's first block (2 before its later ones).",
+        description="Untimed calls before a model's first block (1 before its later ones).",
     )
     runs: int = Field(
         30,
         gt=0,
         le=100_000,
-        description="Timed calls per model at batch 1, shared among the rounds (at least 5 "
-        "per round); half as many at the larger batch (at least 3 per round). Fast models get "
-        "more: every block lasts at least 40 ms.",
+        description="Timed calls per model at batch 1, shared among the rounds (at least 3 "
+        "per round); half as many at the larger batch (at least 1 per round). Fast models get "
+        "more: every block lasts at least 15 ms.",
     )
     rounds: int = Field(
-        5,
+        15,
         ge=1,
         le=50,
         description="Rounds of side-by-side timing; a figure is the median of the round "
-        "medians, its spread their min-max. More rounds narrow the spread on a busy machine.",
+        "medians, its spread their min-max; a speed-up is the median of the round-by-round "
+        "ratios within a 95 % interval of that median. More rounds narrow the interval.",
     )
 
 

@@ -3,12 +3,13 @@
 A model's latency is the median of its round medians, and its spread the lowest and the
 highest round median (`mcomp.measure.side_by_side`). In every round each model is timed
 within milliseconds of the others, so the speed-up of B over A is taken round by round,
-`A_r / B_r`: its value is the median of those ratios and its interval their lowest and
-highest. A drift of the machine between rounds (another process starting) slows A and B of
-the same round alike and cancels, where comparing the two models' own spreads would count it
-twice. Reports without rounds fall back to `median_A / median_B` within the conservative
-`min_A / max_B` .. `max_A / min_B` (the interval that contains 1 exactly when the spreads
-overlap).
+`A_r / B_r`: its value is the median of those ratios and its interval a distribution-free
+95 % confidence interval of that median (order statistics of the binomial: the 5th to the
+11th of 15 ratios; with 5 rounds or fewer, their lowest and highest). A drift of the
+machine between rounds (another process starting) slows A and B of the same round alike and
+cancels, where comparing the two models' own spreads would count it twice. Reports without
+rounds fall back to `median_A / median_B` within the conservative `min_A / max_B` ..
+`max_A / min_B` (the interval that contains 1 exactly when the spreads overlap).
 
 A difference is *resolved* only when the whole interval lies more than `RESOLUTION` away from
 1: separate onnxruntime sessions of one and the same graph differ by a few percent, so a
@@ -23,6 +24,7 @@ smaller difference is not a result. Unresolved speed-ups print as `≈`.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,12 +76,35 @@ def speedup(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -
     rounds = zip(before.get("rounds_ms", ()), after.get("rounds_ms", ()), strict=False)
     paired = tuple(a / b for a, b in rounds if b)
     if paired:
-        return Speedup(statistics.median(paired), min(paired), max(paired), paired)
+        low, high = median_interval(paired)
+        return Speedup(statistics.median(paired), low, high, paired)
     return Speedup(
         value=before["median_ms"] / after["median_ms"],
         low=before["min_ms"] / after["max_ms"],
         high=before["max_ms"] / after["min_ms"],
     )
+
+
+def median_interval(values: tuple[float, ...], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of `values`: the k-th lowest to the k-th
+    highest, k the largest rank whose binomial tail keeps the coverage at `confidence` (the
+    lowest and highest when there are too few values for any narrower one).
+
+    The ends of the range widen with every round (the lowest of 15 bimodal ratios is an
+    outlier's), where this interval narrows, as an interval of the median should.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 0  # values cut from each end
+    while k + 1 < n / 2 and 2 * _binomial_tail(n, k + 1) <= 1 - confidence:
+        k += 1
+    return ordered[k], ordered[n - 1 - k]
+
+
+def _binomial_tail(n: int, k: int) -> float:
+    """P(X < k) for X ~ Binomial(n, 1/2): the chance that fewer than k values lie below the
+    median, i.e. that the k-th lowest value is above it."""
+    return sum(math.comb(n, i) for i in range(k)) / 2**n
 
 
 def latency_of(metrics: Mapping[str, Any], label: str) -> dict[str, Any] | None:

@@ -83,6 +83,7 @@ def rerunnable_recipe(resolved: dict[str, Any], *, base: Path, out: Path, source
             return str(target)
 
     data = map_paths(resolved, relocate)
+    _relocate_factory_folders(data.get("model") or {}, base, relocate)
     data.setdefault("output", {})["dir"] = "."
     header = (
         f"# {source} as this run used it: defaults filled in, --set overrides applied.\n"
@@ -90,3 +91,22 @@ def rerunnable_recipe(resolved: dict[str, Any], *, base: Path, out: Path, source
         "# into this folder (output.dir: .), `--resume` reusing the stages it can.\n"
     )
     return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def _relocate_factory_folders(model: dict[str, Any], base: Path, relocate) -> None:
+    """`model.factory_args` strings naming a file or folder next to the recipe (a
+    `from_pretrained` folder) are paths too (mcomp.model.load.factory_paths); the others
+    (a hub-style name, a number) stay as they are."""
+    args = model.get("factory_args")
+    if model.get("path") is not None or not isinstance(args, dict):
+        return  # with `path`, factory_args are passed as written
+    for key, value in args.items():
+        if isinstance(value, str) and value and _exists(base / value):
+            args[key] = relocate(value)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False

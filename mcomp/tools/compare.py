@@ -12,7 +12,13 @@ import numpy as np
 
 from mcomp.data.load import Split
 from mcomp.errors import MCompError
-from mcomp.model.open import ModelRef, describe_signature, open_model, same_signature
+from mcomp.model.open import (
+    ModelRef,
+    describe_signature,
+    open_model,
+    same_signature,
+    select_output,
+)
 from mcomp.model.state import ModelKind, ModelState
 
 AGREEMENT_SAMPLES = 64  # random samples compared when no --data is given
@@ -50,6 +56,8 @@ def compare_models(
         s.inputs if s is not None else random_inputs(m, AGREEMENT_SAMPLES)
         for m, s in ((a, split_a), (b, split_b))
     ]
+    for model, ref, feed in ((a, ref_a, feeds[0]), (b, ref_b, feeds[1])):
+        select_output(model, ref, feed)
     for feed in feeds:
         check_batch_fits(options.batch, feed, "--batch")
     figures = {**_static_figures(a, b), **_latency(a, b, feeds, options)}

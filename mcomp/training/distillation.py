@@ -264,12 +264,20 @@ def distill_train(
     masks: dict,
     label: str,
     key: str | None = None,
+    on_step=None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train `state.module` against the teacher with `train_module`; returns report details."""
+    """Train `state.module` against the teacher with `train_module`; returns report details.
+
+    `on_step` is the loop's per-step hook (gradual pruning raises sparsity there) and
+    `config.best_from_epoch` its first candidate epoch for the best checkpoint. `teacher`:
+    one already loaded with `load_teacher` (a caller that trains several times, such as
+    gradual channel pruning, loads it once); default: loaded from `settings`.
+    """
     from mcomp.training.loop import train_module
     from mcomp.training.teacher_loss import DistillLoss
 
-    teacher = load_teacher(settings, ctx, label)
+    teacher = teacher if teacher is not None else load_teacher(settings, ctx, label)
     check_hints(state.module, teacher, settings.hints, label)
     terms = check_distill(state.module, teacher, state, settings, ctx, key or label)
     teacher.to(ctx.device)  # the batches are on the training device
@@ -282,13 +290,14 @@ def distill_train(
                 masks=masks,
                 label=label,
                 loss_fn=loss_fn,
+                on_step=on_step,
                 extra_parameters=loss_fn.parameters(),
             )
             projected = [type(p).__name__ for p in loss_fn.projections]
     finally:
         teacher.to("cpu")  # measurement and fidelity run on the CPU
     labelled = ctx.datasets.train.labels is not None
-    return {
+    details = {
         "train_loss": result.train_loss,
         "eval_metric": result.eval_metric,
         "best_epoch": result.best_epoch + 1,
@@ -300,3 +309,6 @@ def distill_train(
         "labels": labelled,
         "hint_projections": projected,
     }
+    if config.augment is not None and config.augment.active():
+        details["augment"] = config.augment.active()
+    return details

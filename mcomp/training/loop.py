@@ -20,6 +20,7 @@ from mcomp.errors import NonFiniteError, StageError
 from mcomp.model.modes import set_training
 from mcomp.model.state import ModelState
 from mcomp.recipe.schema import Task
+from mcomp.training.augment import batch_augmenter
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,9 @@ class TrainConfig:
     # "frozen": BatchNorm layers keep their running statistics (eval mode) while the rest
     # trains; "auto" is resolved by the stage (see TrainingOptions.batchnorm), else trains
     batchnorm: str = "train"
+    # per-batch input transforms (`mcomp.training.augment.AugmentOptions`), applied before the
+    # batch reaches the model and the loss (a teacher in the loss sees the same input)
+    augment: Any = None
 
 
 @dataclass
@@ -98,6 +102,7 @@ def train_module(
     inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
     labels = torch.from_numpy(np.asarray(split.labels)) if split.labels is not None else None
     generator = torch.Generator().manual_seed(ctx.seed)
+    augment = batch_augmenter(config.augment, state, ctx)
     result, best, best_value = TrainResult(), None, None
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
@@ -111,7 +116,10 @@ def train_module(
         total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            batch = [t[index].to(ctx.device) for t in inputs]
+            batch = [t[index] for t in inputs]
+            if augment is not None:
+                batch = augment(batch)
+            batch = [t.to(ctx.device) for t in batch]
             optimizer.zero_grad(set_to_none=True)
             outputs = runner(*batch)
             target = None if labels is None else labels[index].to(ctx.device)

@@ -1,7 +1,8 @@
 """The training options every training stage shares (finetune, distill, gradual prune, qat).
 
 Declared once here; a stage whose default differs (distill trains 5 epochs, qat and gradual
-pruning others) re-declares only that field. `train_config` hands them to the one loop.
+pruning others) re-declares only that field. `train_config` hands them to the one loop;
+`augment` (`mcomp.training.augment`) is applied there to every batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from mcomp.stage import StageOptions
+from mcomp.training.augment import AugmentOptions
 
 if TYPE_CHECKING:
     from mcomp.training.loop import TrainConfig
@@ -46,6 +48,12 @@ class TrainingOptions(StageOptions):
         "averages updated), frozen (the running statistics the model came with; scale and "
         "shift still train), auto: frozen when a pretrained model is distilled (distill "
         "without a new student, finetune's distillation), train otherwise (docs/recovery.md).",
+    )
+    augment: AugmentOptions | None = Field(
+        None,
+        description="Cheap per-batch input augmentation for a small train split (noise, "
+        "image flips/crops, audio gain/shift, token dropout; docs/recovery.md); "
+        "null: none.",
     )
 
     def train_config(self, **overrides) -> TrainConfig:
