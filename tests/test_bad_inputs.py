@@ -284,7 +284,7 @@ def test_factory_function_that_does_not_exist(project, run_mcomp, out_dir, good_
     )
     result = run_mcomp("run", str(recipe), "--out", str(out_dir), *FAST)
     line = refused(
-        result, out_dir, good_model, "model.factory:", "mymodels", "no callable 'nothing'"
+        result, out_dir, good_model, "model.factory:", "mymodels", "has no attribute 'nothing'"
     )
     assert "corrupt" not in line
 
