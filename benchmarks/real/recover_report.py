@@ -199,14 +199,12 @@ def section(env: dict, results: list[dict]) -> str:
     lines = [
         "## real models: recovery without labels",
         "",
-        f"- Command: `{env['command']}` ({env['seconds'] / 60:.0f} min in this process)",
-        f"- Date: {env['date']}; CPU {env['cpu']}, {env['cpus']} CPUs, ISA "
-        f"{', '.join(env['isa'])}; python {env['python']}, torch {env['torch']}, "
-        f"onnxruntime {env['onnxruntime']}",
-        f"- Load average (1/5/15 min) start {' '.join(f'{v:.2f}' for v in env['load_start'])},"
-        f" end {' '.join(f'{v:.2f}' for v in env['load_end'])}; other processes used "
-        + ("an unknown share" if others is None else f"{others:.0%}")
-        + " of the CPUs over the run (a shared machine: compare ratios within one table)",
+        *int8_report.run_lines(
+            env,
+            "; other processes used "
+            + ("an unknown share" if others is None else f"{others:.0%}")
+            + " of the CPUs over the run (a shared machine: compare ratios within one table)",
+        ),
         "",
         "Fidelity is to the fp32 model on the evaluation inputs (metrics.py), never seen in "
         "training. recovered: (pruned+distilled - pruned) / (fp32 - pruned) of the primary "

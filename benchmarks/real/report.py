@@ -175,17 +175,26 @@ def environment(args, load: tuple, seconds: float) -> dict:
     }
 
 
-def section(args, env: dict, results: list[dict]) -> str:
-    lines = [
-        f"## real models: int8 (threads={args.threads})",
-        "",
+def run_lines(env: dict, load_note: str) -> list[str]:
+    """A section's command, date and machine lines; `load_note` ends the load line."""
+    return [
         f"- Command: `{env['command']}` ({env['seconds'] / 60:.0f} min in this process)",
         f"- Date: {env['date']}; CPU {env['cpu']}, {env['cpus']} CPUs, ISA "
         f"{', '.join(env['isa'])}; python {env['python']}, torch {env['torch']}, "
         f"onnxruntime {env['onnxruntime']}",
         f"- Load average (1/5/15 min) start {' '.join(f'{v:.2f}' for v in env['load_start'])},"
-        f" end {' '.join(f'{v:.2f}' for v in env['load_end'])} (a shared machine: compare "
-        "ratios within one table, not milliseconds across runs)",
+        f" end {' '.join(f'{v:.2f}' for v in env['load_end'])}{load_note}",
+    ]
+
+
+def section(args, env: dict, results: list[dict]) -> str:
+    lines = [
+        f"## real models: int8 (threads={args.threads})",
+        "",
+        *run_lines(
+            env,
+            " (a shared machine: compare ratios within one table, not milliseconds across runs)",
+        ),
         *(
             [
                 f"- **Partial**: {env['models_done']} of {env['models_chosen']} models so far "
