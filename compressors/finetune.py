@@ -97,7 +97,7 @@ class FinetuneStage(Stage):
         return True
 
     def run(self, model: ModelState, ctx: StageContext) -> ModelState:
-        from mcomp.training.loop import train_module
+        from mcomp.training.loop import train_module, training_facts
         from mcomp.training.masks import training_masks
 
         masks = training_masks(model.module, ctx.facts.masks)
@@ -131,9 +131,7 @@ class FinetuneStage(Stage):
             return model.with_module(model.module)
         result = train_module(model, ctx, config, masks=masks)
         self.details = {
-            "train_loss": result.train_loss,
-            "eval_metric": result.eval_metric,
-            "best_epoch": result.best_epoch + 1,
+            **training_facts(result),
             "masked_tensors": len(masks),
         }
         if self.options.augment is not None and self.options.augment.active():

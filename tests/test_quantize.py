@@ -207,13 +207,15 @@ def test_reduce_range_auto_is_on_only_for_u8s8_on_x86_without_vnni():
 
     default = QuantizeOptions()
     assert default.reduce_range == "auto" and default.weight_type == "auto"
-    # without VNNI the default weights are uint8 (U8U8: no 16-bit saturation, no 7 bits)
-    assert effective_weight_type(default, ["AVX2", "AVX-512"], "x86_64") == "uint8"
-    assert effective_reduce_range(default, ["AVX2", "AVX-512"], "x86_64") is False
+    # the default weights are int8 on every CPU (U8S8: onnxruntime's fastest int8), so
+    # without VNNI they are 7-bit (AVX2 adds pairs of u8*s8 products in 16 bits)
+    assert effective_weight_type(default, ["AVX2", "AVX-512"], "x86_64") == "int8"
+    assert effective_reduce_range(default, ["AVX2", "AVX-512"], "x86_64") is True
     assert effective_weight_type(default, ["AVX2", "AVX-512 VNNI"], "x86_64") == "int8"
     assert effective_weight_type(default, ["ARM dot-product"], "aarch64") == "int8"
-    signed_weights = QuantizeOptions(weight_type="int8")  # U8S8 asked for: 7-bit weights
-    assert effective_reduce_range(signed_weights, ["AVX2", "AVX-512"], "x86_64") is True
+    unsigned_weights = QuantizeOptions(weight_type="uint8")  # U8U8 asked for: 8-bit weights
+    assert effective_weight_type(unsigned_weights, ["AVX2"], "x86_64") == "uint8"
+    assert effective_reduce_range(unsigned_weights, ["AVX2", "AVX-512"], "x86_64") is False
     assert effective_reduce_range(default, ["AVX2", "AVX-512", "AVX-512 VNNI"], "x86_64") is False
     assert effective_reduce_range(default, ["AVX2", "AVX-VNNI"], "x86_64") is False
     assert effective_reduce_range(default, ["AVX2", "AMX-INT8"], "AMD64") is False
@@ -240,7 +242,6 @@ def test_reduce_range_true_gives_7_bit_weights(mlp_dir):
         assert len(weights) == 3  # the three Linear layers
         return max(int(np.abs(w.astype(np.int32)).max()) for w in weights), stage["details"]
 
-    # int8 weights named: `weight_type: auto` is uint8 on CPUs without VNNI
     reduced, details = weight_extremes("{reduce_range: true, weight_type: int8}")
     full, full_details = weight_extremes("{reduce_range: false, weight_type: int8}")
     assert reduced <= 64 < full  # 7-bit weights vs the full int8 range

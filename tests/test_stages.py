@@ -77,7 +77,7 @@ def test_prune_excluding_every_layer_fails_before_any_work(project):
 def test_static_quantize_writes_int8_qdq_model_that_runs(project):
     recipe = mlp_recipe(
         project, "  - quantize: {mode: static, weight_type: int8}\n  - export: {}\n"
-    )  # int8 named: `weight_type: auto` is uint8 on CPUs without VNNI
+    )
     result, _ = run_recipe(recipe, project / "out")
     model_path = project / "out" / "model.onnx"
     counts = op_counts(model_path)
@@ -207,3 +207,21 @@ def test_prune_then_int8_keeps_the_zeros(project, mode):
         if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2
     ]
     assert int8 and sum(int((w == 0).sum()) for w in int8) >= 0.69 * sum(w.size for w in int8)
+
+
+def test_finetune_that_only_hurts_keeps_the_model_as_it_came_in(project):
+    # setup: labels shuffled against the inputs, so training on them can only lose accuracy
+    train = dict(np.load(project / "train.npz"))
+    train["y"] = np.random.default_rng(1).permutation(train["y"])
+    np.savez(project / "train.npz", **train)
+    recipe = mlp_recipe(project, "  - finetune: {epochs: 2, lr: 0.05}\n")
+    # act
+    result, progress = run_recipe(recipe, project / "out")
+    # check: both epochs scored below the start, so the start is kept, weights and metric
+    (finetune,) = result.report["stages"]
+    details = finetune["details"]
+    start = details["start_eval_metric"]
+    assert start == pytest.approx(result.report["baseline"]["metrics"]["metric"])
+    assert max(details["eval_metric"]) < start and details["best_epoch"] == 0
+    assert finetune["metrics"]["metric"] == pytest.approx(start)
+    assert any("no epoch beat the model as it came in" in line for line in progress.messages)

@@ -250,7 +250,7 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
     """Train the centroids with weights reparametrised as centroids[index] (shared gradients)."""
     from torch.nn.utils import parametrize
 
-    from mcomp.training.loop import TrainConfig, train_module
+    from mcomp.training.loop import TrainConfig, train_module, training_facts
     from mcomp.training.masks import training_masks
 
     for layer, centroids, assignment, keep in codes.values():
@@ -265,11 +265,7 @@ def _train_centroids(model: ModelState, ctx: StageContext, codes: dict, opts) ->
     finally:
         for layer, *_ in codes.values():
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    return {
-        "train_loss": result.train_loss,
-        "eval_metric": result.eval_metric,
-        "best_epoch": result.best_epoch + 1,
-    }
+    return training_facts(result)
 
 
 def _shared_weights_class():

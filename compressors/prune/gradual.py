@@ -104,15 +104,11 @@ def _train(
     (`distill_train`, with `teacher` when already loaded); `on_step` is passed on. Returns
     train_loss, eval_metric, best_epoch and, distilling, the `distill` details."""
     from mcomp.training.distillation import distill_train
-    from mcomp.training.loop import train_module
+    from mcomp.training.loop import train_module, training_facts
 
     if settings is None:
         result = train_module(model, ctx, config, masks=masks, label=label, on_step=on_step)
-        return {
-            "train_loss": result.train_loss,
-            "eval_metric": result.eval_metric,
-            "best_epoch": result.best_epoch + 1,
-        }
+        return training_facts(result)
     details = distill_train(
         model,
         ctx,
@@ -124,7 +120,8 @@ def _train(
         on_step=on_step,
         teacher=teacher,
     )
-    training = {k: details.pop(k) for k in ("train_loss", "eval_metric", "best_epoch")}
+    keys = ("train_loss", "eval_metric", "best_epoch", "start_eval_metric")
+    training = {k: details.pop(k) for k in keys if k in details}
     details.pop("masked_tensors")
     return {**training, "distill": details}
 

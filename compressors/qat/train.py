@@ -35,7 +35,7 @@ def qat_train(
     import torch
 
     from mcomp.compressors.qat.fakequant import add_fake_quant, observe_only, remove_fake_quant
-    from mcomp.training.loop import train_module
+    from mcomp.training.loop import train_module, training_facts
 
     module = model.module
     wrapped = add_fake_quant(module, ema)
@@ -63,9 +63,7 @@ def qat_train(
         for name, (low, high) in ranges.items()
     }
     facts = {
-        "train_loss": result.train_loss,
-        "eval_metric_fake_quant": result.eval_metric,
-        "best_epoch": result.best_epoch + 1,
+        **training_facts(result, "eval_metric_fake_quant"),
         "fake_quantized_modules": len(wrapped),
     }
     return facts, learned

@@ -113,10 +113,10 @@ class QuantizeOptions(StageOptions):
     )
     weight_type: Literal["auto", "int8", "uint8"] = Field(
         "auto",
-        description="auto: int8 where the CPU multiplies u8 x s8 in 32 bits (VNNI, AMX, "
-        "ARM), uint8 on x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernel adds "
-        "pairs of products in 16 bits (it saturates with 8-bit weights, so it needs 7-bit "
-        "ones) while its u8 x u8 kernel runs as fast with full 8-bit weights.",
+        description="auto: int8 (with uint8 activations U8S8, onnxruntime's fastest int8 "
+        "on x86 and ARM; on x86 without VNNI its weights are 7-bit, see reduce_range). "
+        "uint8 (U8U8) keeps 8-bit weights there but ran 1.3-4x slower on real CNNs "
+        "(1x1 and depthwise convolutions).",
     )
     reduce_range: bool | Literal["auto"] = Field(
         "auto",
@@ -221,13 +221,18 @@ def effective_weight_type(options: QuantizeOptions, isa: list[str], machine: str
     """`weight_type` with `auto` decided for this CPU: `isa` as from
     `mcomp.measure.cpu_features.cpu_features()`, `machine` as from `platform.machine()`.
 
-    Measured on an AVX2-only x86 CPU (benchmarks/RESULTS.md, real models): U8U8 ran as
-    fast as U8S8 with 7-bit weights and agreed more with fp32 (the easyocr recogniser's
-    line agreement 0.914 vs 0.891)."""
+    int8 on every CPU. Measured on an AVX2-only x86 CPU (no VNNI), where uint8 weights
+    (U8U8) would keep all 8 bits that U8S8 loses to `reduce_range`: onnxruntime fuses U8S8
+    convolutions into its symmetric-weight kernels and U8U8 ones not, so U8U8 ran 11x
+    slower on the OCR recogniser's 1x1 convolutions, 1.6x on its depthwise ones (the whole
+    model 2.4x) and 1.5x on the easyocr recogniser at batch 8, for fidelity that differed
+    by less than the sampling noise (string agreement 0.574 vs 0.563, 0.910 vs 0.906; the OCR
+    classifier 0.984 vs 0.988 the other way). `isa` and `machine` stay arguments: the choice
+    is per CPU by contract, and a CPU where U8U8 wins can be added by measurement."""
+    del isa, machine
     if options.weight_type != "auto":
         return options.weight_type
-    unsigned = options.activation_type == "uint8" and _x86_without_vnni(isa, machine)
-    return "uint8" if unsigned else "int8"
+    return "int8"
 
 
 def effective_reduce_range(options: QuantizeOptions, isa: list[str], machine: str) -> bool:

@@ -47,11 +47,6 @@ def resolve_types(options: QuantizeOptions, model) -> QuantizeOptions:
     update: dict = {}
     if options.symmetric_weights == "auto":
         update["symmetric_weights"] = weight_sparsity(model) >= SPARSE_WEIGHTS
-    if update.get("symmetric_weights") and options.weight_type == "auto":
-        # a pruned model's zeros stay the byte 0 only in signed weights: symmetric uint8
-        # weights store 0.0 as their zero point, 128 (the file compresses as well, but the
-        # report's sparsity would fall to the accidental zeros)
-        update["weight_type"] = "int8"
     options = options.model_copy(update=update)
     update = {
         "weight_type": effective_weight_type(options, isa, machine),

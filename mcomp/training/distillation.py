@@ -274,7 +274,7 @@ def distill_train(
     one already loaded with `load_teacher` (a caller that trains several times, such as
     gradual channel pruning, loads it once); default: loaded from `settings`.
     """
-    from mcomp.training.loop import train_module
+    from mcomp.training.loop import train_module, training_facts
     from mcomp.training.teacher_loss import DistillLoss
 
     teacher = teacher if teacher is not None else load_teacher(settings, ctx, label)
@@ -298,9 +298,7 @@ def distill_train(
         teacher.to("cpu")  # measurement and fidelity run on the CPU
     labelled = ctx.datasets.train.labels is not None
     details = {
-        "train_loss": result.train_loss,
-        "eval_metric": result.eval_metric,
-        "best_epoch": result.best_epoch + 1,
+        **training_facts(result),
         "masked_tensors": len(masks),
         "teacher": settings.teacher.path if settings.teacher else "original model",
         "outputs": [{"output": t.name, "loss": t.loss, "weight": t.weight} for t in terms],

@@ -55,7 +55,9 @@ class TrainConfig:
 class TrainResult:
     train_loss: list[float] = field(default_factory=list)
     eval_metric: list[float] = field(default_factory=list)
+    # -1: no epoch was better than the model as it came in (`start_metric`), which is kept
     best_epoch: int = -1
+    start_metric: float | None = None
 
 
 def train_module(
@@ -104,6 +106,12 @@ def train_module(
     generator = torch.Generator().manual_seed(ctx.seed)
     augment = batch_augmenter(config.augment, state, ctx)
     result, best, best_value = TrainResult(), None, None
+    if config.keep_best and config.best_from_epoch == 0:
+        # the model as it came in is a candidate too: on a few hundred unlabelled inputs a
+        # recovery run can end worse than it started, and then the start is what to keep
+        set_training(module, False)
+        best_value = result.start_metric = _evaluate(state, ctx)
+        best = copy.deepcopy(module.state_dict())
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
         set_training(module, True)
@@ -168,9 +176,28 @@ def train_module(
             best = copy.deepcopy(module.state_dict()) if config.keep_best else None
     ctx.progress.finish()
     if config.keep_best and best is not None:
+        if result.best_epoch < 0:
+            ctx.progress.log(
+                f"{label}: no epoch beat the model as it came in (eval {ctx.metric.name} "
+                f"{result.start_metric:.4f}); it is kept unchanged"
+            )
         module.load_state_dict(best)
     set_training(module.to("cpu"), False)  # measurement, quantization, export: on the CPU
     return result
+
+
+def training_facts(result: TrainResult, metric_key: str = "eval_metric") -> dict:
+    """What a training stage reports of `train_module`'s run: per-epoch loss and eval metric,
+    the kept epoch (1-based; 0: none beat the model as it came in, which was kept) and that
+    starting model's eval metric."""
+    facts = {
+        "train_loss": result.train_loss,
+        metric_key: result.eval_metric,
+        "best_epoch": result.best_epoch + 1,
+    }
+    if result.start_metric is not None:
+        facts["start_eval_metric"] = result.start_metric
+    return facts
 
 
 def freeze_batchnorm(module) -> None:

@@ -38,8 +38,9 @@ class TrainingOptions(StageOptions):
     )
     keep_best: bool = Field(
         True,
-        description="Restore the epoch with the best eval metric at the end; false: keep "
-        "the last epoch.",
+        description="Restore the epoch with the best eval metric at the end, the model as "
+        "it came in included (evaluated once before training: a run that makes it worse "
+        "leaves it unchanged, `best_epoch: 0`); false: keep the last epoch.",
     )
 
     batchnorm: BatchNormMode = Field(
