@@ -150,6 +150,13 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
     errors = calibration["output_error"]
     assert set(errors) == {"minmax", "percentile"} and all(0 < e < 1 for e in errors.values())
     assert calibration["method"] == min(errors, key=errors.get)
+    # where the stage's time went: the phases add up to (at most) the stage's own seconds,
+    # the statistics are a part of them (collected once, for both candidates)
+    seconds = details["seconds"]
+    phases = ("prepare", "rewrites", "first_quantization", "checks")
+    assert set(seconds) == {*phases, "statistics"} and all(seconds[p] >= 0 for p in phases)
+    assert 0 < seconds["statistics"] <= seconds["first_quantization"]
+    assert sum(seconds[p] for p in phases) <= stage["seconds"] + 0.05
     check_runs(model, np.load(cnn_dir / "eval.npz")["x"][:4])
 
 

@@ -62,7 +62,17 @@ def quantize_model(
 
     `learned`: activation ranges from quantization-aware training, applied as onnxruntime
     tensor overrides (static mode). `warned`: exclude patterns already warned about."""
+    import time
+
     import onnx
+
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(phase: str) -> None:  # where the stage's time went, phase by phase
+        now = time.perf_counter()
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock[0], 2)
+        clock[0] = now
 
     folder = ctx.workdir / "quantize"
     folder.mkdir(exist_ok=True)
@@ -79,6 +89,7 @@ def quantize_model(
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
     details: dict[str, Any] = {}
+    lap("prepare")
     excluded = excluded_nodes(prepared, options, ctx.progress, set() if warned is None else warned)
     if mode == "static" and options.float_attention:
         attention = attention_nodes(prepared) - excluded
@@ -95,6 +106,7 @@ def quantize_model(
         learned=bool(learned),
     )
     details.update(rewrites)
+    lap("rewrites")
     shared = PreparedModel(
         prepared_path,
         StatisticsCache(prepared_path, ctx, options.calibration.samples),
@@ -103,6 +115,7 @@ def quantize_model(
     first = quantize_once(
         shared, folder / "int8.onnx", options, mode=mode, excluded=excluded, ctx=ctx
     )
+    lap("first_quantization")
     if first.float_outputs is not None:
         details["float_outputs"] = first.float_outputs
     details.update(
@@ -135,11 +148,16 @@ def quantize_model(
         details["per_channel"] = chosen.options.per_channel
         if chosen.float_outputs is not None:
             details["float_outputs"] = chosen.float_outputs
+        lap("fallback")
     details["excluded_nodes"] = sorted(excluded)
     if options.mode == "auto":
         details["mode_requested"] = "auto"
         notes.append(f"mode auto: {mode} ({why})")
     notes += _finish(model, chosen, prepared, ctx, folder, options, details, QUANTIZED_OPS)
+    lap("checks")
+    # statistics are collected once, by whichever phase first needs them
+    seconds["statistics"] = round(shared.statistics.seconds, 2)
+    details["seconds"] = seconds
     return QuantizeResult(chosen.model, details, notes)
 
 

@@ -189,10 +189,15 @@ class StatisticsCache:
         self._model_path, self._ctx, self._samples = model_path, ctx, samples
         self._stats: dict[str, TensorStatistics] | None = None
         self._with_histograms = False
+        self.seconds = 0.0  # spent collecting (the stage reports where its time went)
 
     def get(self, *, histograms: bool) -> dict[str, TensorStatistics]:
         if self._stats is None or (histograms and not self._with_histograms):
+            import time
+
             import onnx
+
+            started = time.perf_counter()
 
             from mcomp.compressors.quantize.calibration_reader import CalibrationReader
 
@@ -209,4 +214,5 @@ class StatisticsCache:
                 progress=self._ctx.progress,
             )
             self._with_histograms = histograms
+            self.seconds += time.perf_counter() - started
         return self._stats
