@@ -224,4 +224,17 @@ def test_finetune_that_only_hurts_keeps_the_model_as_it_came_in(project):
     assert start == pytest.approx(result.report["baseline"]["metrics"]["metric"])
     assert max(details["eval_metric"]) < start and details["best_epoch"] == 0
     assert finetune["metrics"]["metric"] == pytest.approx(start)
-    assert any("no epoch beat the model as it came in" in line for line in progress.messages)
+    assert any(
+        "every epoch scored worse than the model as it came in" in line
+        for line in progress.messages
+    )
+
+
+def test_a_finetune_that_ties_the_start_keeps_its_trained_epoch(project):
+    # a learning rate too small to move any prediction: every epoch ties the start
+    recipe = mlp_recipe(project, "  - finetune: {epochs: 2, lr: 1.0e-9}\n")
+    result, _ = run_recipe(recipe, project / "out")
+    (finetune,) = result.report["stages"]
+    details = finetune["details"]
+    assert details["eval_metric"] == [details["start_eval_metric"]] * 2
+    assert details["best_epoch"] == 1  # the tie goes to training, the first tying epoch kept

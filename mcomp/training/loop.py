@@ -55,7 +55,7 @@ class TrainConfig:
 class TrainResult:
     train_loss: list[float] = field(default_factory=list)
     eval_metric: list[float] = field(default_factory=list)
-    # -1: no epoch was better than the model as it came in (`start_metric`), which is kept
+    # -1: every epoch scored worse than the model as it came in (`start_metric`), kept
     best_epoch: int = -1
     start_metric: float | None = None
 
@@ -169,8 +169,13 @@ def train_module(
             f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}"
         )
         eligible = epoch >= config.best_from_epoch
+        # against the model as it came in a tie goes to training: a coarse metric (top-1
+        # agreement on a small eval split) often does not move while the loss falls
+        from_start = result.best_epoch < 0 and result.start_metric is not None
         if eligible and (
-            best_value is None or _better(value, best_value, ctx.metric.higher_is_better)
+            best_value is None
+            or _better(value, best_value, ctx.metric.higher_is_better)
+            or (from_start and value == best_value)
         ):
             best_value, result.best_epoch = value, epoch
             best = copy.deepcopy(module.state_dict()) if config.keep_best else None
@@ -178,8 +183,8 @@ def train_module(
     if config.keep_best and best is not None:
         if result.best_epoch < 0:
             ctx.progress.log(
-                f"{label}: no epoch beat the model as it came in (eval {ctx.metric.name} "
-                f"{result.start_metric:.4f}); it is kept unchanged"
+                f"{label}: every epoch scored worse than the model as it came in (eval "
+                f"{ctx.metric.name} {result.start_metric:.4f}); it is kept unchanged"
             )
         module.load_state_dict(best)
     set_training(module.to("cpu"), False)  # measurement, quantization, export: on the CPU
@@ -188,7 +193,7 @@ def train_module(
 
 def training_facts(result: TrainResult, metric_key: str = "eval_metric") -> dict:
     """What a training stage reports of `train_module`'s run: per-epoch loss and eval metric,
-    the kept epoch (1-based; 0: none beat the model as it came in, which was kept) and that
+    the kept epoch (1-based; 0: all scored worse than the model as it came in, kept) and that
     starting model's eval metric."""
     facts = {
         "train_loss": result.train_loss,

@@ -39,8 +39,9 @@ class TrainingOptions(StageOptions):
     keep_best: bool = Field(
         True,
         description="Restore the epoch with the best eval metric at the end, the model as "
-        "it came in included (evaluated once before training: a run that makes it worse "
-        "leaves it unchanged, `best_epoch: 0`); false: keep the last epoch.",
+        "it came in included (evaluated once before training: a run whose every epoch "
+        "scores worse leaves it unchanged, `best_epoch: 0`; a tie goes to training); "
+        "false: keep the last epoch.",
     )
 
     batchnorm: BatchNormMode = Field(
