@@ -115,7 +115,7 @@ class QuantizeOptions(StageOptions):
         "auto",
         description="auto: int8 (with uint8 activations U8S8, onnxruntime's fastest int8 "
         "on x86 and ARM; on x86 without VNNI its weights are 7-bit, see reduce_range). "
-        "uint8 (U8U8) keeps 8-bit weights there but ran 1.3-4x slower on real CNNs "
+        "uint8 (U8U8) keeps 8-bit weights there but ran 1.5-2.4x slower on real CNNs "
         "(1x1 and depthwise convolutions).",
     )
     reduce_range: bool | Literal["auto"] = Field(
