@@ -525,3 +525,14 @@ def test_calibration_is_collected_in_chunks_with_the_same_minmax_ranges(
     assert scales[True].keys() == scales[False].keys() and scales[True]
     for name, value in scales[True].items():
         np.testing.assert_array_equal(value, scales[False][name])
+
+
+def test_speed_check_batch_shrinks_for_models_whose_fp32_call_is_slow():
+    from mcomp.compressors.quantize.int8_check import speed_check_batch
+
+    # a small model keeps data.batch_size (capped at 64)
+    assert speed_check_batch(32, 0.001) == 32 and speed_check_batch(128, 0.0001) == 64
+    # CRAFT at 224x224 (~0.5 s a sample): one sample per call instead of 16 (8.5 s a call)
+    assert speed_check_batch(16, 0.5) == 1 and speed_check_batch(16, 2.0) == 1
+    assert speed_check_batch(16, 0.1) == 5
+    assert speed_check_batch(16, None) == 16  # no timing (no parity pass): as before

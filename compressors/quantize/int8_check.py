@@ -123,8 +123,14 @@ def float_outputs(
 def compare_outputs(
     fp32_bytes: bytes, int8_bytes: bytes, feed: dict[str, np.ndarray], threads: int
 ) -> dict[str, float]:
-    """Largest and mean absolute difference of all float outputs, int8 vs fp32."""
+    """Largest and mean absolute difference of all float outputs, int8 vs fp32, and the
+    fp32 model's seconds per sample on the way (`fp32_seconds_per_sample`, for sizing the
+    speed check; not a latency figure: it includes the session's first run)."""
+    import time
+
+    started = time.perf_counter()
     reference = float_outputs(fp32_bytes, feed, threads)
+    per_sample = (time.perf_counter() - started) / max(len(next(iter(feed.values()))), 1)
     quantized = float_outputs(int8_bytes, feed, threads)
     diffs = [
         np.abs(a - b).ravel() for a, b in zip(reference, quantized, strict=True) if a is not None
@@ -136,6 +142,7 @@ def compare_outputs(
         "samples": len(next(iter(feed.values()))),
         "max_abs_diff": float(flat.max()),
         "mean_abs_diff": float(flat.mean()),
+        "fp32_seconds_per_sample": per_sample,
     }
 
 
@@ -182,6 +189,22 @@ def time_both(
 
 
 SPEED_CHECK_MAX_BATCH = 64
+# One fp32 call of the speed check and the profile at most about this long: they run 13
+# calls per model, which at CRAFT's batch 16 (8.5 s a call) took 280 s of its 456 s stage
+SPEED_CHECK_CALL_SECONDS = 0.5
+
+
+def speed_check_batch(batch_size: int, fp32_seconds_per_sample: float | None) -> int:
+    """`data.batch_size` (at most 64), smaller for a model whose fp32 call at that batch
+    would take over `SPEED_CHECK_CALL_SECONDS`; at least 1.
+
+    >>> speed_check_batch(32, 0.001), speed_check_batch(16, 0.5), speed_check_batch(16, 0.1)
+    (32, 1, 5)
+    """
+    batch = min(batch_size, SPEED_CHECK_MAX_BATCH)
+    if fp32_seconds_per_sample and fp32_seconds_per_sample > 0:
+        batch = min(batch, int(SPEED_CHECK_CALL_SECONDS / fp32_seconds_per_sample))
+    return max(batch, 1)
 
 
 def prove_int8(
@@ -210,10 +233,12 @@ def prove_int8(
     inputs = {name: split.inputs[name] for name in names if name in split.inputs}
     if len(inputs) != len(names):
         return []  # inputs the data does not name: evaluation reports that, not this check
-    details["parity"] = compare_outputs(
+    parity = compare_outputs(
         fp32_bytes, int8_bytes, {k: v[:64] for k, v in inputs.items()}, ctx.threads
     )
-    batch = min(ctx.batch_size, SPEED_CHECK_MAX_BATCH)
+    per_sample = parity.pop("fp32_seconds_per_sample", None)
+    details["parity"] = parity
+    batch = speed_check_batch(ctx.batch_size, per_sample)
     feed = batch_feed(inputs, batch)
     speed = time_both(fp32_bytes, int8_bytes, feed, threads=ctx.threads)
     details["speed_check"] = {"batch": batch, **speed}
