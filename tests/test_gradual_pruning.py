@@ -43,6 +43,21 @@ def test_gradual_magnitude_reaches_target_and_keeps_it(tmp_path, scope):
     assert finetune["metrics"]["nonzero_params"] == prune["metrics"]["nonzero_params"]
 
 
+def test_gradual_magnitude_in_one_epoch_ends_at_the_target_not_at_its_dense_start(tmp_path):
+    # one epoch: the schedule ends inside the only epoch, which is then the first candidate
+    # for the best checkpoint; the model as it came in (dense) must never be one
+    write_mlp_project(tmp_path)
+    recipe = mlp_recipe(
+        tmp_path, "  - prune: {sparsity: 0.85, gradual: {steps: 4, epochs: 1, lr: 0.01}}\n"
+    )
+    result, _ = run_recipe(recipe, tmp_path / "out")
+    (prune,) = result.report["stages"]
+    weights = 16 * 32 + 32 * 32 + 32 * 4
+    dense = result.report["baseline"]["metrics"]["nonzero_params"]
+    assert prune["metrics"]["nonzero_params"] == pytest.approx(dense - 0.85 * weights, abs=3)
+    assert "start_eval_metric" not in prune["details"]
+
+
 def test_gradual_channel_pruning_shrinks_step_by_step(tmp_path):
     sys.path.insert(0, str(TESTS))
     from prunable_models import residual_concat_net

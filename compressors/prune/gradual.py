@@ -171,7 +171,7 @@ def prune_magnitude_gradually(
     trained = _train(
         model,
         ctx,
-        options.train_config(best_from_epoch=last_prune_epoch),
+        options.train_config(best_from_epoch=last_prune_epoch, start_is_candidate=False),
         masks=by_param,
         label="prune (gradual)",
         settings=distill,

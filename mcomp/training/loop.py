@@ -43,6 +43,9 @@ class TrainConfig:
     # Epochs before this one are not candidates for the best checkpoint (gradual pruning: the
     # model is not at its final sparsity yet).
     best_from_epoch: int = 0
+    # whether the model as it came in is a candidate for the best checkpoint: not for
+    # gradual pruning, whose start is denser than the target
+    start_is_candidate: bool = True
     # "frozen": BatchNorm layers keep their running statistics (eval mode) while the rest
     # trains; "auto" is resolved by the stage (see TrainingOptions.batchnorm), else trains
     batchnorm: str = "train"
@@ -106,7 +109,7 @@ def train_module(
     generator = torch.Generator().manual_seed(ctx.seed)
     augment = batch_augmenter(config.augment, state, ctx)
     result, best, best_value = TrainResult(), None, None
-    if config.keep_best and config.best_from_epoch == 0:
+    if config.keep_best and config.start_is_candidate and config.best_from_epoch == 0:
         # the model as it came in is a candidate too: on a few hundred unlabelled inputs a
         # recovery run can end worse than it started, and then the start is what to keep
         set_training(module, False)

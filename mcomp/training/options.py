@@ -40,8 +40,9 @@ class TrainingOptions(StageOptions):
         True,
         description="Restore the epoch with the best eval metric at the end, the model as "
         "it came in included (evaluated once before training: a run whose every epoch "
-        "scores worse leaves it unchanged, `best_epoch: 0`; a tie goes to training); "
-        "false: keep the last epoch.",
+        "scores worse leaves it unchanged, `best_epoch: 0`; a tie goes to training; not "
+        "in gradual pruning, whose start is denser than its target); false: keep the last "
+        "epoch.",
     )
 
     batchnorm: BatchNormMode = Field(
