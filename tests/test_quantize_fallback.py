@@ -90,12 +90,13 @@ def test_cheap_alternatives_come_first_and_entropy_calibration_fixes_the_outlier
     result, model, _ = quantize(outlier_dir, "{max_accuracy_drop: 0.02}")
     fallback = result.report["stages"][0]["details"]["fallback"]
     trials = fallback["trials"]
-    assert [t["label"] for t in trials] == [
-        "plain",
-        "calibration percentile",
-        "calibration entropy",
-    ]
-    assert trials[0]["drop"] > 0.2 and trials[1]["drop"] > 0.2  # percentile cannot
+    # auto calibration's plain trial used the one of its two candidates closer to fp32 (which
+    # one depends on the CPU's weight type); the other candidate is the first alternative
+    first = trials[0]["calibration"]
+    assert first in ("minmax", "percentile")
+    other = "percentile" if first == "minmax" else "minmax"
+    assert [t["label"] for t in trials] == ["plain", f"calibration {other}", "calibration entropy"]
+    assert trials[0]["drop"] > 0.2 and trials[1]["drop"] > 0.2  # neither candidate can
     assert fallback["met"] is True and trials[-1]["drop"] <= 0.02
     assert fallback["float_nodes"] == [] and fallback["chosen"] == "calibration entropy"
     assert result.report["stages"][0]["details"]["calibration"]["method"] == "entropy"
