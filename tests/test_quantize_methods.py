@@ -386,3 +386,168 @@ def test_a_shared_bias_is_copied_and_a_shared_weight_stays_one(tmp_path):
     assert len(weights) == 1 and weights[0].data_type != TensorProto.FLOAT
     assert np.isfinite(_run(quantized, x[:4])).all()
     assert result.report["stages"][0]["details"]["int8_nodes"]["DequantizeLinear"] >= 2
+
+
+def _ort_quantize(
+    folder, name: str, calibration: np.ndarray, overrides: dict | None = None, fmt: str = "qdq"
+):
+    """onnxruntime's static quantization of `folder/fp32.onnx`: its own minmax calibration
+    on `calibration`, or `overrides` as the ranges and one sample (as the stage calls it)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    samples = calibration if overrides is None else calibration[:1]
+
+    class Reader:
+        def __init__(self):
+            self.batches = iter([{"x": samples[i : i + 16]} for i in range(0, len(samples), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(folder / "fp32.onnx"),
+                str(folder / name),
+                Reader(),
+                quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=True,
+                extra_options={"TensorQuantOverrides": overrides} if overrides else {},
+            )
+    finally:
+        os.chdir(cwd)
+    return onnx.load(str(folder / name))
+
+
+def _scales(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {
+        init.name: numpy_helper.to_array(init)
+        for init in model.graph.initializer
+        if init.name.endswith(("_scale", "_zero_point"))
+    }
+
+
+class _HardSwishNet:
+    """Conv → x·clip(x + 3, 0, 6)/6 (Add → Clip → Mul → Div, as torch exports a written-out
+    hard swish) → Conv: the Clip's input range is what onnxruntime edits."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+            def forward(self, x):
+                y = self.a(x)
+                return self.b(y * torch.clamp(y + 3.0, 0.0, 6.0) / 6.0)
+
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+@pytest.mark.parametrize("net", ["cnn", "hardswish"])
+def test_minmax_ranges_from_mcomp_statistics_give_onnxruntimes_own_minmax_model(
+    cnn, net, fmt, tmp_path
+):
+    # the stage serves every method from its own statistics, onnxruntime calibrating one
+    # sample: for minmax that must be exactly onnxruntime's full-split calibration, its own
+    # edit of Clip/Relu input ranges included (overrides bypass it)
+    from mcomp.compressors.quantize.ranges import activation_ranges, adjust_like_onnxruntime
+    from mcomp.compressors.quantize.statistics import collect_statistics
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
+
+    folder, calibration = tmp_path, cnn["calibration"] * 8 - 4  # signed, wide inputs
+    model = _build() if net == "cnn" else _HardSwishNet.build()
+    fp32 = torch_to_onnx(ModelState.from_torch(model, [InputSpec(name="x", shape=[3, 12, 12])]))
+    onnx.save(fp32, folder / "fp32.onnx")
+    theirs = _scales(_ort_quantize(folder, "ort.onnx", calibration, fmt=fmt))
+    stats = collect_statistics(fp32, {"x": calibration}, threads=1, histograms=False, batch_size=16)
+    plain = activation_ranges(stats, "minmax")
+    ranges = {name: [dict(entry[0])] for name, entry in plain.items()}
+    adjust_like_onnxruntime(ranges, fp32, {node.name for node in fp32.graph.node})
+    mine = _scales(_ort_quantize(folder, "mcomp.onnx", calibration, ranges, fmt))
+    assert set(theirs) == set(mine) and len(theirs) > 8
+    for name, value in theirs.items():
+        np.testing.assert_allclose(mine[name], value, rtol=1e-6, err_msg=name)
+    if fmt == "qoperator":  # QLinearConv + Relu/Clip as one op: the edit makes them equal
+        unadjusted = _scales(_ort_quantize(folder, "plain.onnx", calibration, plain, fmt))
+        assert any(not np.allclose(unadjusted[k], v) for k, v in theirs.items())
+
+
+def test_percentile_ranges_from_tails_match_onnxruntimes_histogram_percentiles():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from mcomp.compressors.quantize.ranges import has_tails, tail_percentiles
+    from mcomp.compressors.quantize.statistics import TensorStatistics, tail_size
+
+    rng = np.random.default_rng(1)
+    # heavy-tailed, skewed, over several batches whose range keeps growing
+    batches = [(rng.standard_t(3, (16, 32, 32)) + 0.5 * i).astype(np.float32) for i in range(6)]
+    everything = np.concatenate([b.ravel() for b in batches])
+    for percentile in (99.9, 99.99):
+        entry = TensorStatistics()
+        entry.tail_size = tail_size(everything.size, (100 - percentile) / 100)
+        # quantize_static's percentile calibrator: symmetric, on |x| (its default)
+        collector = HistogramCollector("percentile", True, 2048, 128, percentile, None)
+        with contextlib.redirect_stdout(io.StringIO()):
+            for batch in batches:
+                entry.add(batch)
+                collector.collect({"t": batch})
+            ort_low, ort_high = collector.compute_percentile()["t"][:2]
+        assert has_tails(entry, percentile)
+        assert entry.tail_size < everything.size // 50  # a small share of the values is kept
+        low, high = tail_percentiles(entry, percentile)
+        # exact: the magnitude with the cut share of all values beyond it, clamped
+        cut = int(everything.size * (100 - percentile) / 100)
+        bound = float(np.sort(np.abs(everything))[-1 - cut])
+        assert (low, high) == (max(-bound, float(everything.min())), bound)
+        assert high < float(everything.max()) and low > float(everything.min())
+        # and onnxruntime's histogram estimate of the same, within two of its bins
+        width = float(np.abs(everything).max()) / 2048
+        assert abs(low - float(ort_low)) < 2 * width and abs(high - float(ort_high)) < 2 * width
+
+
+def test_tensor_statistics_equal_plain_numpy_reductions_over_batches():
+    from mcomp.compressors.quantize.statistics import TensorStatistics
+
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(i, 1 + i, (5, 6, 7, 9)).astype(np.float32) for i in range(3)]
+    both = np.concatenate(batches)
+    conv, matmul = TensorStatistics(), TensorStatistics()
+    for batch in batches:
+        conv.add(batch, last_axis=False)
+        matmul.add(batch)
+    for entry in (conv, matmul):
+        assert (entry.low, entry.high) == (float(both.min()), float(both.max()))
+        assert entry.samples == 15 and entry.elements == both.size
+        per_sample = both.reshape(15, -1)
+        assert entry.mean_low == pytest.approx(float(per_sample.min(axis=1).mean()), rel=1e-6)
+        assert entry.mean_high == pytest.approx(float(per_sample.max(axis=1).mean()), rel=1e-6)
+        np.testing.assert_array_equal(entry.channel_low, both.min(axis=(0, 2, 3)))
+        np.testing.assert_array_equal(entry.channel_high, both.max(axis=(0, 2, 3)))
+        np.testing.assert_allclose(entry.channel_mean(), both.mean(axis=(0, 2, 3)), rtol=1e-5)
+    # the last-axis summaries only where asked (MatMul inputs)
+    assert conv.last_absmax is None and conv.last_axis_mean() is None
+    rows = both.reshape(-1, 9)
+    np.testing.assert_array_equal(matmul.last_absmax, np.abs(rows).max(axis=0))
+    np.testing.assert_allclose(matmul.last_axis_mean(), rows.mean(axis=0), rtol=1e-5)
+    # a batch with a NaN or an inf is left out
+    for bad in (np.nan, np.inf):
+        poisoned = batches[0].copy()
+        poisoned[1, 2, 3, 4] = bad
+        conv.add(poisoned)
+        assert conv.samples == 15

@@ -109,7 +109,9 @@ def quantize_model(
     lap("rewrites")
     shared = PreparedModel(
         prepared_path,
-        StatisticsCache(prepared_path, ctx, options.calibration.samples),
+        StatisticsCache(
+            prepared_path, ctx, options.calibration.samples, options.calibration.percentile
+        ),
         _learned_overrides(prepared, learned, mode, ctx, details),
     )
     first = quantize_once(

@@ -112,7 +112,9 @@ class Scorer:
 
         path = self.folder / f"rewrite.{tag}.onnx"
         onnx.save(model, path)
-        return PreparedModel(path, StatisticsCache(path, self.ctx, self.samples))
+        calibration = self.options.calibration
+        cache = StatisticsCache(path, self.ctx, self.samples, calibration.percentile)
+        return PreparedModel(path, cache)
 
     def statistics(self, model, names: set[str]):
         """Statistics of the tensors `names` of `model` on the calibration samples."""

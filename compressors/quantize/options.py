@@ -25,9 +25,9 @@ class CalibrationOptions(StageOptions):
         description="How activation ranges are chosen. minmax: the extremes over all "
         "samples; mean_minmax: the mean of each sample's extremes (NNCF's default); mse: "
         "the clipping with the least squared quantization error; percentile: onnxruntime's "
-        "percentile of |activation|; entropy: KL-divergence thresholds; auto: quantize with "
-        "each of `candidates` and keep the model whose outputs are closest to fp32's on "
-        "calibration samples.",
+        "percentile of |activation|, clamped to min/max; entropy: KL-divergence "
+        "thresholds; auto: quantize with each of `candidates` and keep the model whose "
+        "outputs are closest to fp32's on calibration samples.",
     )
     candidates: list[ExplicitMethod] = Field(
         default_factory=lambda: ["minmax", "percentile"],
