@@ -142,6 +142,20 @@ def test_unlabelled_embedding_distilled_with_cosine_recovers_after_pruning(proje
     )
 
 
+def test_unlabelled_distillation_keeps_the_checkpoint_with_the_least_eval_loss(project):
+    # without labels the checkpoint is chosen by the distillation loss on the eval split
+    # (the objective), not by the coarse eval metric; the start is a candidate too
+    stages = "  - prune: {sparsity: 0.8}\n  - distill: {loss: cosine, epochs: 4, lr: 0.003}\n"
+    result, progress = run_recipe(write(project, "embed", stages), project / "out_ckpt")
+    details = result.report["stages"][1]["details"]
+    assert details["checkpoint_by"] == "eval_loss"
+    losses = [details["start_eval_loss"], *details["eval_loss"]]
+    assert len(losses) == 5 and all(np.isfinite(losses))
+    assert losses[details["best_epoch"]] == min(losses)  # best_epoch 0: the start
+    assert details["best_epoch"] > 0 and min(details["eval_loss"]) < details["start_eval_loss"]
+    assert any("eval loss" in line for line in progress.messages)
+
+
 def test_finetune_without_labels_distils_from_the_original_and_says_so(project):
     stages = "  - prune: {sparsity: 0.8}\n  - finetune: {epochs: 4, lr: 0.003}\n"
     result, progress = run_recipe(write(project, "embed", stages), project / "out_ft")

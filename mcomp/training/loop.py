@@ -49,6 +49,10 @@ class TrainConfig:
     # "frozen": BatchNorm layers keep their running statistics (eval mode) while the rest
     # trains; "auto" is resolved by the stage (see TrainingOptions.batchnorm), else trains
     batchnorm: str = "train"
+    # choose the best checkpoint by `loss_fn` on the eval split (lower is better) instead of
+    # the eval metric: set for distillation without labels, where the metric (agreement with
+    # the original on a small split) is coarse and the loss is the objective itself
+    checkpoint_by_loss: bool = False
     # per-batch input transforms (`mcomp.training.augment.AugmentOptions`), applied before the
     # batch reaches the model and the loss (a teacher in the loss sees the same input)
     augment: Any = None
@@ -61,6 +65,8 @@ class TrainResult:
     # -1: every epoch scored worse than the model as it came in (`start_metric`), kept
     best_epoch: int = -1
     start_metric: float | None = None
+    eval_loss: list[float] = field(default_factory=list)  # with `checkpoint_by_loss`
+    start_loss: float | None = None
 
 
 def train_module(
@@ -109,11 +115,16 @@ def train_module(
     generator = torch.Generator().manual_seed(ctx.seed)
     augment = batch_augmenter(config.augment, state, ctx)
     result, best, best_value = TrainResult(), None, None
+    # the eval loss needs the whole eval split in this process
+    by_loss = config.checkpoint_by_loss and ctx.dist is None and ctx.datasets.eval is not None
+    higher = False if by_loss else ctx.metric.higher_is_better
     if config.keep_best and config.start_is_candidate and config.best_from_epoch == 0:
         # the model as it came in is a candidate too: on a few hundred unlabelled inputs a
         # recovery run can end worse than it started, and then the start is what to keep
         set_training(module, False)
         best_value = result.start_metric = _evaluate(state, ctx)
+        if by_loss:
+            best_value = result.start_loss = _eval_loss(state, ctx, loss_fn, config.batch_size)
         best = copy.deepcopy(module.state_dict())
     ctx.progress.start(label, total=config.epochs * steps_per_epoch)
     for epoch in range(config.epochs):
@@ -167,9 +178,14 @@ def train_module(
             ) from None
         result.train_loss.append(round(total / count, 6))
         result.eval_metric.append(value)
+        shown = ""
+        if by_loss:
+            loss_now = _eval_loss(state, ctx, loss_fn, config.batch_size)
+            result.eval_loss.append(round(loss_now, 6))
+            value, shown = loss_now, f", eval loss {loss_now:.4f}"
         ctx.progress.log(
             f"{label} epoch {epoch + 1}/{config.epochs}: train loss "
-            f"{total / count:.4f}, eval {ctx.metric.name} {value:.4f}"
+            f"{total / count:.4f}, eval {ctx.metric.name} {result.eval_metric[-1]:.4f}{shown}"
         )
         eligible = epoch >= config.best_from_epoch
         # against the model as it came in a tie goes to training: a coarse metric (top-1
@@ -177,7 +193,7 @@ def train_module(
         from_start = result.best_epoch < 0 and result.start_metric is not None
         if eligible and (
             best_value is None
-            or _better(value, best_value, ctx.metric.higher_is_better)
+            or _better(value, best_value, higher)
             or (from_start and value == best_value)
         ):
             best_value, result.best_epoch = value, epoch
@@ -185,9 +201,14 @@ def train_module(
     ctx.progress.finish()
     if config.keep_best and best is not None:
         if result.best_epoch < 0:
+            start = (
+                f"eval loss {result.start_loss:.4f}"
+                if by_loss
+                else f"eval {ctx.metric.name} {result.start_metric:.4f}"
+            )
             ctx.progress.log(
-                f"{label}: every epoch scored worse than the model as it came in (eval "
-                f"{ctx.metric.name} {result.start_metric:.4f}); it is kept unchanged"
+                f"{label}: every epoch scored worse than the model as it came in ({start}); "
+                "it is kept unchanged"
             )
         module.load_state_dict(best)
     set_training(module.to("cpu"), False)  # measurement, quantization, export: on the CPU
@@ -197,7 +218,7 @@ def train_module(
 def training_facts(result: TrainResult, metric_key: str = "eval_metric") -> dict:
     """What a training stage reports of `train_module`'s run: per-epoch loss and eval metric,
     the kept epoch (1-based; 0: all scored worse than the model as it came in, kept) and that
-    starting model's eval metric."""
+    starting model's eval metric; with `checkpoint_by_loss` the eval losses that chose it."""
     facts = {
         "train_loss": result.train_loss,
         metric_key: result.eval_metric,
@@ -205,6 +226,11 @@ def training_facts(result: TrainResult, metric_key: str = "eval_metric") -> dict
     }
     if result.start_metric is not None:
         facts["start_eval_metric"] = result.start_metric
+    if result.eval_loss:  # the checkpoint was chosen by the loss on the eval split
+        facts["checkpoint_by"] = "eval_loss"
+        facts["eval_loss"] = result.eval_loss
+        if result.start_loss is not None:
+            facts["start_eval_loss"] = round(result.start_loss, 6)
     return facts
 
 
@@ -237,6 +263,23 @@ def _reduce_loss(total: float, count: int, ctx) -> tuple[float, int]:
         return total, count
     parts = ctx.dist.all_gather((total, count))
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _eval_loss(state: ModelState, ctx, loss_fn, batch_size: int) -> float:
+    """The mean training loss over the eval split (no labels: a distillation loss), in eval
+    mode without gradients."""
+    import torch
+
+    split = ctx.datasets.eval
+    inputs = [torch.from_numpy(split.inputs[spec.name]) for spec in state.inputs]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            batch = [t[start : start + batch_size].to(ctx.device) for t in inputs]
+            loss = loss_fn(state.module(*batch), None, batch)
+            total += float(loss) * len(batch[0])
+            count += len(batch[0])
+    return total / max(count, 1)
 
 
 def _evaluate(state: ModelState, ctx) -> float:

@@ -38,7 +38,8 @@ class TrainingOptions(StageOptions):
     )
     keep_best: bool = Field(
         True,
-        description="Restore the epoch with the best eval metric at the end, the model as "
+        description="Restore the epoch with the best eval metric at the end (without "
+        "labels: the least distillation loss on the eval split), the model as "
         "it came in included (evaluated once before training: a run whose every epoch "
         "scores worse leaves it unchanged, `best_epoch: 0`; a tie goes to training; not "
         "in gradual pruning, whose start is denser than its target); false: keep the last "
