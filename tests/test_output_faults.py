@@ -369,10 +369,13 @@ def cleanup():
 
 
 with handle_termination(), emergency_cleanup(cleanup):
-    # as a main thread deep in a library call: the signal cannot reach its Python handler
+    # as a main thread deep in a library call: the signal cannot reach its Python handler.
+    # The call is looked up before "ready": a signal that arrives while the main thread still
+    # runs bytecode is handled there (the normal path), which is not what this tests
+    sleep = ctypes.CDLL(None).sleep
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     print("ready", flush=True)
-    ctypes.CDLL(None).sleep(120)
+    sleep(120)
 """
 
 
@@ -386,6 +389,9 @@ def test_sigterm_while_stuck_in_a_library_call_still_cleans_up_and_exits_143(tmp
         text=True,
     )
     assert process.stdout.readline() == "ready\n"
+    # let it enter the call: on one loaded core the few bytecodes after "ready" took long
+    # enough for the signal to land before it (CI simulations, 2 in ~20 runs)
+    time.sleep(0.5)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
