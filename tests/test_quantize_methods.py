@@ -49,8 +49,6 @@ def _build():
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory) -> dict:
     """fp32 ONNX, calibration and eval inputs, and onnxruntime's static QDQ int8 model."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     from mcomp.model.convert import torch_to_onnx
     from mcomp.model.state import ModelState
     from mcomp.recipe.schema import InputSpec
@@ -63,33 +61,10 @@ def cnn(tmp_path_factory) -> dict:
     calibration = rng.uniform(0, 1, size=(48, 3, 12, 12)).astype(np.float32)
     evaluation = rng.uniform(0, 1, size=(32, 3, 12, 12)).astype(np.float32)
 
-    class Reader:
-        def __init__(self):
-            self.batches = iter([{"x": calibration[i : i + 16]} for i in range(0, 48, 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(folder / "fp32.onnx"),
-                str(folder / "int8.onnx"),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                reduce_range=True,
-            )
-    finally:
-        os.chdir(cwd)
     return {
         "folder": folder,
         "fp32": fp32,
-        "int8": onnx.load(str(folder / "int8.onnx")),
+        "int8": _ort_quantize(folder, "int8.onnx", calibration),
         "calibration": calibration,
         "eval": evaluation,
     }

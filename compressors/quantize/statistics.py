@@ -73,8 +73,9 @@ class TensorStatistics:
         # rest) view, and the small (samples, channels) results give the rest: reductions
         # over the other axes of a conv map are strided and ran 10x slower (43 s of a 48 s
         # statistics pass on the PP-OCR detector)
-        grid = values.reshape(len(values), values.shape[1], -1) if values.ndim > 1 else values
-        if values.ndim <= 1:
+        if values.ndim > 1:
+            grid = values.reshape(len(values), values.shape[1], -1)
+        else:
             grid = values.reshape(1, 1, -1)
         lows, highs = grid.min(axis=2), grid.max(axis=2)  # (samples, channels)
         if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
