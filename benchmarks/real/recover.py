@@ -46,7 +46,7 @@ import variants  # noqa: E402
 from results_file import update_results  # noqa: E402
 
 REPO = HERE.parent.parent
-VARIANTS = ("fp32", "pruned", "pruned+distilled", "pruned+distilled+int8")
+VARIANTS = ("fp32", "pruned", "pruned+reconstructed", "pruned+distilled", "pruned+distilled+int8")
 
 
 def _run(recipe_text: str, folder: Path) -> dict:
@@ -68,6 +68,9 @@ def make_models(target, data: dict, workdir: Path, args) -> dict:
         "chain": write(target, data, args, stages=target.chain_stages(args),
                        output="{torch_model: model.pt2}"),
     }  # fmt: skip
+    if target.chain_prune:
+        recipes["reconstructed"] = write(target, data, args, stages=[
+            f"prune: {target.chain_prune}", "export: {}"])  # fmt: skip
     runs = {name: _run(text, workdir / name) for name, text in recipes.items()}
     pt2 = workdir / "chain" / "out" / "model.pt2"
     recipes["distilled"] = write(target, data, args, stages=["export: {}"], path=pt2)
@@ -75,6 +78,11 @@ def make_models(target, data: dict, workdir: Path, args) -> dict:
     files = {
         "fp32": workdir / "plain" / "out" / "baseline.onnx",
         "pruned": runs["plain"]["model"],
+        **(
+            {"pruned+reconstructed": runs["reconstructed"]["model"]}
+            if "reconstructed" in runs
+            else {}
+        ),  # fmt: skip
         "pruned+distilled": runs["distilled"]["model"],
         "pruned+distilled+int8": runs["chain"]["model"],
     }

@@ -62,9 +62,14 @@ def recovered_share(rows: dict, name: str, recovered: str = "pruned+distilled") 
 def macs_ratios(result: dict) -> dict:
     plain, chain = result["reports"]["plain"], result["reports"]["chain"]
     base = _stage(chain, "baseline")["metrics"]["macs"]
+    extra = {}
+    if "reconstructed" in result["reports"]:
+        refit = result["reports"]["reconstructed"]
+        extra["pruned+reconstructed"] = _stage(refit, "prune")["metrics"]["macs"] / base
     return {
         "fp32": 1.0,
         "pruned": _stage(plain, "prune")["metrics"]["macs"] / base,
+        **extra,
         "pruned+distilled": _stage(chain, "distill")["metrics"]["macs"] / base,
         "pruned+distilled+int8": _stage(chain, "quantize")["metrics"]["macs"] / base,
     }
@@ -73,8 +78,13 @@ def macs_ratios(result: dict) -> dict:
 def stage_seconds(result: dict) -> dict:
     plain, chain = result["reports"]["plain"], result["reports"]["chain"]
     seconds = {k: _stage(chain, k).get("seconds") or 0.0 for k in ("prune", "distill")}
+    extra = {}
+    if "reconstructed" in result["reports"]:
+        refit = result["reports"]["reconstructed"]
+        extra["pruned+reconstructed"] = f"prune {_stage(refit, 'prune')['seconds']:.0f}"
     return {
         "pruned": f"prune {_stage(plain, 'prune')['seconds']:.0f}",
+        **extra,
         "pruned+distilled": f"prune {seconds['prune']:.0f} + distill {seconds['distill']:.0f}",
         "pruned+distilled+int8": f"quantize {_stage(chain, 'quantize')['seconds']:.0f}",
     }

@@ -70,6 +70,18 @@ class PruneOptions(StageOptions):
         description="channel: keep every pruned layer's channel count a multiple of this "
         "(e.g. 8, kernel-friendly); null: any count.",
     )
+    reconstruct: bool = Field(
+        False,
+        description="magnitude, one-shot: refit each pruned layer's kept weights and bias to "
+        "its unpruned output on real inputs (least squares, SparseGPT's update with the "
+        "magnitude mask; no labels, no training): `data.calibration`, else `data.train`.",
+    )
+    reconstruct_samples: int = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description="reconstruct: how many of those inputs (the first ones) the refit uses.",
+    )
     gradual: GradualOptions | None = Field(
         None, description="Raise sparsity step by step during training (AGP) instead of at once."
     )

@@ -11,6 +11,8 @@
         fold_batchnorm: auto   # folded BN weights for channel pruning, raw for magnitude
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
+        reconstruct: true      # magnitude, one-shot: refit the kept weights to the layers'
+                               #   unpruned outputs on data.calibration (no labels, no training)
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
         # gradual: {steps: 8, distill: {}}   # ... against the original model (default
         #                                    #   when data.train has no labels)
@@ -19,7 +21,9 @@ One file per method: `magnitude.py` (real zeros; the masks go to `ctx.facts.mask
 training stages keep the zeros at zero), `channel.py` (whole output channels of convolutions
 and neurons of Linear layers, coupled layers pruned consistently: the model really gets fewer
 parameters and MACs; the final layer, the model's output, is never pruned), `layer.py`,
-`gradual.py` (AGP schedule), `sensitivity.py` (per-layer sparsity from `mcomp sensitivity`).
+`reconstruct.py` (SparseGPT's least-squares refit of the kept weights after magnitude
+pruning), `gradual.py` (AGP schedule), `sensitivity.py` (per-layer sparsity from
+`mcomp sensitivity`).
 Options and the layer selection are in `options.py`.
 """
 
@@ -74,6 +78,8 @@ class PruneStage(Stage):
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
                 "magnitude pruning zeroes weights without changing MACs"
             )
+        if opts.reconstruct:
+            _check_reconstruct(opts, ctx)
         if opts.sensitivity is not None:
             from mcomp.compressors.prune.sensitivity import read_sensitivity
 
@@ -146,15 +152,49 @@ class PruneStage(Stage):
                 table = read_sensitivity(ctx.recipe_dir / opts.sensitivity)
                 per_layer = allocate_sparsity(table, opts.sparsity, [n for n, _ in targets])
             norms = self._batchnorms(model, targets) if opts.fold_batchnorm is True else {}
+            dense = {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
             masks = prune_magnitude(
                 targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
             details = {"bn_folded_layers": sorted(n for n, m in targets if m in norms)}
+            if opts.reconstruct:
+                details["reconstruct"] = self._reconstruct(model, ctx, targets, masks, dense)
+            del dense
         ctx.facts.masks.update(masks)
         pruned = sum(int((~m).sum()) for m in masks.values())
         self.details = {**details, "layers": mask_sparsity(masks), "pruned_weights": pruned}
         self.notes.append(STORAGE_ONLY)
         return model.with_module(model.module)
+
+    def _reconstruct(self, model: ModelState, ctx: StageContext, targets, masks, dense) -> dict:
+        """Refit the pruned layers on the first `reconstruct_samples` unlabelled inputs."""
+        import numpy as np
+        import torch
+
+        from mcomp.compressors.prune.reconstruct import reconstruct_pruned
+
+        split = ctx.datasets.calibration or ctx.datasets.train
+        which = "calibration" if ctx.datasets.calibration else "train"
+        count = min(self.options.reconstruct_samples, len(split))
+        device = next(model.module.parameters()).device
+        batches = [
+            tuple(torch.from_numpy(inputs[spec.name]).to(device) for spec in model.inputs)
+            for inputs, _ in split.subset(np.arange(count)).batches(ctx.batch_size)
+        ]
+        facts = reconstruct_pruned(model.module, targets, masks, dense, batches, ctx.progress)
+        layers = facts["layers"]
+        if layers:
+            before = sum(v["error_magnitude"] for v in layers.values()) / len(layers)
+            after = sum(v["error_reconstructed"] for v in layers.values()) / len(layers)
+            self.notes.append(
+                f"reconstructed {len(layers)} layers on {count} {which} inputs: mean relative "
+                f"layer output error {before:.3f} -> {after:.3f}"
+            )
+        for name, why in facts["not_reconstructed"].items():
+            ctx.progress.warn(
+                f"prune.reconstruct: {name} keeps its magnitude-pruned weights ({why})"
+            )
+        return {"split": which, **facts}
 
     def _distill(self, ctx: StageContext):
         """The distillation settings of gradual pruning (None: on labels, or one-shot); the
@@ -186,3 +226,17 @@ class PruneStage(Stage):
         ctx.facts.masks = {}  # parameter names changed
         self.notes.append("layer: blocks replaced by identity; fewer MACs and parameters")
         return model.with_module(model.module)
+
+
+def _check_reconstruct(opts, ctx: StageContext) -> None:
+    """`reconstruct` refits one-shot magnitude pruning, on inputs the recipe gives."""
+    if opts.method != "magnitude" or opts.gradual is not None:
+        raise StageError(
+            "prune.reconstruct: refits one-shot `method: magnitude` pruning; remove it, or "
+            "drop `gradual` (the training of gradual pruning recovers instead)"
+        )
+    if ctx.datasets.calibration is None and ctx.datasets.train is None:
+        raise StageError(
+            "prune.reconstruct: refits the pruned layers on real inputs and the recipe gives "
+            "none; add `data.calibration` (no labels needed)"
+        )
