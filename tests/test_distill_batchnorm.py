@@ -21,7 +21,7 @@ data:
   eval: {{builtin: digits, labels: null, samples: 64}}
 runtime: {{latency: {{enabled: false}}}}
 stages:
-  - prune: {{sparsity: 0.5}}
+  - prune: {{sparsity: 0.5, reconstruct: false}}
   - distill: {{epochs: 1, batch_size: 32{extra}}}
 output: {{torch_model: model.pt2, cache: false}}
 """

@@ -126,7 +126,10 @@ def recovered(report, figure: str) -> tuple[float, float, float]:
 
 
 def test_unlabelled_embedding_distilled_with_cosine_recovers_after_pruning(project):
-    stages = "  - prune: {sparsity: 0.8}\n  - distill: {loss: cosine, epochs: 6, lr: 0.003}\n"
+    stages = (
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n"
+        "  - distill: {loss: cosine, epochs: 6, lr: 0.003}\n"
+    )
     result, _ = run_recipe(write(project, "embed", stages), project / "out_embed")
     full, pruned, distilled = recovered(result.report, "cosine")
     assert full == pytest.approx(1.0)
@@ -145,7 +148,10 @@ def test_unlabelled_embedding_distilled_with_cosine_recovers_after_pruning(proje
 def test_unlabelled_distillation_keeps_the_checkpoint_with_the_least_eval_loss(project):
     # without labels the checkpoint is chosen by the distillation loss on the eval split
     # (the objective), not by the coarse eval metric; the start is a candidate too
-    stages = "  - prune: {sparsity: 0.8}\n  - distill: {loss: cosine, epochs: 4, lr: 0.003}\n"
+    stages = (
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n"
+        "  - distill: {loss: cosine, epochs: 4, lr: 0.003}\n"
+    )
     result, progress = run_recipe(write(project, "embed", stages), project / "out_ckpt")
     details = result.report["stages"][1]["details"]
     assert details["checkpoint_by"] == "eval_loss"
@@ -157,7 +163,9 @@ def test_unlabelled_distillation_keeps_the_checkpoint_with_the_least_eval_loss(p
 
 
 def test_finetune_without_labels_distils_from_the_original_and_says_so(project):
-    stages = "  - prune: {sparsity: 0.8}\n  - finetune: {epochs: 4, lr: 0.003}\n"
+    stages = (
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n  - finetune: {epochs: 4, lr: 0.003}\n"
+    )
     result, progress = run_recipe(write(project, "embed", stages), project / "out_ft")
     entry = result.report["stages"][1]
     assert "data.train has no labels: distilled from the original model" in entry["notes"]
@@ -168,7 +176,10 @@ def test_finetune_without_labels_distils_from_the_original_and_says_so(project):
 
 
 def test_bce_on_sigmoid_probabilities_recovers_the_frames(project):
-    stages = "  - prune: {sparsity: 0.8}\n  - distill: {loss: bce, epochs: 5, lr: 0.003}\n"
+    stages = (
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n"
+        "  - distill: {loss: bce, epochs: 5, lr: 0.003}\n"
+    )
     result, _ = run_recipe(write(project, "vad", stages), project / "out_vad")
     _, pruned, distilled = recovered(result.report, "mean_abs_diff")
     assert distilled < 0.7 * pruned, (pruned, distilled)
@@ -177,7 +188,7 @@ def test_bce_on_sigmoid_probabilities_recovers_the_frames(project):
 def test_kl_at_every_step_and_a_weighted_second_output(project):
     # the logits are (batch, steps, classes); `pooled` is matched too, with half the weight
     stages = (
-        "  - prune: {sparsity: 0.8}\n"
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n"
         "  - distill: {epochs: 5, lr: 0.003, temperature: 2, outputs: [\n"
         "      {output: logits, loss: kl}, {output: pooled, loss: mse, weight: 0.5}]}\n"
     )
@@ -272,7 +283,9 @@ def test_train_from_calibration_and_eval_inputs_is_an_opt_in_the_report_names(pr
         "calibration: {path: train.npz, labels: null}, eval: {path: eval.npz, labels: null}, "
         f"train_from: [{', '.join(sources)}],"
     )
-    stages = "  - prune: {sparsity: 0.8}\n  - finetune: {epochs: 3, lr: 0.003}\n"
+    stages = (
+        "  - prune: {sparsity: 0.8, reconstruct: false}\n  - finetune: {epochs: 3, lr: 0.003}\n"
+    )
     result, _ = run_recipe(write(project, "embed", stages, data=data), project / "out_from")
     notes = result.report["stages"][1]["notes"]
     assert f"trained on the inputs of data.{', data.'.join(sources)} (train_from)" in notes

@@ -208,7 +208,7 @@ def test_state_dict_with_factory_prunes_and_exports(project):
         folder,
         f'{{path: weights.pt, factory: "{MODULE_NAME}:build", python_path: ["."], '
         f"factory_args: {{hidden: {HIDDEN}}}}}",
-        "[{prune: {sparsity: 0.5}}, {export: {}}]",
+        "[{prune: {sparsity: 0.5, reconstruct: false}}, {export: {}}]",
     )
     # a busy machine while latency is timed is said too; that is not about the model
     about_the_model = [w for w in progress.warnings if not w.startswith("latency: other processes")]
@@ -329,7 +329,7 @@ def test_pickled_module_needs_opt_in_then_prunes_and_exports(project):
     report, _, out = run(
         folder,
         '{path: whole.pt, python_path: ["."], allow_pickle: true}',
-        "[{prune: {sparsity: 0.5, scope: layer}}, {export: {}}]",
+        "[{prune: {sparsity: 0.5, scope: layer, reconstruct: false}}, {export: {}}]",
     )
     assert report["ok"]
     check_baseline(report, model, folder)
@@ -427,7 +427,7 @@ def test_state_dict_named_onnx_is_loaded_as_torch_and_prunes(project):
     report, _, out = run(
         folder,
         f'{{path: weights.onnx, factory: "{MODULE_NAME}:build", python_path: ["."]}}',
-        "[{prune: {sparsity: 0.5}}, {export: {}}]",
+        "[{prune: {sparsity: 0.5, reconstruct: false}}, {export: {}}]",
     )
     assert report["ok"]
     assert report["baseline"]["model_kind"] == "torch"

@@ -81,7 +81,13 @@ def invoke(folder: Path, *args: str):
 
 @pytest.mark.parametrize("model", ["model.pt2", "traced.ts"])
 @pytest.mark.parametrize(
-    "stage", ["prune: {method: channel}", "prune: {method: layer, num_blocks: 1}", "lowrank: {}"]
+    "stage",
+    [
+        "prune: {method: channel}",
+        "prune: {method: layer, num_blocks: 1}",
+        "prune: {sparsity: 0.5, reconstruct: true}",
+        "lowrank: {}",
+    ],
 )
 def test_structural_stages_are_refused_at_validate_time(project, model, stage):
     path = write(project, model, f"  - {stage}\n")

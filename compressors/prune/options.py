@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mcomp.compressors.prune.gradual import GradualOptions
 from mcomp.compressors.select import select_layers
@@ -70,11 +70,12 @@ class PruneOptions(StageOptions):
         description="channel: keep every pruned layer's channel count a multiple of this "
         "(e.g. 8, kernel-friendly); null: any count.",
     )
-    reconstruct: bool = Field(
-        False,
+    reconstruct: bool | Literal["auto"] = Field(
+        "auto",
         description="magnitude, one-shot: refit each pruned layer's kept weights and bias to "
-        "its unpruned output on real inputs (least squares, SparseGPT's update with the "
-        "magnitude mask; no labels, no training): `data.calibration`, else `data.train`.",
+        "its unpruned output on real inputs (least squares, the mask kept; no labels, no "
+        "training) from `data.calibration`, else `data.train`. auto: on when the recipe gives "
+        "such inputs and the model has layer modules (not .pt2/TorchScript); true: required.",
     )
     reconstruct_samples: int = Field(
         128,
@@ -102,6 +103,15 @@ class PruneOptions(StageOptions):
         "`mcomp sensitivity` (relative to the recipe); sensitive "
         "layers get less sparsity for the same overall target.",
     )
+
+    @model_validator(mode="after")
+    def _reconstruct_refits_one_shot_magnitude(self) -> PruneOptions:
+        if self.reconstruct is True and (self.method != "magnitude" or self.gradual is not None):
+            raise ValueError(
+                "reconstruct: refits one-shot `method: magnitude` pruning; remove it, or drop "
+                "`gradual` (gradual pruning's training recovers instead)"
+            )
+        return self
 
 
 def select_prunable(

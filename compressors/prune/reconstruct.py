@@ -77,7 +77,15 @@ def reconstruct_pruned(
     try:
         for layer in chosen:
             name = names[id(layer)]
-            hessians = _hessians(module, layer, batches, calls[layer])
+            hessians, positions = _hessians(module, layer, batches, calls[layer])
+            if positions < hessians.shape[-1]:
+                # fewer input vectors than weights per output: the fit would follow the samples
+                skipped[name] = (
+                    f"{positions} input positions for {hessians.shape[-1]} weights per output"
+                )
+                if progress is not None:
+                    progress.advance()
+                continue
             with torch.no_grad():
                 errors = _refit(layer, dense[f"{name}.weight"], masks[f"{name}.weight"], hessians)
             if errors is None:
@@ -158,14 +166,16 @@ class _Collected(Exception):
     """Raised from a hook to end a forward pass once the layer's inputs are collected."""
 
 
-def _hessians(module, layer, batches: list, calls: int) -> torch.Tensor:
+def _hessians(module, layer, batches: list, calls: int) -> tuple[torch.Tensor, int]:
     """Per group of `layer`, X Xᵀ over every call on `batches` (float64, (groups, k, k)),
-    with a constant row last when the layer has a bias. A layer called once per forward pass
-    ends the pass there: the rest of the model cannot change its inputs."""
+    with a constant row last when the layer has a bias, and the number of input vectors. A
+    layer called once per forward pass ends the pass there: the rest of the model cannot
+    change its inputs."""
     import torch
 
     groups = getattr(layer, "groups", 1)
     total: list[torch.Tensor] = []
+    positions = [0]
 
     def collect(_module, inputs, _output) -> None:
         x = inputs[0].detach().float()
@@ -177,6 +187,7 @@ def _hessians(module, layer, batches: list, calls: int) -> torch.Tensor:
             if layer.bias is not None:
                 x = torch.cat([x.reshape(groups, -1, x.shape[-1]), _ones(x, groups)], dim=1)
             x = x.reshape(groups, -1, x.shape[-1])
+            positions[0] += x.shape[-1]
             product = torch.bmm(x, x.transpose(1, 2)).double()
             if total:
                 total[0] += product
@@ -193,7 +204,7 @@ def _hessians(module, layer, batches: list, calls: int) -> torch.Tensor:
                     module(*batch)
     finally:
         handle.remove()
-    return total[0]
+    return total[0], positions[0]
 
 
 def _ones(x: torch.Tensor, groups: int) -> torch.Tensor:

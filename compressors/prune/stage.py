@@ -11,8 +11,9 @@
         fold_batchnorm: auto   # folded BN weights for channel pruning, raw for magnitude
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
-        reconstruct: true      # magnitude, one-shot: refit the kept weights to the layers'
-                               #   unpruned outputs on data.calibration (no labels, no training)
+        reconstruct: auto      # magnitude, one-shot: refit the kept weights to the layers'
+                               #   unpruned outputs on data.calibration (no labels, no
+                               #   training); auto: whenever there are inputs to refit on
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
         # gradual: {steps: 8, distill: {}}   # ... against the original model (default
         #                                    #   when data.train has no labels)
@@ -78,8 +79,8 @@ class PruneStage(Stage):
                 "prune: target_macs_ratio and round_to apply to `method: channel`; "
                 "magnitude pruning zeroes weights without changing MACs"
             )
-        if opts.reconstruct:
-            _check_reconstruct(opts, ctx)
+        if opts.reconstruct is True:
+            _check_reconstruct(ctx)
         if opts.sensitivity is not None:
             from mcomp.compressors.prune.sensitivity import read_sensitivity
 
@@ -157,8 +158,11 @@ class PruneStage(Stage):
                 targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
             details = {"bn_folded_layers": sorted(n for n, m in targets if m in norms)}
-            if opts.reconstruct:
+            skip = _why_not_reconstruct(opts, model, ctx)
+            if skip is None:
                 details["reconstruct"] = self._reconstruct(model, ctx, targets, masks, dense)
+            elif opts.reconstruct == "auto":
+                details["reconstruct"] = f"not applied: {skip}"
             del dense
         ctx.facts.masks.update(masks)
         pruned = sum(int((~m).sum()) for m in masks.values())
@@ -181,6 +185,11 @@ class PruneStage(Stage):
             tuple(torch.from_numpy(inputs[spec.name]).to(device) for spec in model.inputs)
             for inputs, _ in split.subset(np.arange(count)).batches(ctx.batch_size)
         ]
+        if self.options.reconstruct == "auto":
+            ctx.progress.log(
+                f"prune: refitting the pruned layers on {count} {which} inputs "
+                "(prune.reconstruct: auto; false turns it off)"
+            )
         facts = reconstruct_pruned(model.module, targets, masks, dense, batches, ctx.progress)
         layers = facts["layers"]
         if layers:
@@ -190,9 +199,17 @@ class PruneStage(Stage):
                 f"reconstructed {len(layers)} layers on {count} {which} inputs: mean relative "
                 f"layer output error {before:.3f} -> {after:.3f}"
             )
-        for name, why in facts["not_reconstructed"].items():
-            ctx.progress.warn(
-                f"prune.reconstruct: {name} keeps its magnitude-pruned weights ({why})"
+        skipped = facts["not_reconstructed"]
+        if self.options.reconstruct is True:  # asked for: each layer it could not refit
+            for name, why in skipped.items():
+                ctx.progress.warn(
+                    f"prune.reconstruct: {name} keeps its magnitude-pruned weights ({why})"
+                )
+        elif skipped:
+            count = len(skipped)
+            self.notes.append(
+                f"{count} layer{'s' if count > 1 else ''} kept the magnitude-pruned weights "
+                "(details.reconstruct.not_reconstructed says why)"
             )
         return {"split": which, **facts}
 
@@ -228,15 +245,25 @@ class PruneStage(Stage):
         return model.with_module(model.module)
 
 
-def _check_reconstruct(opts, ctx: StageContext) -> None:
-    """`reconstruct` refits one-shot magnitude pruning, on inputs the recipe gives."""
-    if opts.method != "magnitude" or opts.gradual is not None:
-        raise StageError(
-            "prune.reconstruct: refits one-shot `method: magnitude` pruning; remove it, or "
-            "drop `gradual` (the training of gradual pruning recovers instead)"
-        )
+def _check_reconstruct(ctx: StageContext) -> None:
+    """`reconstruct` refits on inputs the recipe gives (the options checked the method)."""
     if ctx.datasets.calibration is None and ctx.datasets.train is None:
         raise StageError(
             "prune.reconstruct: refits the pruned layers on real inputs and the recipe gives "
             "none; add `data.calibration` (no labels needed)"
         )
+
+
+def _why_not_reconstruct(opts, model: ModelState, ctx: StageContext) -> str | None:
+    """None when this one-shot magnitude pruning is refitted, else why not (`auto` only: an
+    explicit `true` was checked before any stage ran)."""
+    from mcomp.model.format_limits import module_kind
+
+    if opts.reconstruct is False:
+        return "reconstruct: false"
+    if ctx.datasets.calibration is None and ctx.datasets.train is None:
+        return "the recipe gives no calibration or train inputs"
+    kind = module_kind(model.module)
+    if kind is not None:
+        return f"a {kind} keeps no layer modules to watch"
+    return None

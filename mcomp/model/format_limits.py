@@ -4,8 +4,8 @@ Both keep the weights and the computation but not the layer modules: an exported
 graph calls aten operators on plain parameters, a TorchScript module's code is compiled.
 Stages that only change weights in place (magnitude pruning, finetune, distill) work on
 them; stages that replace or reshape layers (channel and layer pruning, low-rank, QAT's fake
-quantization) cannot. `mcomp validate` finds this from the file's content without loading
-it, and the stages' checks again at run time.
+quantization) or watch a layer's inputs (prune.reconstruct) cannot. `mcomp validate` finds
+this from the file's content without loading it, and the stages' checks again at run time.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def structural_need(name: str, options: Any) -> str | None:
     """What of stage `name` needs layer modules, or None."""
     if name == "prune" and options.method in ("channel", "layer"):
         return f"prune method {options.method} rebuilds layers"
+    if name == "prune" and getattr(options, "reconstruct", False) is True:
+        return "prune.reconstruct reads each layer's inputs through its module"
     if name == "lowrank":
         return "lowrank replaces layers with two smaller ones"
     if name == "qat" or (name == "finetune" and getattr(options, "qat", False)):

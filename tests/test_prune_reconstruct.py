@@ -1,0 +1,283 @@
+"""`prune.reconstruct`: after one-shot magnitude pruning, each pruned layer's kept weights (and
+bias) are refitted by least squares to what the dense layer computed on unlabelled inputs;
+the mask does not move."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from mcomp.compressors.prune import reconstruct
+from mcomp.compressors.prune.magnitude import prune_magnitude
+from mcomp.compressors.prune.reconstruct import reconstruct_pruned
+from tests.helpers import run_recipe
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def smooth(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Inputs whose neighbours are correlated (running sums of noise), as in images and
+    audio: what lets the kept weights stand in for the pruned ones."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator).cumsum(-1)
+    if len(shape) == 4:
+        x = x.cumsum(-2)
+    return (x / x.std()).float()
+
+
+def prune_and_refit(net: nn.Module, x: torch.Tensor, sparsity: float = 0.5):
+    """Magnitude-prune `net` globally, then refit it on `x`; (masks, dense weights, facts)."""
+    targets = [(name, m) for name, m in net.named_modules() if isinstance(m, LAYERS)]
+    dense = {f"{name}.weight": m.weight.detach().clone() for name, m in targets}
+    masks = prune_magnitude(targets, sparsity=sparsity, scope="global")
+    facts = reconstruct_pruned(net, targets, masks, dense, [(b,) for b in torch.split(x, 16)])
+    return masks, dense, facts
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def assert_mask_held(net: nn.Module, masks: dict) -> None:
+    parameters = dict(net.named_parameters())
+    for key, kept in masks.items():
+        assert not parameters[key][~kept].any(), key  # pruned weights are exactly zero
+
+
+def test_refit_reproduces_a_layer_whose_inputs_span_fewer_dimensions_than_it_keeps():
+    torch.manual_seed(0)
+    basis = torch.randn(4, 16)
+    x = torch.randn(256, 4) @ basis  # 4-d inputs in R^16: 8 kept weights per row suffice
+    net = nn.Sequential(nn.Linear(16, 8))
+    original = copy.deepcopy(net)
+    masks, _, facts = prune_and_refit(net, x)
+    layer = facts["layers"]["0"]
+    assert layer["solver"] == "exact"
+    assert layer["error_magnitude"] > 0.2
+    assert layer["error_reconstructed"] < 0.01
+    with torch.no_grad():
+        assert relative_error(net(x), original(x)) == pytest.approx(
+            layer["error_reconstructed"], abs=1e-4
+        )  # the reported error is the layer's real output error on the samples
+        held_out = torch.randn(64, 4) @ basis
+        assert relative_error(net(held_out), original(held_out)) < 0.01
+    assert_mask_held(net, masks)
+    assert not torch.equal(net[0].bias, original[0].bias)  # the bias was refitted too
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: refitted channel by channel
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12 * 4, 10),
+    ).eval()
+
+
+def conv1d_net() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 9, stride=2, padding=4),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, 5, padding=2, groups=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(4),
+        nn.Flatten(),
+        nn.Linear(8 * 4, 6),
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "make, shape", [(cnn, (2, 8, 8)), (conv1d_net, (1, 64))], ids=["conv2d", "conv1d"]
+)
+def test_every_layer_kind_is_refitted_and_the_model_output_moves_back(make, shape):
+    net = make()
+    original = copy.deepcopy(net)
+    calibration, held_out = smooth((128, *shape), 0), smooth((64, *shape), 1)
+    magnitude_only = copy.deepcopy(net)
+    prune_magnitude(
+        [(n, m) for n, m in magnitude_only.named_modules() if isinstance(m, LAYERS)],
+        sparsity=0.5,
+        scope="global",
+    )
+    masks, _, facts = prune_and_refit(net, calibration)
+    layers = [n for n, m in net.named_modules() if isinstance(m, LAYERS)]
+    assert list(facts["layers"]) == layers  # forward order, every one refitted
+    assert facts["not_reconstructed"] == {} and facts["samples"] == 128
+    for name, layer in facts["layers"].items():
+        assert layer["error_reconstructed"] < layer["error_magnitude"], name
+    assert_mask_held(net, masks)
+    with torch.no_grad():
+        plain = relative_error(magnitude_only(held_out), original(held_out))
+        refitted = relative_error(net(held_out), original(held_out))
+    assert refitted < 0.7 * plain, (plain, refitted)  # on inputs the refit never saw
+
+
+def test_wide_layers_take_sparsegpts_update_and_still_improve(monkeypatch):
+    monkeypatch.setattr(reconstruct, "EXACT_FLOPS", 0)  # every layer counts as too wide
+    net = cnn()
+    original = copy.deepcopy(net)
+    x = smooth((128, 2, 8, 8), 0)
+    masks, _, facts = prune_and_refit(net, x)
+    assert {layer["solver"] for layer in facts["layers"].values()} == {"sparsegpt"}
+    for name, layer in facts["layers"].items():
+        assert layer["error_reconstructed"] < layer["error_magnitude"], name
+    assert_mask_held(net, masks)
+    with torch.no_grad():
+        assert relative_error(net(x), original(x)) < 0.5
+
+
+def test_layers_it_cannot_refit_keep_the_magnitude_result_and_are_named():
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Conv2d(4, 4, 3)
+    ).eval()
+    x = smooth((32, 1, 8, 8), 0)
+    targets = [(n, m) for n, m in net.named_modules() if isinstance(m, LAYERS)]
+    dense = {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
+    masks = prune_magnitude(targets, sparsity=0.5, scope="global")
+    pruned_first = net[0].weight.detach().clone()
+    facts = reconstruct_pruned(net, targets, masks, dense, [(x,)])
+    assert facts["not_reconstructed"] == {"0": "padding_mode 'reflect'"}
+    assert list(facts["layers"]) == ["2"]
+    assert torch.equal(net[0].weight, pruned_first)
+
+
+RECIPE = """\
+version: 1
+seed: 0
+model: {{path: net.pt, factory: "recmodels:net", python_path: ["."]}}
+data:
+  calibration: {{path: calibration.npz, labels: null}}
+  eval: {{path: eval.npz, labels: null}}
+task: regression
+runtime: {{threads: 1, latency: {{enabled: false}}}}
+stages:
+  - prune: {{sparsity: 0.6, reconstruct: {reconstruct}}}
+  - export: {{}}
+output: {{baseline: baseline.onnx}}
+"""
+
+FACTORY = """\
+import torch
+from torch import nn
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4))
+"""
+
+
+def onnx_outputs(path, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_the_prune_stage_refits_on_the_calibration_split_and_says_so(tmp_path):
+    (tmp_path / "recmodels.py").write_text(FACTORY)
+    namespace: dict = {}
+    exec(FACTORY, namespace)
+    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    x = smooth((160, 1, 8, 8), 0).numpy()
+    np.savez(tmp_path / "calibration.npz", x=x[:96])
+    np.savez(tmp_path / "eval.npz", x=x[96:])
+    errors, reports = {}, {}
+    for choice in ("false", "true", "auto"):
+        recipe = tmp_path / f"{choice}.yaml"
+        recipe.write_text(RECIPE.format(reconstruct=choice))
+        result, _ = run_recipe(recipe, tmp_path / choice)
+        reports[choice] = result.report["stages"][0]
+        held_out = x[96:]
+        got = onnx_outputs(tmp_path / choice / "model.onnx", held_out)
+        want = onnx_outputs(tmp_path / choice / "baseline.onnx", held_out)
+        errors[choice] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    refit = reports["true"]["details"]["reconstruct"]
+    assert refit["split"] == "calibration" and refit["samples"] == 96
+    assert list(refit["layers"]) == ["0", "2", "6"]
+    assert any(note.startswith("reconstructed 3 layers on 96 calibration inputs") for note in
+               reports["true"]["notes"])  # fmt: skip
+    assert "reconstruct" not in reports["false"]["details"]
+    assert reports["auto"]["details"]["reconstruct"]["layers"] == refit["layers"]  # the default
+    # the same zeros, a smaller error to the original on the eval inputs
+    same = ("nonzero_params", "sparsity")
+    assert [reports["true"]["metrics"][k] for k in same] == [
+        reports["false"]["metrics"][k] for k in same
+    ]
+    assert errors["true"] < 0.7 * errors["false"], errors
+
+
+def test_reconstruct_with_another_method_is_refused_at_validate_time(tmp_path, run_mcomp):
+    (tmp_path / "recmodels.py").write_text(FACTORY)
+    (tmp_path / "net.pt").write_bytes(b"")  # validate does not load it
+    np.savez(tmp_path / "calibration.npz", x=np.zeros((4, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "eval.npz", x=np.zeros((4, 1, 8, 8), np.float32))
+    text = RECIPE.format(reconstruct="true").replace("sparsity: 0.6", "method: channel")
+    (tmp_path / "recipe.yaml").write_text(text)
+    result = run_mcomp("validate", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    for part in ("recipe.yaml:10:5", "stages[0].prune", "reconstruct", "method: magnitude"):
+        assert part in line, line
+    assert "Traceback" not in result.stderr
+
+
+def test_reconstruct_without_inputs_to_refit_on_exits_2_before_any_work(tmp_path, run_mcomp):
+    (tmp_path / "recmodels.py").write_text(FACTORY)
+    namespace: dict = {}
+    exec(FACTORY, namespace)
+    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    np.savez(tmp_path / "eval.npz", x=smooth((8, 1, 8, 8), 0).numpy())
+    text = RECIPE.format(reconstruct="true").replace(
+        "  calibration: {path: calibration.npz, labels: null}\n", ""
+    )
+    (tmp_path / "recipe.yaml").write_text(text)
+    result = run_mcomp("run", "recipe.yaml", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "prune.reconstruct" in result.stderr and "data.calibration" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_layers_with_fewer_input_vectors_than_weights_are_not_fitted_to_the_samples():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = smooth((40, 64), 0)  # 40 samples: fewer than the first layer's 65 weights per output
+    targets = [(n, m) for n, m in net.named_modules() if isinstance(m, LAYERS)]
+    dense = {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
+    masks = prune_magnitude(targets, sparsity=0.5, scope="global")
+    first = net[0].weight.detach().clone()
+    facts = reconstruct_pruned(net, targets, masks, dense, [(x,)])
+    assert facts["not_reconstructed"] == {"0": "40 input positions for 65 weights per output"}
+    assert list(facts["layers"]) == ["2"]  # 40 >= 17
+    assert torch.equal(net[0].weight, first)
+
+
+def test_auto_is_off_without_inputs_and_says_why(tmp_path):
+    (tmp_path / "recmodels.py").write_text(FACTORY)
+    namespace: dict = {}
+    exec(FACTORY, namespace)
+    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    np.savez(tmp_path / "eval.npz", x=smooth((16, 1, 8, 8), 0).numpy())
+    text = RECIPE.format(reconstruct="auto").replace(
+        "  calibration: {path: calibration.npz, labels: null}\n", ""
+    )
+    (tmp_path / "recipe.yaml").write_text(text)
+    result, _ = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
+    details = result.report["stages"][0]["details"]
+    assert details["reconstruct"] == "not applied: the recipe gives no calibration or train inputs"
+    assert result.report["stages"][0]["metrics"]["sparsity"] > 0.55
