@@ -69,7 +69,7 @@ def reconstruct_pruned(
     skipped = {name: why for name, why in reasons.items() if why}
     chosen = [layer for layer in calls if not reasons[names[id(layer)]]]
     skipped.update({names[id(layer)]: "not called" for _, layer in targets if layer not in calls})
-    layers: dict[str, dict[str, float]] = {}
+    layers: dict[str, dict[str, Any]] = {}
     if progress is not None:
         progress.start("prune: reconstruct", total=len(chosen))
     was_training = module.training
@@ -268,7 +268,8 @@ def _exact_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
 
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h = h + DAMPING * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
+    identity = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    h = h + DAMPING * float(torch.diag(h).mean()) * identity
     target = w0 @ h  # (rows, columns): row r is (H w0_r)ᵀ
     w = torch.zeros_like(w0)
     for row in range(w0.shape[0]):

@@ -153,12 +153,13 @@ class PruneStage(Stage):
                 table = read_sensitivity(ctx.recipe_dir / opts.sensitivity)
                 per_layer = allocate_sparsity(table, opts.sparsity, [n for n, _ in targets])
             norms = self._batchnorms(model, targets) if opts.fold_batchnorm is True else {}
-            dense = {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
+            skip = _why_not_reconstruct(opts, model, ctx)
+            # the refit's target is the dense layers' output: keep their weights only for it
+            dense = {} if skip else {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
             masks = prune_magnitude(
                 targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
             details = {"bn_folded_layers": sorted(n for n, m in targets if m in norms)}
-            skip = _why_not_reconstruct(opts, model, ctx)
             if skip is None:
                 details["reconstruct"] = self._reconstruct(model, ctx, targets, masks, dense)
             elif opts.reconstruct == "auto":
