@@ -181,6 +181,18 @@ def net():
 """
 
 
+def write_project(folder) -> None:
+    """FACTORY's module and the state_dict of its seeded net, as the recipe names them."""
+    (folder / "recmodels.py").write_text(FACTORY)
+    namespace: dict = {}
+    exec(FACTORY, namespace)
+    torch.save(namespace["net"]().state_dict(), folder / "net.pt")
+
+
+def without_calibration(recipe: str) -> str:
+    return recipe.replace("  calibration: {path: calibration.npz, labels: null}\n", "")
+
+
 def onnx_outputs(path, x: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -189,10 +201,7 @@ def onnx_outputs(path, x: np.ndarray) -> np.ndarray:
 
 
 def test_the_prune_stage_refits_on_the_calibration_split_and_says_so(tmp_path):
-    (tmp_path / "recmodels.py").write_text(FACTORY)
-    namespace: dict = {}
-    exec(FACTORY, namespace)
-    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    write_project(tmp_path)
     x = smooth((160, 1, 8, 8), 0).numpy()
     np.savez(tmp_path / "calibration.npz", x=x[:96])
     np.savez(tmp_path / "eval.npz", x=x[96:])
@@ -237,14 +246,9 @@ def test_reconstruct_with_another_method_is_refused_at_validate_time(tmp_path, r
 
 
 def test_reconstruct_without_inputs_to_refit_on_exits_2_before_any_work(tmp_path, run_mcomp):
-    (tmp_path / "recmodels.py").write_text(FACTORY)
-    namespace: dict = {}
-    exec(FACTORY, namespace)
-    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    write_project(tmp_path)
     np.savez(tmp_path / "eval.npz", x=smooth((8, 1, 8, 8), 0).numpy())
-    text = RECIPE.format(reconstruct="true").replace(
-        "  calibration: {path: calibration.npz, labels: null}\n", ""
-    )
+    text = without_calibration(RECIPE.format(reconstruct="true"))
     (tmp_path / "recipe.yaml").write_text(text)
     result = run_mcomp("run", "recipe.yaml", "--out", "out", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -268,14 +272,9 @@ def test_layers_with_fewer_input_vectors_than_weights_are_not_fitted_to_the_samp
 
 
 def test_auto_is_off_without_inputs_and_says_why(tmp_path):
-    (tmp_path / "recmodels.py").write_text(FACTORY)
-    namespace: dict = {}
-    exec(FACTORY, namespace)
-    torch.save(namespace["net"]().state_dict(), tmp_path / "net.pt")
+    write_project(tmp_path)
     np.savez(tmp_path / "eval.npz", x=smooth((16, 1, 8, 8), 0).numpy())
-    text = RECIPE.format(reconstruct="auto").replace(
-        "  calibration: {path: calibration.npz, labels: null}\n", ""
-    )
+    text = without_calibration(RECIPE.format(reconstruct="auto"))
     (tmp_path / "recipe.yaml").write_text(text)
     result, _ = run_recipe(tmp_path / "recipe.yaml", tmp_path / "out")
     details = result.report["stages"][0]["details"]
