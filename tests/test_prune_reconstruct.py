@@ -230,17 +230,17 @@ def test_the_prune_stage_refits_on_the_calibration_split_and_says_so(tmp_path):
     assert errors["true"] < 0.7 * errors["false"], errors
 
 
-def test_reconstruct_with_another_method_is_refused_at_validate_time(tmp_path, run_mcomp):
+def test_reconstruct_with_gradual_pruning_is_refused_at_validate_time(tmp_path, run_mcomp):
     (tmp_path / "recmodels.py").write_text(FACTORY)
     (tmp_path / "net.pt").write_bytes(b"")  # validate does not load it
     np.savez(tmp_path / "calibration.npz", x=np.zeros((4, 1, 8, 8), np.float32))
     np.savez(tmp_path / "eval.npz", x=np.zeros((4, 1, 8, 8), np.float32))
-    text = RECIPE.format(reconstruct="true").replace("sparsity: 0.6", "method: channel")
+    text = RECIPE.format(reconstruct="true").replace("sparsity: 0.6", "gradual: {steps: 2}")
     (tmp_path / "recipe.yaml").write_text(text)
     result = run_mcomp("validate", "recipe.yaml", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    for part in ("recipe.yaml:10:5", "stages[0].prune", "reconstruct", "method: magnitude"):
+    for part in ("recipe.yaml:10:5", "stages[0].prune", "reconstruct", "drop `gradual`"):
         assert part in line, line
     assert "Traceback" not in result.stderr
 

@@ -8,8 +8,10 @@ stages a user would write for issue 16's targets and nothing tuned per run:
   true` (the kept weights refitted by least squares on the calibration inputs: its own row)
   and `distill` with `kl` over the (batch, steps, classes) CTC logits;
 - `craft` at 160x160 (inputs.py: half of run.py's 224 pixels, so training fits minutes):
-  `prune: {method: channel, target_macs_ratio: 0.6}`, `distill` with `mse` on the region and
-  affinity maps.
+  `prune: {method: channel, target_macs_ratio: 0.6, reconstruct: false}` (the plain row),
+  then in the chain the same pruning with `reconstruct: true` (each layer that lost input
+  channels refitted to the unpruned model's layer outputs: its own row) and `distill` with
+  `mse` on the region and affinity maps.
 
 Both then `quantize: {mode: auto}` and `export`. The recipes' `data.eval` is the val split
 (checkpoint choice and mcomp's own figures), never the evaluation split recover.py scores.
@@ -76,7 +78,8 @@ TARGETS = (
     ),
     Target(
         "craft", _entry("craft"), "craft160", (3, 160, 160),
-        prune="{method: channel, target_macs_ratio: 0.6}",
+        prune="{method: channel, target_macs_ratio: 0.6, reconstruct: false}",
+        chain_prune="{method: channel, target_macs_ratio: 0.6, reconstruct: true}",
         distill="{{loss: mse, epochs: {epochs}, lr: 0.0005, batch_size: 8, schedule: cosine}}",
         epochs=3, primary="iou", figures=("iou", "cosine"),
         counts={"train": 128, "val": 16, "calibration": 32, "eval": 64},

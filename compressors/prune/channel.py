@@ -40,8 +40,11 @@ def prune_channels(
     round_to: int | None,
     grad_batches: list[tuple[tuple, Any]] | None = None,
     loss_fn=None,
+    kept_rows: dict | None = None,
 ) -> dict[str, Any]:
-    """Prune `module` in place; returns MACs/params before and after and the ratio used."""
+    """Prune `module` in place; returns MACs/params before and after and the ratio used.
+    `kept_rows`, when given, is filled with {layer: the original output channels it keeps, in
+    order} for every Conv/Linear layer (what the refit after pruning needs)."""
     import torch_pruning as tp
 
     macs_before, params_before = tp.utils.count_ops_and_params(module, example)
@@ -62,7 +65,9 @@ def prune_channels(
     if importance == "taylor":  # before the pruner: a global allocation ranks when it is made
         _accumulate_gradients(module, grad_batches, loss_fn)
     pruner = _pruner(module, example, ratio, importance, global_scope, ignored, round_to)
-    pruner.step()
+    kept = _step_recording(pruner, shrinkable + ignored)
+    if kept_rows is not None:
+        kept_rows.update(kept)
     module.zero_grad(set_to_none=True)
     macs_after, params_after = tp.utils.count_ops_and_params(module, example)
     return {
@@ -75,6 +80,25 @@ def prune_channels(
         "params_before": int(params_before),
         "params_after": int(params_after),
     }
+
+
+def _step_recording(pruner, layers: list) -> dict:
+    """`pruner.step()`, group by group, recording which of its original output channels each
+    of `layers` keeps: Torch-Pruning keeps the survivors in order, and a handler's indices are
+    positions in the layer as it is when the group is pruned."""
+    from torch_pruning._helpers import to_plain_idxs
+
+    kept = {layer: list(range(layer.weight.shape[0])) for layer in layers}
+    for group in pruner.step(interactive=True):
+        removed: dict = {}
+        for dep, idxs in group:
+            layer = dep.target.module
+            if layer in kept and pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                removed.setdefault(layer, set()).update(to_plain_idxs(idxs))
+        group.prune()
+        for layer, positions in removed.items():
+            kept[layer] = [c for i, c in enumerate(kept[layer]) if i not in positions]
+    return kept
 
 
 def _shrinkable(module, ignored: list) -> list:
@@ -233,11 +257,15 @@ def _ratio_for_macs(
 
 
 def prune_channels_of_model(
-    model: ModelState, options: PruneOptions, ctx: StageContext, distill=None
+    model: ModelState,
+    options: PruneOptions,
+    ctx: StageContext,
+    distill=None,
+    kept_rows: dict | None = None,
 ) -> dict:
     """`method: channel` of the prune stage on `model.module` (in place, one-shot or gradual;
     gradual trains against the teacher of `distill` when given); returns the report
-    details."""
+    details. `kept_rows` (one-shot): as `prune_channels`'."""
     from mcomp.compressors.prune.options import select_prunable
     from mcomp.compressors.select import layer_candidates
     from mcomp.model.convert import example_inputs
@@ -265,6 +293,7 @@ def prune_channels_of_model(
         example,
         ratio=options.sparsity,
         target_macs_ratio=options.target_macs_ratio,
+        kept_rows=kept_rows,
         **common,
     )
 

@@ -72,10 +72,12 @@ class PruneOptions(StageOptions):
     )
     reconstruct: bool | Literal["auto"] = Field(
         "auto",
-        description="magnitude, one-shot: refit each pruned layer's kept weights and bias to "
-        "its unpruned output on real inputs (least squares, the mask kept; no labels, no "
-        "training) from `data.calibration`, else `data.train`. auto: on when the recipe gives "
-        "such inputs and the model has layer modules (not .pt2/TorchScript); true: required.",
+        description="one-shot magnitude or channel pruning: refit the pruned layers' weights "
+        "and biases by least squares to what the unpruned model computed on real inputs "
+        "(magnitude: each pruned layer's kept weights, the mask kept; channel: each layer that "
+        "lost input channels; no labels, no training) from `data.calibration`, else "
+        "`data.train`. auto: on when the recipe gives such inputs and the model has layer "
+        "modules (not .pt2/TorchScript); true: required.",
     )
     reconstruct_samples: int = Field(
         128,
@@ -105,11 +107,11 @@ class PruneOptions(StageOptions):
     )
 
     @model_validator(mode="after")
-    def _reconstruct_refits_one_shot_magnitude(self) -> PruneOptions:
-        if self.reconstruct is True and (self.method != "magnitude" or self.gradual is not None):
+    def _reconstruct_refits_one_shot_pruning(self) -> PruneOptions:
+        if self.reconstruct is True and (self.method == "layer" or self.gradual is not None):
             raise ValueError(
-                "reconstruct: refits one-shot `method: magnitude` pruning; remove it, or drop "
-                "`gradual` (gradual pruning's training recovers instead)"
+                "reconstruct: refits one-shot `method: magnitude` or `channel` pruning; remove "
+                "it, or drop `gradual` (gradual pruning's training recovers instead)"
             )
         return self
 

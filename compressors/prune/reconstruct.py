@@ -44,6 +44,9 @@ BLOCK = 128  # columns updated together (SparseGPT's lazy batch updates)
 # which spreads each pruned weight's error over the columns after it only
 EXACT_FLOPS = 6e11
 MAX_COLUMNS = 8192  # a float64 Hessian of 8192² is 512 MiB; wider layers are not refitted
+# the channel refit's positions per convolution (spread over the samples; at least 8 per
+# weight of an output): enough for its Hessian, and its cost no longer grows with the maps
+POSITIONS = 65536
 
 
 def reconstruct_pruned(
@@ -320,3 +323,235 @@ def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
         w[:, start:end] = block
         w[:, end:] -= errors @ factor[start:end, end:]
     return torch.where(kept, w, 0.0)
+
+
+def reconstruct_channels(
+    module: torch.nn.Module,
+    dense_module: torch.nn.Module,
+    kept_rows: dict[str, list[int]],
+    batches: list[tuple[torch.Tensor, ...]],
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """After channel pruning: refit each layer that lost input channels, in place, to the
+    output the same layer of the unpruned model computes on the same samples.
+
+    Removing a layer's output channels removes the next layer's inputs; the next layer's
+    remaining weights can absorb much of what the removed ones contributed (He et al.,
+    "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017; ThiNet, Luo et
+    al. 2017). With X' the pruned model's inputs to the layer (the refitted layers before it
+    included) and Y the dense model's output of the layer, min ||W X' - Y|| is one
+    least-squares problem for all rows: Wᵀ = (X' X'ᵀ)⁻¹ X' Yᵀ, damped by 1 % of the mean
+    diagonal towards the pruned weights. Fitting the dense model's outputs rather than the
+    dense layer on the pruned inputs lets each layer correct the error of the layers before it
+    too. The dense outputs come from one pass of the dense model; each layer then costs one
+    forward pass of the pruned model (cut short after the layer's last call).
+
+    `dense_module` is the model before pruning (the same module names), `kept_rows` {layer
+    name: the dense output channels the pruned layer keeps} (absent: all of them). Refitted:
+    Conv1d/Conv2d with one group and Linear whose input count changed; the rest are named in
+    `not_reconstructed`. Returns per layer the relative output error of the pruned weights and
+    after the refit, on these samples."""
+    import torch
+
+    started = time.perf_counter()
+    dense_layers = dict(dense_module.named_modules())
+    targets, skipped = [], {}
+    for name, layer in module.named_modules():
+        dense = dense_layers.get(name)
+        if not _lost_inputs(layer, dense):
+            continue
+        why = _unsupported(layer) or (
+            "grouped convolution" if getattr(layer, "groups", 1) != 1 else ""
+        )
+        if why:
+            skipped[name] = why
+        else:
+            targets.append((name, layer))
+    names = {id(layer): name for name, layer in targets}
+    calls = _forward_order(module, [layer for _, layer in targets], batches[0])
+    skipped.update({name: "not called" for name, layer in targets if layer not in calls})
+    layers: dict[str, dict[str, Any]] = {}
+    if progress is not None:
+        progress.start("prune: reconstruct", total=len(calls))
+    was_training = module.training, dense_module.training
+    module.eval()
+    dense_module.eval()
+    try:
+        order = [(names[id(layer)], layer, count) for layer, count in calls.items()]
+        wanted = {
+            dense_layers[name]: (layer, kept_rows.get(name, list(range(layer.weight.shape[0]))))
+            for name, layer, _ in order
+        }
+        samples = sum(len(batch[0]) for batch in batches)
+        targets_of = _dense_targets(dense_module, wanted, batches, samples)
+        for name, layer, count in order:
+            stats = _channel_statistics(
+                module, layer, targets_of[dense_layers[name]], batches, count
+            )
+            if stats[3] < stats[0].shape[0]:  # fewer input vectors than weights per output
+                skipped[name] = f"{stats[3]} input positions for {stats[0].shape[0]} weights"
+            else:
+                with torch.no_grad():
+                    errors = _refit_channels(layer, *stats[:3])
+                if errors is None:
+                    skipped[name] = "Hessian not positive definite"
+                else:
+                    layers[name] = errors
+            if progress is not None:
+                progress.advance()
+    finally:
+        module.train(was_training[0])
+        dense_module.train(was_training[1])
+        if progress is not None:
+            progress.finish()
+    return {
+        "samples": sum(len(batch[0]) for batch in batches),
+        "layers": layers,
+        "not_reconstructed": dict(sorted(skipped.items())),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _lost_inputs(layer, dense) -> bool:
+    """Whether pruning removed inputs of this Conv/Linear layer (or of another layer kind)."""
+    weight = getattr(layer, "weight", None)
+    dense_weight = getattr(dense, "weight", None)
+    if not isinstance(weight, type(dense_weight)) or weight is None or weight.dim() < 2:
+        return False
+    return weight.shape[1] != dense_weight.shape[1]
+
+
+def _calls(module, layer, batch: tuple, count: int) -> list:
+    """The layer's first input on each of its `count` calls in one forward pass of `batch`;
+    the pass ends after the last one."""
+    import torch
+
+    seen: list = []
+
+    def collect(_module, inputs, _output) -> None:
+        seen.append(inputs[0].detach().float())
+        if len(seen) == count:
+            raise _Collected
+
+    handle = layer.register_forward_hook(collect)
+    try:
+        with torch.no_grad(), contextlib.suppress(_Collected):
+            module(*batch)
+    finally:
+        handle.remove()
+    return seen
+
+
+def _per_sample(layer, x: torch.Tensor) -> list[torch.Tensor]:
+    """A convolution's input or output one sample at a time (its im2col is large), a Linear's
+    whole; an unbatched convolution input as a batch of one."""
+    import torch
+
+    if isinstance(layer, torch.nn.Linear):
+        return [x]
+    if x.dim() == layer.weight.dim() - 1:
+        x = x.unsqueeze(0)
+    return list(x.split(1))
+
+
+def _dense_targets(dense_module, wanted: dict, batches: list, samples: int) -> dict:
+    """One forward pass of the unpruned model: for each dense layer of `wanted` ({dense
+    layer: (pruned layer, kept rows)}), per call and sample in order, the positions the fit
+    uses and the kept rows of the layer's output there. A convolution's positions are a
+    fixed random subset of at most POSITIONS / samples per sample (a 160x160 map has 25,600,
+    far more than its few hundred weights per output need)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    found: dict = {layer: [] for layer in wanted}
+
+    def collect(dense, _inputs, output) -> None:
+        pruned, rows = wanted[dense]
+        index = torch.tensor(rows)
+        for y in _per_sample(pruned, output.detach().float()):
+            if isinstance(pruned, torch.nn.Linear):
+                found[dense].append((None, y.reshape(-1, y.shape[-1]).T[index]))
+                continue
+            y = y.reshape(y.shape[1], -1)[index]
+            keep = max(1, -(-max(POSITIONS, 8 * pruned.weight[0].numel()) // samples))
+            where = None
+            if y.shape[1] > keep:
+                where = torch.randperm(y.shape[1], generator=generator)[:keep].sort().values
+                y = y[:, where]
+            found[dense].append((where, y))
+
+    handles = [layer.register_forward_hook(collect) for layer in wanted]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                dense_module(*batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _channel_statistics(module, layer, targets: list, batches: list, count: int):
+    """X' X'ᵀ, X' Yᵀ (float64; X' with a constant row last when the layer has a bias), ||Y||²
+    and the number of positions, over every call of the layer on `batches`: X' the pruned
+    layer's inputs, Y the dense layer's outputs `targets` (from `_dense_targets`), at the same
+    positions."""
+    import torch
+
+    pending = iter(targets)
+    h = b = None
+    energy, positions = 0.0, 0
+    for batch in batches:
+        for x in _calls(module, layer, batch, count):
+            for sample in _per_sample(layer, x):
+                where, target = next(pending)
+                columns = _columns(layer, sample)
+                if where is not None:
+                    columns = columns[:, where]
+                if layer.bias is not None:
+                    columns = torch.cat([columns, _ones(columns, 1)[0]])
+                product = (columns @ columns.T).double()
+                cross = (columns @ target.T).double()
+                h = product if h is None else h + product
+                b = cross if b is None else b + cross
+                energy += float(target.double().square().sum())
+                positions += columns.shape[1]
+    return h, b, energy, positions
+
+
+def _refit_channels(layer, h: torch.Tensor, b: torch.Tensor, energy: float):
+    """Wᵀ = (H + λI)⁻¹ (B + λ W_pᵀ) for all rows at once, W_p the pruned weights: the damping
+    pulls towards them (not towards zero) in directions the samples barely cover. Writes the
+    layer's weight (and bias); returns the relative output errors (pruned, refitted), or None
+    (layer unchanged) when H cannot be factorised even with more damping."""
+    import torch
+
+    current = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
+    if layer.bias is not None:
+        current = torch.cat([current, layer.bias.detach().double()[:, None]], 1)
+    damping = DAMPING * float(torch.diag(h).mean())
+    identity = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for _attempt in range(4):
+        try:
+            factor = torch.linalg.cholesky(h + damping * identity)
+            break
+        except torch.linalg.LinAlgError:
+            damping *= 10
+    else:
+        return None
+    w = torch.cholesky_solve(b + damping * current.T, factor).T  # (rows, inputs per output)
+
+    def error(weights: torch.Tensor) -> float:
+        # ||W X' - Y||² = tr(W H Wᵀ) - 2 tr(W B) + ||Y||²
+        value = _quadratic(weights, h) - 2 * float((weights * b.T).sum()) + energy
+        return (max(value, 0.0) / max(energy, 1e-30)) ** 0.5
+
+    columns = layer.weight[0].numel()
+    layer.weight.copy_(w[:, :columns].reshape(layer.weight.shape).to(layer.weight.dtype))
+    if layer.bias is not None:
+        layer.bias.copy_(w[:, columns].to(layer.bias.dtype))
+    return {
+        "error_pruned": round(error(current), 6),
+        "error_reconstructed": round(error(w), 6),
+        "solver": "least_squares",
+    }

@@ -11,7 +11,8 @@
         fold_batchnorm: auto   # folded BN weights for channel pruning, raw for magnitude
         target_macs_ratio: 0.5 # channel only: prune until MACs <= 50 % (instead of sparsity)
         round_to: 8            # channel only: keep channel counts multiples of 8
-        reconstruct: auto      # magnitude, one-shot: refit the kept weights to the layers'
+        reconstruct: auto      # one-shot: refit the pruned layers (magnitude: the kept
+                               #   weights; channel: the layers that lost inputs) to the
                                #   unpruned outputs on data.calibration (no labels, no
                                #   training); auto: whenever there are inputs to refit on
         gradual: {steps: 8}    # raise sparsity during training (AGP) instead of at once
@@ -22,9 +23,9 @@ One file per method: `magnitude.py` (real zeros; the masks go to `ctx.facts.mask
 training stages keep the zeros at zero), `channel.py` (whole output channels of convolutions
 and neurons of Linear layers, coupled layers pruned consistently: the model really gets fewer
 parameters and MACs; the final layer, the model's output, is never pruned), `layer.py`,
-`reconstruct.py` (SparseGPT's least-squares refit of the kept weights after magnitude
-pruning), `gradual.py` (AGP schedule), `sensitivity.py` (per-layer sparsity from
-`mcomp sensitivity`).
+`reconstruct.py` (least-squares refits without labels: the kept weights after magnitude
+pruning, the layers that lost input channels after channel pruning), `gradual.py` (AGP
+schedule), `sensitivity.py` (per-layer sparsity from `mcomp sensitivity`).
 Options and the layer selection are in `options.py`.
 """
 
@@ -98,9 +99,23 @@ class PruneStage(Stage):
         return self._prune_magnitude(model, ctx)
 
     def _prune_channels(self, model: ModelState, ctx: StageContext) -> ModelState:
+        import copy
+
         from mcomp.compressors.prune.channel import prune_channels_of_model
 
-        self.details = prune_channels_of_model(model, self.options, ctx, self._distill(ctx))
+        skip = _why_not_reconstruct(self.options, model, ctx)
+        # the refit's target is the unpruned model's layer outputs: a copy only for it
+        dense = copy.deepcopy(model.module) if skip is None else None
+        kept: dict = {}
+        self.details = prune_channels_of_model(
+            model, self.options, ctx, self._distill(ctx), kept_rows=kept
+        )
+        if dense is not None:
+            rows = {name: kept[m] for name, m in model.module.named_modules() if m in kept}
+            self.details["reconstruct"] = self._reconstruct_channels(model, ctx, dense, rows)
+            del dense
+        elif self.options.reconstruct == "auto":
+            self.details["reconstruct"] = f"not applied: {skip}"
         self._compare_ratios(ctx)
         ctx.facts.masks = {}  # earlier unstructured masks no longer fit the new shapes
         self.notes.append("structured: channels removed; fewer MACs, smaller dense model")
@@ -173,10 +188,27 @@ class PruneStage(Stage):
 
     def _reconstruct(self, model: ModelState, ctx: StageContext, targets, masks, dense) -> dict:
         """Refit the pruned layers on the first `reconstruct_samples` unlabelled inputs."""
+        from mcomp.compressors.prune.reconstruct import reconstruct_pruned
+
+        batches, which = self._refit_batches(model, ctx)
+        facts = reconstruct_pruned(model.module, targets, masks, dense, batches, ctx.progress)
+        self._refit_notes(ctx, facts, "error_magnitude", which, "the magnitude-pruned weights")
+        return {"split": which, **facts}
+
+    def _reconstruct_channels(self, model: ModelState, ctx: StageContext, dense, rows) -> dict:
+        """Refit the layers that lost input channels to the unpruned model's layer outputs."""
+        from mcomp.compressors.prune.reconstruct import reconstruct_channels
+
+        batches, which = self._refit_batches(model, ctx)
+        facts = reconstruct_channels(model.module, dense, rows, batches, ctx.progress)
+        self._refit_notes(ctx, facts, "error_pruned", which, "their channel-pruned weights")
+        return {"split": which, **facts}
+
+    def _refit_batches(self, model: ModelState, ctx: StageContext) -> tuple[list, str]:
+        """The first `reconstruct_samples` inputs of data.calibration (else data.train) as
+        the model's positional input batches, and which split they came from."""
         import numpy as np
         import torch
-
-        from mcomp.compressors.prune.reconstruct import reconstruct_pruned
 
         split = ctx.datasets.calibration or ctx.datasets.train
         which = "calibration" if ctx.datasets.calibration else "train"
@@ -191,10 +223,15 @@ class PruneStage(Stage):
                 f"prune: refitting the pruned layers on {count} {which} inputs "
                 "(prune.reconstruct: auto; false turns it off)"
             )
-        facts = reconstruct_pruned(model.module, targets, masks, dense, batches, ctx.progress)
+        return batches, which
+
+    def _refit_notes(self, ctx, facts: dict, before_key: str, which: str, kept: str) -> None:
+        """A note with the mean layer error before and after, and which layers kept theirs
+        (a warning each when `reconstruct: true` asked for it)."""
         layers = facts["layers"]
+        count = facts["samples"]
         if layers:
-            before = sum(v["error_magnitude"] for v in layers.values()) / len(layers)
+            before = sum(v[before_key] for v in layers.values()) / len(layers)
             after = sum(v["error_reconstructed"] for v in layers.values()) / len(layers)
             self.notes.append(
                 f"reconstructed {len(layers)} layers on {count} {which} inputs: mean relative "
@@ -203,16 +240,13 @@ class PruneStage(Stage):
         skipped = facts["not_reconstructed"]
         if self.options.reconstruct is True:  # asked for: each layer it could not refit
             for name, why in skipped.items():
-                ctx.progress.warn(
-                    f"prune.reconstruct: {name} keeps its magnitude-pruned weights ({why})"
-                )
+                ctx.progress.warn(f"prune.reconstruct: {name} keeps {kept} ({why})")
         elif skipped:
-            count = len(skipped)
+            n = len(skipped)
             self.notes.append(
-                f"{count} layer{'s' if count > 1 else ''} kept the magnitude-pruned weights "
+                f"{n} layer{'s' if n > 1 else ''} kept {kept} "
                 "(details.reconstruct.not_reconstructed says why)"
             )
-        return {"split": which, **facts}
 
     def _distill(self, ctx: StageContext):
         """The distillation settings of gradual pruning (None: on labels, or one-shot); the
@@ -256,12 +290,14 @@ def _check_reconstruct(ctx: StageContext) -> None:
 
 
 def _why_not_reconstruct(opts, model: ModelState, ctx: StageContext) -> str | None:
-    """None when this one-shot magnitude pruning is refitted, else why not (`auto` only: an
-    explicit `true` was checked before any stage ran)."""
+    """None when this one-shot magnitude or channel pruning is refitted, else why not (`auto`
+    only: an explicit `true` was checked before any stage ran)."""
     from mcomp.model.format_limits import module_kind
 
     if opts.reconstruct is False:
         return "reconstruct: false"
+    if opts.gradual is not None:
+        return "gradual pruning's training recovers instead"
     if ctx.datasets.calibration is None and ctx.datasets.train is None:
         return "the recipe gives no calibration or train inputs"
     kind = module_kind(model.module)
