@@ -201,7 +201,7 @@ class PruneStage(Stage):
 
         batches, which = self._refit_batches(model, ctx)
         facts = reconstruct_channels(model.module, dense, rows, batches, ctx.progress)
-        self._refit_notes(ctx, facts, "error_pruned", which, "their channel-pruned weights")
+        self._refit_notes(ctx, facts, "error_pruned", which, "the channel-pruned weights")
         return {"split": which, **facts}
 
     def _refit_batches(self, model: ModelState, ctx: StageContext) -> tuple[list, str]:
