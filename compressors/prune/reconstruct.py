@@ -101,6 +101,11 @@ def reconstruct_pruned(
         module.train(was_training)
         if progress is not None:
             progress.finish()
+    return _facts(batches, layers, skipped, started)
+
+
+def _facts(batches: list, layers: dict, skipped: dict, started: float) -> dict[str, Any]:
+    """What a refit reports: samples, per-layer errors, the layers left alone and why, time."""
     return {
         "samples": sum(len(batch[0]) for batch in batches),
         "layers": layers,
@@ -404,12 +409,7 @@ def reconstruct_channels(
         dense_module.train(was_training[1])
         if progress is not None:
             progress.finish()
-    return {
-        "samples": sum(len(batch[0]) for batch in batches),
-        "layers": layers,
-        "not_reconstructed": dict(sorted(skipped.items())),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return _facts(batches, layers, skipped, started)
 
 
 def _lost_inputs(layer, dense) -> bool:
