@@ -176,43 +176,25 @@ class _Collected(Exception):
 
 def _hessians(module, layer, batches: list, calls: int) -> tuple[torch.Tensor, int]:
     """Per group of `layer`, X Xᵀ over every call on `batches` (float64, (groups, k, k)),
-    with a constant row last when the layer has a bias, and the number of input vectors. A
-    layer called once per forward pass ends the pass there: the rest of the model cannot
-    change its inputs."""
+    with a constant row last when the layer has a bias, and the number of input vectors. Each
+    forward pass ends after the layer's last call: the rest of the model cannot change its
+    inputs."""
     import torch
 
     groups = getattr(layer, "groups", 1)
-    total: list[torch.Tensor] = []
-    positions = [0]
-
-    def collect(_module, inputs, _output) -> None:
-        x = inputs[0].detach().float()
-        if not isinstance(layer, torch.nn.Linear) and x.dim() == layer.weight.dim() - 1:
-            x = x.unsqueeze(0)  # an unbatched input
-        # a convolution's im2col is large: one sample at a time
-        for sample in [x] if isinstance(layer, torch.nn.Linear) else x.split(1):
-            x = _columns(layer, sample)
-            if layer.bias is not None:
-                x = torch.cat([x.reshape(groups, -1, x.shape[-1]), _ones(x, groups)], dim=1)
-            x = x.reshape(groups, -1, x.shape[-1])
-            positions[0] += x.shape[-1]
-            product = torch.bmm(x, x.transpose(1, 2)).double()
-            if total:
-                total[0] += product
-            else:
-                total.append(product)
-        if calls == 1:
-            raise _Collected
-
-    handle = layer.register_forward_hook(collect)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                with contextlib.suppress(_Collected):
-                    module(*batch)
-    finally:
-        handle.remove()
-    return total[0], positions[0]
+    total = None
+    positions = 0
+    for batch in batches:
+        for x in _calls(module, layer, batch, calls):
+            for sample in _per_sample(layer, x):
+                x = _columns(layer, sample)
+                if layer.bias is not None:
+                    x = torch.cat([x.reshape(groups, -1, x.shape[-1]), _ones(x, groups)], dim=1)
+                x = x.reshape(groups, -1, x.shape[-1])
+                positions += x.shape[-1]
+                product = torch.bmm(x, x.transpose(1, 2)).double()
+                total = product if total is None else total + product
+    return total, positions
 
 
 def _ones(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -416,7 +398,7 @@ def _lost_inputs(layer, dense) -> bool:
     """Whether pruning removed inputs of this Conv/Linear layer (or of another layer kind)."""
     weight = getattr(layer, "weight", None)
     dense_weight = getattr(dense, "weight", None)
-    if not isinstance(weight, type(dense_weight)) or weight is None or weight.dim() < 2:
+    if weight is None or dense_weight is None or weight.dim() < 2:
         return False
     return weight.shape[1] != dense_weight.shape[1]
 
