@@ -32,6 +32,11 @@ from mcomp.compressors.quantize.prepare import (
 )
 from mcomp.compressors.quantize.selection import excluded_nodes, resolve_mode, resolve_types
 from mcomp.compressors.quantize.statistics import StatisticsCache
+from mcomp.compressors.quantize.transformer_fusion import (
+    fusable,
+    fuse_transformer,
+    fusion_notes,
+)
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
@@ -90,6 +95,13 @@ def quantize_model(
         return _quantize_weight4(model, prepared, options, ctx, folder)
     details: dict[str, Any] = {}
     lap("prepare")
+    if options.transformer_fusion is True or (
+        options.transformer_fusion == "auto" and fusable(prepared)
+    ):
+        prepared, details["transformer_fusion"] = fuse_transformer(prepared, mode=mode, ctx=ctx)
+        if details["transformer_fusion"]["applied"]:
+            onnx.save(prepared, prepared_path)
+        lap("transformer_fusion")
     excluded = excluded_nodes(prepared, options, ctx.progress, set() if warned is None else warned)
     if mode == "static" and options.float_attention:
         attention = attention_nodes(prepared) - excluded
@@ -152,6 +164,7 @@ def quantize_model(
             details["float_outputs"] = chosen.float_outputs
         lap("fallback")
     details["excluded_nodes"] = sorted(excluded)
+    notes += fusion_notes(details.get("transformer_fusion"), explicit=options.transformer_fusion)
     if options.mode == "auto":
         details["mode_requested"] = "auto"
         notes.append(f"mode auto: {mode} ({why})")

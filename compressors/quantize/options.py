@@ -134,6 +134,14 @@ class QuantizeOptions(StageOptions):
         "a tenth exact zeros, e.g. after pruning), so every pruned weight is stored as one "
         "byte value and the file still compresses; off otherwise.",
     )
+    transformer_fusion: bool | Literal["auto"] = Field(
+        "auto",
+        description="Run onnxruntime's transformer optimizer on the fp32 graph first: "
+        "GELU and bias + GELU subgraphs become single float ops, and in dynamic mode "
+        "attention becomes `Attention` (then int8 QAttention) where the graph matches; kept "
+        "only if the fp32 outputs stay within 1e-4. auto: where the graph has Erf, Tanh + "
+        "Pow or Softmax + MatMul; false: off.",
+    )
     recurrent: Literal["dynamic", "float"] = Field(
         "dynamic",
         description="Static mode: LSTM layers as onnxruntime's DynamicQuantizeLSTM (int8 "
