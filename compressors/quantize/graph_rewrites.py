@@ -155,7 +155,8 @@ class Scorer:
         return self.known[id(model)]
 
 
-def _copy(model):
+def copy_model(model):
+    """A deep copy of an ONNX model (rewrites edit the graph in place)."""
     import onnx
 
     copy = onnx.ModelProto()
@@ -173,7 +174,7 @@ def _equalization(model, options: QuantizeOptions, scorer: Scorer):
     stats = None
     if settings.high_bias_absorption or ranges == "activations":
         stats = scorer.save(model, "equalize-stats").statistics.get(histograms=False)
-    candidate = _copy(model)
+    candidate = copy_model(model)
     facts: dict[str, Any] = equalize(
         candidate,
         absorb_bias=settings.high_bias_absorption,
@@ -202,7 +203,7 @@ def _smoothquant(model, options: QuantizeOptions, scorer: Scorer, excluded: set[
     alphas = settings.alphas if settings.alpha == "auto" else [settings.alpha]
     candidates = {}
     for alpha in alphas:
-        candidate = _copy(model)
+        candidate = copy_model(model)
         facts = smooth(candidate, stats, alpha, excluded=excluded, outlier_ratio=ratio)
         if not facts["inputs"]:
             return model, {"applied": False, "inputs": 0}
