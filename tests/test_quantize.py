@@ -129,7 +129,9 @@ def test_default_static_cnn_runs_mostly_in_int8_with_proof_in_details(cnn_dir):
         == 0
     )
     assert isinstance(details["cpu_isa"], list)
-    assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 32
+    # parity on the first PARITY_SAMPLES (16) of the 32 eval samples; the run's evaluation
+    # after the stage covers all of them
+    assert 0 < details["parity"]["max_abs_diff"] < 1.0 and details["parity"]["samples"] == 16
     assert details["speed_check"]["fp32_ms"] > 0 and details["speed_check"]["int8_ms"] > 0
     # the int8 model's profiled kernel time: QLinearConv is the bulk, the rest is named
     split = details["time_split"]
@@ -534,5 +536,6 @@ def test_speed_check_batch_shrinks_for_models_whose_fp32_call_is_slow():
     assert speed_check_batch(32, 0.001) == 32 and speed_check_batch(128, 0.0001) == 64
     # CRAFT at 224x224 (~0.5 s a sample): one sample per call instead of 16 (8.5 s a call)
     assert speed_check_batch(16, 0.5) == 1 and speed_check_batch(16, 2.0) == 1
-    assert speed_check_batch(16, 0.1) == 5
+    # calls of at most SPEED_CHECK_CALL_SECONDS (0.25 s)
+    assert speed_check_batch(16, 0.1) == 2 and speed_check_batch(16, 0.05) == 5
     assert speed_check_batch(16, None) == 16  # no timing (no parity pass): as before

@@ -496,6 +496,25 @@ def test_percentile_ranges_from_tails_match_onnxruntimes_histogram_percentiles()
         assert abs(low - float(ort_low)) < 2 * width and abs(high - float(ort_high)) < 2 * width
 
 
+@pytest.mark.parametrize("shape", [(8, 16, 64), (8, 2, 64), (512,)])
+def test_kept_tail_is_exactly_the_largest_magnitudes_over_batches(shape):
+    """The tail read from the blocks with the largest extremes is the exact top k of |x|:
+    with more blocks than k (conv maps), with fewer (two channels), and for 1-D tensors;
+    ties and a batch of large values after small ones included."""
+    from mcomp.compressors.quantize.statistics import TensorStatistics
+
+    rng = np.random.default_rng(7)
+    batches = [rng.laplace(0, 1 + i, shape).round(1).astype(np.float32) for i in range(4)]
+    batches.insert(0, np.full(shape, 0.5, np.float32))  # all equal: ties everywhere
+    everything = np.abs(np.concatenate([b.ravel() for b in batches]))
+    for k in (3, 40, 300):
+        entry = TensorStatistics()
+        entry.tail_size = k
+        for batch in batches:
+            entry.add(batch)
+        np.testing.assert_array_equal(np.sort(entry.tail), np.sort(everything)[-k:])
+
+
 def test_tensor_statistics_equal_plain_numpy_reductions_over_batches():
     from mcomp.compressors.quantize.statistics import TensorStatistics
 
@@ -526,3 +545,70 @@ def test_tensor_statistics_equal_plain_numpy_reductions_over_batches():
         poisoned[1, 2, 3, 4] = bad
         conv.add(poisoned)
         assert conv.samples == 15
+
+
+def test_ranges_as_onnxruntime_cache_give_the_model_its_calibration_pass_gives(cnn, tmp_path):
+    """mcomp's ranges handed to onnxruntime as its calibration cache (no calibration pass)
+    make the same int8 model, initializer for initializer, as the overrides with
+    onnxruntime's one-batch calibration pass (how the stage called it before)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from mcomp.compressors.quantize.ort_quantize import ranges_cache
+    from mcomp.compressors.quantize.ranges import activation_ranges, adjust_like_onnxruntime
+
+    stats = _stats(cnn, histograms=False)
+    ranges = activation_ranges(stats, "minmax")
+    all_nodes = {node.name for node in cnn["fp32"].graph.node}
+    adjust_like_onnxruntime(ranges, cnn["fp32"], all_nodes)
+    calibrated = _ort_quantize(cnn["folder"], "calibrated.onnx", cnn["calibration"], ranges)
+    cache = ranges_cache(ranges, tmp_path / "ranges.json")
+    assert cache is not None and cache.is_file()
+    cwd = os.getcwd()
+    os.chdir(cnn["folder"])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(cnn["folder"] / "fp32.onnx"),
+                str(tmp_path / "cached.onnx"),
+                None,  # no data: the cache is all onnxruntime gets
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=True,
+                calibration_cache_path=str(cache),
+                extra_options={"TensorQuantOverrides": ranges},
+            )
+    finally:
+        os.chdir(cwd)
+    cached = onnx.load(str(tmp_path / "cached.onnx"))
+    assert [n.op_type for n in cached.graph.node] == [n.op_type for n in calibrated.graph.node]
+    ours = {i.name: onnx.numpy_helper.to_array(i) for i in cached.graph.initializer}
+    theirs = {i.name: onnx.numpy_helper.to_array(i) for i in calibrated.graph.initializer}
+    assert ours.keys() == theirs.keys() and any(k.endswith("_scale") for k in ours)
+    for name, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[name])
+    np.testing.assert_array_equal(_run(cached, cnn["eval"]), _run(calibrated, cnn["eval"]))
+
+
+def test_statistics_pass_keeps_the_fp32_outputs_of_the_first_samples(cnn):
+    """The reference that auto calibration scores against comes from the statistics pass:
+    the fp32 model's outputs on the first samples, batch by batch, as a plain run gives."""
+    from mcomp.compressors.quantize.statistics import collect_statistics
+
+    kept: dict = {}
+    collect_statistics(
+        cnn["fp32"],
+        {"x": cnn["calibration"]},
+        threads=1,
+        histograms=True,  # two passes: the outputs are kept from the first only
+        batch_size=16,
+        outputs=kept,
+        output_samples=20,  # across a batch boundary (16)
+    )
+    (name,) = [o.name for o in cnn["fp32"].graph.output]
+    got = np.concatenate(kept[name])
+    assert got.shape[0] == 20
+    np.testing.assert_allclose(
+        got, _run(cnn["fp32"], cnn["calibration"][:20]), rtol=1e-5, atol=1e-6
+    )

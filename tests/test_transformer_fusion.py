@@ -93,7 +93,7 @@ def test_the_fused_graph_computes_the_same_function(project):
     from mcomp.compressors.quantize.transformer_fusion import fusable, fuse_transformer
 
     model = onnx.load(str(project / "model.onnx"))
-    assert fusable(model)
+    assert fusable(model, "dynamic") and fusable(model, "static")  # GELU: both modes
     fused, facts = fuse_transformer(model, mode="dynamic", ctx=_context(project))
     assert facts["applied"] is True
     assert facts["fused"].get("BiasGelu", 0) >= 1
@@ -120,7 +120,31 @@ def test_a_cnn_is_not_offered_to_the_optimizer():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [weight],
     )
-    assert not fusable(helper.make_model(graph))
+    assert not fusable(helper.make_model(graph), "static")
+    assert not fusable(helper.make_model(graph), "dynamic")
+
+
+def test_attention_alone_is_offered_in_dynamic_mode_only():
+    from onnx import TensorProto, helper
+
+    from mcomp.compressors.quantize.transformer_fusion import fusable
+
+    # attention without GELU: only dynamic mode fuses attention (static has no QDQ form)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["q", "k"], ["s"]),
+            helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["y"]),
+        ],
+        "attention",
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4, 4])
+            for name in ("q", "k", "v")
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph)
+    assert fusable(model, "dynamic") and not fusable(model, "static")
 
 
 def test_a_fusion_that_moves_the_outputs_is_dropped(project, monkeypatch):

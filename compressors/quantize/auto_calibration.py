@@ -24,12 +24,14 @@ from mcomp.compressors.quantize.ort_quantize import (
     QuantizedModel,
     quantize_with_onnxruntime,
 )
+from mcomp.compressors.quantize.statistics import REFERENCE_SAMPLES
 from mcomp.errors import StageError
 
 if TYPE_CHECKING:
     from mcomp.stage import StageContext
 
-SCORING_SAMPLES = 64
+# the fp32 outputs of these are kept by the statistics pass (statistics.REFERENCE_SAMPLES)
+SCORING_SAMPLES = REFERENCE_SAMPLES
 
 
 def quantize_once(
@@ -86,7 +88,11 @@ def quantize_auto(
         if reference is None:  # the calibration reader has checked the split's inputs by now
             names = [value.name for value in graph_inputs(candidate.model)]
             feed = {name: ctx.datasets.calibration.inputs[name][:SCORING_SAMPLES] for name in names}
-            reference = float_outputs(prepared.path.read_bytes(), feed, ctx.threads)
+            samples = len(next(iter(feed.values())))
+            # kept from the statistics pass (same model, same first samples): no fp32 run
+            reference = prepared.statistics.reference_outputs(samples)
+            if reference is None:
+                reference = float_outputs(prepared.path.read_bytes(), feed, ctx.threads)
         errors[method] = relative_output_error(
             reference, candidate.model.SerializeToString(), feed, ctx.threads
         )

@@ -96,7 +96,7 @@ def quantize_model(
     details: dict[str, Any] = {}
     lap("prepare")
     if options.transformer_fusion is True or (
-        options.transformer_fusion == "auto" and fusable(prepared)
+        options.transformer_fusion == "auto" and fusable(prepared, mode)
     ):
         prepared, details["transformer_fusion"] = fuse_transformer(prepared, mode=mode, ctx=ctx)
         if details["transformer_fusion"]["applied"]:

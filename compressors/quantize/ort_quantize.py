@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mcomp.compressors.quantize.calibration_reader import CalibrationReader
 from mcomp.compressors.quantize.options import QuantizeOptions, effective_reduce_range
 from mcomp.compressors.quantize.prepare import gemm_to_matmul, keep_outputs_float, working_directory
@@ -161,39 +163,77 @@ def _quantize_static(
         facts["histogram_bins"] = HISTOGRAM_BINS
     if method == "percentile":
         facts["percentile"] = calib.percentile
-    # every activation has its range: onnxruntime's own pass needs one batch only
-    reader = CalibrationReader(ctx, fp32, 1)
     extra = {
         "ActivationSymmetric": options.symmetric_activations,
         "WeightSymmetric": options.symmetric_weights,
-        # collect in chunks of batches: memory flat in the number of samples
-        "CalibStridedMinMax": reader.stride(),
     }
     if overrides:
         extra["TensorQuantOverrides"] = overrides
-    formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
+    arguments = {
+        "quant_format": {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}[
+            options.format
+        ],
+        "per_channel": options.per_channel,
+        "reduce_range": reduce_range(options),
+        "activation_type": _qtype(options.activation_type),
+        "weight_type": _qtype(options.weight_type),
+        "calibrate_method": q.CalibrationMethod.MinMax,
+        "op_types_to_quantize": options.op_types or None,
+        "nodes_to_exclude": sorted(excluded) or None,
+    }
+    # every activation has its range already: onnxruntime's own calibration pass is skipped
+    # where it takes them as its calibration cache, else it runs on one batch only
+    cache = ranges_cache(ranges, target.with_suffix(".ranges.json"))
+    done = False
     try:
-        q.quantize_static(
-            str(source),
-            str(target),
-            reader,
-            quant_format=formats[options.format],
-            per_channel=options.per_channel,
-            reduce_range=reduce_range(options),
-            activation_type=_qtype(options.activation_type),
-            weight_type=_qtype(options.weight_type),
-            calibrate_method=q.CalibrationMethod.MinMax,
-            op_types_to_quantize=options.op_types or None,
-            nodes_to_exclude=sorted(excluded) or None,
-            extra_options=extra,
-        )
+        if cache is not None:
+            try:
+                q.quantize_static(
+                    str(source), str(target), None, calibration_cache_path=str(cache),
+                    extra_options=extra, **arguments,
+                )  # fmt: skip
+                done = True
+            except Exception:  # noqa: BLE001 - retried with onnxruntime's calibration below
+                # a tensor onnxruntime quantizes that has no range of ours (a non-finite
+                # activation the statistics leave out): as without a cache
+                pass
+        if not done:
+            reader = CalibrationReader(ctx, fp32, 1)
+            # collect in chunks of batches: memory flat in the number of samples
+            extra["CalibStridedMinMax"] = reader.stride()
+            q.quantize_static(str(source), str(target), reader, extra_options=extra, **arguments)
     except Exception as exc:
         raise StageError(
             f"quantize: onnxruntime static quantization failed: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from None
+    finally:
+        target.with_suffix(".ranges.json").unlink(missing_ok=True)
     ctx.progress.finish()
     return {"method": calib.method, **facts}
+
+
+def ranges_cache(ranges: dict[str, list[dict]], target: Path) -> Path | None:
+    """`ranges` (TensorQuantOverrides of every float activation) written as onnxruntime's
+    calibration cache at `target`, so that `quantize_static` skips its own calibration pass
+    (an augmented copy of the model, a session and a batch: 1-2 s of each quantization of
+    the PP-OCR models, for ranges the overrides replace anyway). None where onnxruntime's
+    `quantize_static` takes no cache (older versions)."""
+    import inspect
+
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization import calibrate
+
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        return None
+    data = {
+        name: calibrate.TensorData(
+            lowest=np.float32(entry[0]["rmin"]), highest=np.float32(entry[0]["rmax"])
+        )
+        for name, entry in ranges.items()
+    }
+    calibrate.save_tensors_data(calibrate.TensorsData(q.CalibrationMethod.MinMax, data), target)
+    return target
 
 
 def _quantized_nodes(model, options: QuantizeOptions, excluded: set[str]) -> set[str]:

@@ -26,6 +26,10 @@ MEMORY_BUDGET = 512 * 2**20  # bytes of exposed activations held at once
 # the most magnitudes kept per tensor (128 KiB); a percentile that cuts off more falls
 # back to the histogram (99.999 cuts off 1 in 100,000: 32768 covers 3e9 values per tensor)
 TAIL_CAP = 2**15
+# graph outputs kept from the statistics pass for the first this many samples: the fp32
+# reference that auto calibration scores its candidates against, which then needs no fp32
+# pass of its own (on the PP-OCR recogniser that pass took 3-5 s of a 46 s stage)
+REFERENCE_SAMPLES = 64
 
 
 @dataclass
@@ -182,12 +186,17 @@ def collect_statistics(
     progress=None,
     only: set[str] | None = None,
     tail: float | None = None,
+    outputs: dict[str, list[np.ndarray]] | None = None,
+    output_samples: int = 0,
 ) -> dict[str, TensorStatistics]:
     """Statistics of every float activation of `model` (a ModelProto) over `inputs` (one
     array per graph input, samples on axis 0); graph inputs included. `only`: just these
     tensors (a cheaper pass when a few are needed). `tail`: keep each tensor's largest
-    magnitudes, this fraction of all its values and one more (percentile ranges)."""
+    magnitudes, this fraction of all its values and one more (percentile ranges).
+    `outputs`: filled with the graph outputs of the first `output_samples` samples, batch
+    by batch (the fp32 reference that scoring int8 candidates needs, at no extra pass)."""
     session, names = _exposed_session(model, threads, only)
+    graph_outputs = [o.name for o in model.graph.output]
     last_axis = matmul_inputs(model)
     count = len(next(iter(inputs.values())))
     batch = _batch_for_memory(session, names, inputs, batch_size)
@@ -199,6 +208,9 @@ def collect_statistics(
         for start in range(0, count, batch):
             feed = {k: v[start : start + batch] for k, v in inputs.items()}
             values = dict(zip(names, session.run(names, feed), strict=True))
+            if outputs is not None and pass_index == 0 and start < output_samples:
+                for name in graph_outputs:
+                    outputs.setdefault(name, []).append(values[name][: output_samples - start])
             values.update(feed if only is None else {k: feed[k] for k in feed if k in only})
             for name, value in values.items():
                 value = np.asarray(value)
@@ -259,6 +271,7 @@ class StatisticsCache:
         # the largest magnitudes that percentile ranges need
         self._tail = (100.0 - percentile) / 100.0
         self._stats: dict[str, TensorStatistics] | None = None
+        self._outputs: dict[str, list[np.ndarray]] = {}  # the graph outputs, first samples
         self._with_histograms = False
         self.seconds = 0.0  # spent collecting (the stage reports where its time went)
 
@@ -276,6 +289,7 @@ class StatisticsCache:
             # the reader checks the split against the model (a clear error, not a KeyError)
             reader = CalibrationReader(self._ctx, model, self._samples)
             self._ctx.progress.finish()
+            self._outputs = {}
             self._stats = collect_statistics(
                 model,
                 reader.all_inputs(),
@@ -284,7 +298,21 @@ class StatisticsCache:
                 batch_size=self._ctx.batch_size,
                 progress=self._ctx.progress,
                 tail=self._tail,
+                outputs=self._outputs,
+                output_samples=REFERENCE_SAMPLES,
             )
             self._with_histograms = histograms
             self.seconds += time.perf_counter() - started
         return self._stats
+
+    def reference_outputs(self, samples: int) -> list[np.ndarray | None] | None:
+        """The fp32 model's graph outputs on the first `samples` calibration samples, as
+        `int8_check.float_outputs` gives them (float64, None for non-float outputs), kept
+        from the statistics pass; None when that pass did not see as many samples."""
+        self.get(histograms=False)
+        if not self._outputs:
+            return None
+        joined = [np.concatenate(parts)[:samples] for parts in self._outputs.values()]
+        if any(len(part) < samples for part in joined):
+            return None
+        return [np.asarray(out, np.float64) if out.dtype.kind == "f" else None for out in joined]

@@ -49,12 +49,15 @@ FUSED_OP_TYPES = (
 )
 
 
-def fusable(model: onnx.ModelProto) -> bool:
-    """Whether the graph holds what the fusions look for: Erf (GELU), Tanh with Pow (tanh
-    GELU) or Softmax with MatMul (attention). Elsewhere (CNNs) the optimizer's pass is
-    skipped."""
+def fusable(model: onnx.ModelProto, mode: str) -> bool:
+    """Whether the graph holds what the fusions of `mode` look for: Erf (GELU), Tanh with
+    Pow (tanh GELU) or, in dynamic mode only (the one that fuses attention), Softmax with
+    MatMul. Elsewhere (CNNs; attention-only graphs in static mode, where the optimizer's
+    1.5 s pass over the PP-OCR recogniser matched nothing) the pass is skipped."""
     ops = {node.op_type for node in model.graph.node}
-    patterns = ({"Erf"}, {"Tanh", "Pow"}, {"Softmax", "MatMul"})
+    patterns = [{"Erf"}, {"Tanh", "Pow"}]
+    if mode == "dynamic":
+        patterns.append({"Softmax", "MatMul"})
     return any(pattern <= ops for pattern in patterns)
 
 
