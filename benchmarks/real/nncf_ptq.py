@@ -23,11 +23,27 @@ NNCF_VENV = Path(os.environ.get("NNCF_VENV", fetch.CACHE / "nncf-venv"))
 SCRIPT = """
 import json, sys, time
 
+import onnxruntime
+
+source, samples, target, name, model_type, threads = sys.argv[1:7]
+if int(threads) > 0:
+    # NNCF's ONNX engine makes its sessions with onnxruntime's default thread pool, whose
+    # threads are pinned to every core, outside the `taskset` the benchmark runs under
+    # (125 % CPU measured under `taskset -c 0`): give it the threads mcomp gets
+    plain_session = onnxruntime.InferenceSession
+
+    def one_pool_session(model, sess_options=None, *args, **kwargs):
+        sess_options = sess_options or onnxruntime.SessionOptions()
+        sess_options.intra_op_num_threads = int(threads)
+        sess_options.inter_op_num_threads = 1
+        return plain_session(model, sess_options, *args, **kwargs)
+
+    onnxruntime.InferenceSession = one_pool_session
+
 import nncf
 import numpy as np
 import onnx
 
-source, samples, target, name, model_type = sys.argv[1:6]
 model = onnx.load(source)
 x = np.load(samples)["x"]
 dataset = nncf.Dataset([{name: x[i : i + 1]} for i in range(len(x))])
@@ -64,11 +80,17 @@ def nncf_python() -> Path:
 
 
 def nncf_quantize(
-    source: Path, calibration: np.ndarray, input_name: str, workdir: Path, transformer: bool
+    source: Path,
+    calibration: np.ndarray,
+    input_name: str,
+    workdir: Path,
+    transformer: bool,
+    threads: int = 0,
 ) -> tuple[Path, dict]:
     """NNCF's int8 model of `source` (every option at its default, or
     model_type=TRANSFORMER), calibrated on all of `calibration`; returns the file and
-    {nncf: version, seconds: the nncf.quantize call's wall time}."""
+    {nncf: version, seconds: the nncf.quantize call's wall time}. `threads`: onnxruntime's
+    intra-op threads for NNCF's sessions (0: onnxruntime's default, every core)."""
     kind = "transformer" if transformer else "default"
     samples, target = workdir / "nncf_calibration.npz", workdir / f"nncf_{kind}.onnx"
     script = workdir / "nncf_ptq.py"
@@ -76,7 +98,7 @@ def nncf_quantize(
     script.write_text(SCRIPT)
     done = subprocess.run(
         [str(nncf_python()), str(script), str(source), str(samples), str(target), input_name,
-         kind],
+         kind, str(threads)],
         capture_output=True, text=True, cwd=workdir,
     )  # fmt: skip
     if done.returncode:

@@ -70,7 +70,7 @@ def make_variants(model, source: Path, data: dict, workdir: Path, args) -> dict:
     calibration = np.load(data["calibration"])["x"]
     found.update(_ort(fp32, calibration, workdir))
     if args.nncf:
-        found.update(_nncf(model, fp32, calibration, workdir))
+        found.update(_nncf(model, fp32, calibration, workdir, args.threads))
     found.update(_mcomp(model, source, data, workdir, args.budget))
     if any(found[k].get("exit_code") for k in found if k.startswith("mcomp")) and (
         model.kind == "onnx" and _opset(source) < 13
@@ -114,7 +114,7 @@ def _ort(fp32: Path, calibration, workdir: Path) -> dict:
     return found
 
 
-def _nncf(model, fp32: Path, calibration, workdir: Path) -> dict:
+def _nncf(model, fp32: Path, calibration, workdir: Path, threads: int) -> dict:
     import nncf_ptq
 
     found = {}
@@ -122,7 +122,7 @@ def _nncf(model, fp32: Path, calibration, workdir: Path) -> dict:
         label = "NNCF (TRANSFORMER)" if transformer else "NNCF (defaults)"
         try:
             path, info = nncf_ptq.nncf_quantize(
-                fp32, calibration, _input_name(fp32), workdir, transformer
+                fp32, calibration, _input_name(fp32), workdir, transformer, threads
             )
             found[label] = {"path": path, "seconds": info["seconds"], "notes": [info]}
         except RuntimeError as exc:

@@ -65,7 +65,7 @@ def time_model(model, files: dict, threads: int, rounds: int) -> dict:
             report = run["mcomp auto"]["report"]
             stage = next(s for s in report["stages"] if s["type"] == "quantize")
             runs.append((stage["seconds"], stage["details"].get("seconds", {})))
-            _, info = nncf_ptq.nncf_quantize(fp32, calibration, name, folder, False)
+            _, info = nncf_ptq.nncf_quantize(fp32, calibration, name, folder, False, threads)
             nncf.append(info["seconds"])
     runs.sort(key=lambda r: r[0])
     median_run = runs[(len(runs) - 1) // 2]
