@@ -48,14 +48,6 @@ from results_file import update_results  # noqa: E402
 REPO = HERE.parent.parent
 
 
-def _input_name(path: Path) -> str:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in initializers)
-
-
 def make_variants(model, source: Path, data: dict, workdir: Path, args) -> dict:
     """{label: {"path": file or None, "seconds": quantize time, "notes": [...]}}"""
     import numpy as np
@@ -91,7 +83,7 @@ def _opset(path: Path) -> int:
 
 
 def _ort(fp32: Path, calibration, workdir: Path) -> dict:
-    name = _input_name(fp32)
+    name = variants.input_name(fp32)
     files, seconds, how = variants.ort_variants(fp32, name, calibration, workdir)
     broken = {label: variants.loads(path) for label, path in files.items()}
     if any(broken.values()) and _opset(fp32) < 13:
@@ -122,7 +114,7 @@ def _nncf(model, fp32: Path, calibration, workdir: Path, threads: int) -> dict:
         label = "NNCF (TRANSFORMER)" if transformer else "NNCF (defaults)"
         try:
             path, info = nncf_ptq.nncf_quantize(
-                fp32, calibration, _input_name(fp32), workdir, transformer, threads
+                fp32, calibration, variants.input_name(fp32), workdir, transformer, threads
             )
             found[label] = {"path": path, "seconds": info["seconds"], "notes": [info]}
         except RuntimeError as exc:
@@ -169,7 +161,7 @@ def evaluate(model, found: dict, data: dict, args) -> dict:
     from mcomp.measure.ort_session import create_session
 
     x = np.load(data["eval"])["x"]
-    name = _input_name(found["fp32"]["path"])
+    name = variants.input_name(found["fp32"]["path"])
     sessions, results = {}, {}
     for label, entry in found.items():
         results[label] = {k: v for k, v in entry.items() if k != "path"}

@@ -58,7 +58,7 @@ def time_model(model, files: dict, threads: int, rounds: int) -> dict:
         fp32 = source
         if model.kind == "torch":
             fp32 = variants.mcomp_export(model, source, data, work)["model"]
-        name = _input_name(fp32)
+        name = variants.input_name(fp32)
         for index in range(rounds):
             folder = work / f"round{index}"
             run = variants.mcomp_variants(model, source, data, folder, budget=False)
@@ -77,14 +77,6 @@ def time_model(model, files: dict, threads: int, rounds: int) -> dict:
         "nncf_seconds": statistics.median(nncf),
         "all_nncf_seconds": [round(s, 1) for s in nncf],
     }
-
-
-def _input_name(path: Path) -> str:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in initializers)
 
 
 def row(result: dict, label: str) -> str:

@@ -123,6 +123,15 @@ def to_opset_13(source: Path, workdir: Path) -> Path:
     return target
 
 
+def input_name(path: Path) -> str:
+    """The name of the ONNX model's one graph input that is not an initializer."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
 def mcomp_executable() -> list[str]:
     script = Path(sys.executable).with_name("mcomp")
     return [str(script)] if script.exists() else [sys.executable, "-m", "mcomp"]
