@@ -107,6 +107,9 @@ class StageContext:
     # and `max_relative_drop` in metric units once the baseline is measured): stages that can
     # trade accuracy for size/speed (quantize's fallback) aim for it when given no budget
     accuracy_budget: float | None = None
+    # the original model's metric on the eval split, as the baseline measured it (None
+    # until then): a stage that needs it does not evaluate the original model again
+    original_metric: float | None = None
     # where training runs and why, logged by the training loop on its first call of the run
     device_note: str | None = None
 

@@ -91,3 +91,62 @@ def test_conv_transpose_and_einsum():
     count = count_macs(model)
     assert count.by_node["up"] == 5 * 5 * 4 * 3 * 2 * 2  # input positions x Cin x Cout x k
     assert count.by_node["mix"] == 1 * 6 * 7 * 9
+
+
+def _constant(name: str, array: np.ndarray):
+    return helper.make_node(
+        "Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array, name)
+    )
+
+
+def test_a_report_counts_constant_node_weights_and_symbolic_image_sizes(tmp_path):
+    """
+    x (N, 3, H, W) ──Conv(W1 4×3×3×3, pad 1)──Relu──Conv(W2 2×4×1×1)──> y (N, 2, H, W)
+
+    The weights are Constant nodes and H, W are symbolic, as in paddle2onnx's exports (the
+    PP-OCR detector): the report once said 0 parameters and counted the convolutions as if
+    the image were -1 pixels wide.
+    """
+    # setup
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            _constant("W1", w1),
+            _constant("W2", w2),
+            helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "net.onnx")
+    x = rng.normal(size=(8, 3, 12, 16)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    np.savez(tmp_path / "calibration.npz", x=x[::-1].copy())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {path: net.onnx}\n"
+        "data: {eval: {path: eval.npz, labels: null}, batch_size: 4,\n"
+        "  calibration: {path: calibration.npz, labels: null}}\n"
+        "task: regression\nmetric: cosine\nruntime: {threads: 1, latency: {runs: 2}}\n"
+        "stages:\n  - quantize: {mode: auto}\n"
+    )
+    from tests.helpers import run_recipe
+
+    # act
+    result, _ = run_recipe(recipe, tmp_path / "out")
+    # check
+    baseline = result.report["baseline"]["metrics"]
+    assert baseline["params"] == w1.size + w2.size
+    assert baseline["macs"] == 12 * 16 * (4 * 27 + 2 * 4)  # output pixels x (Cout x Cin x k)
+    assert baseline["macs_uncounted"] == []
+    quantized = result.report["stages"][0]
+    assert quantized["metrics"]["macs"] == baseline["macs"]
+    # mode auto chooses by these counts, so it names the same total
+    assert any(f"of {baseline['macs']:,} MACs" in note for note in quantized["notes"])

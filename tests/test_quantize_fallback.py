@@ -95,8 +95,12 @@ def test_cheap_alternatives_come_first_and_entropy_calibration_fixes_the_outlier
     first = trials[0]["calibration"]
     assert first in ("minmax", "percentile")
     other = "percentile" if first == "minmax" else "minmax"
-    assert [t["label"] for t in trials] == ["plain", f"calibration {other}", "calibration entropy"]
-    assert trials[0]["drop"] > 0.2 and trials[1]["drop"] > 0.2  # neither candidate can
+    labels = ["plain", f"calibration {other}", "calibration mse", "calibration entropy"]
+    assert [t["label"] for t in trials] == labels
+    # neither candidate can, nor mse: clipping the outlier units costs it more squared error
+    assert all(t["drop"] > 0.2 for t in trials[:3])
+    # auto had quantized the other candidate already: only scored, not quantized again
+    assert [t["reused"] for t in trials] == [False, True, False, False]
     assert fallback["met"] is True and trials[-1]["drop"] <= 0.02
     assert fallback["float_nodes"] == [] and fallback["chosen"] == "calibration entropy"
     assert result.report["stages"][0]["details"]["calibration"]["method"] == "entropy"

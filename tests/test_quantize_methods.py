@@ -189,6 +189,43 @@ def test_floating_every_node_by_graph_edit_gives_the_fp32_function(cnn):
     assert np.abs(_run(int8, cnn["eval"]) - _run(cnn["fp32"], cnn["eval"])).max() > 1e-3
 
 
+def test_floating_a_node_that_bias_correction_gave_a_bias_drops_that_bias(tmp_path):
+    """A Conv exported without a bias (the PP-OCR detector's first one) gets one from bias
+    correction; in float it is the fp32 node again, with no bias input to look up."""
+    import torch
+
+    from mcomp.compressors.quantize.bias_correction import correct_biases
+    from mcomp.compressors.quantize.float_nodes import quantized_nodes, with_nodes_in_float
+    from mcomp.compressors.quantize.prepare import keep_outputs_float
+    from mcomp.compressors.quantize.statistics import collect_statistics
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+    ).eval()
+    fp32 = torch_to_onnx(ModelState.from_torch(net, [InputSpec(name="x", shape=[3, 8, 8])]))
+    onnx.save(fp32, tmp_path / "fp32.onnx")
+    x = np.random.default_rng(0).normal(size=(32, 3, 8, 8)).astype(np.float32)
+    int8 = _ort_quantize(tmp_path, "int8.onnx", x)
+    keep_outputs_float(int8)  # as the stage does
+    stats = collect_statistics(fp32, {"x": x}, threads=1, histograms=False, batch_size=16)
+    correct_biases(int8, fp32, stats)
+    first = next(n for n in int8.graph.node if n.op_type == "Conv")
+    source = next(n for n in fp32.graph.node if n.name == first.name)
+    assert len(source.input) == 2 and len(first.input) == 3  # the bias correction's bias
+    # act
+    floated = with_nodes_in_float(int8, fp32, set(quantized_nodes(int8)))
+    # check
+    onnx.checker.check_model(floated)
+    node = next(n for n in floated.graph.node if n.name == first.name)
+    assert len(node.input) == 2
+    # every node in float is the fp32 function: no correction of an int8 error is left
+    np.testing.assert_allclose(_run(floated, x), _run(fp32, x), rtol=1e-4, atol=1e-5)
+
+
 def test_the_ranking_puts_the_node_behind_the_outlier_channel_first(cnn):
     from mcomp.compressors.quantize.float_nodes import quantized_nodes
     from mcomp.compressors.quantize.sensitivity import rank_by_output
@@ -612,3 +649,51 @@ def test_statistics_pass_keeps_the_fp32_outputs_of_the_first_samples(cnn):
     np.testing.assert_allclose(
         got, _run(cnn["fp32"], cnn["calibration"][:20]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_uniform_histogram_counts_as_numpy_does_but_for_values_on_a_bin_edge():
+    from mcomp.compressors.quantize.statistics import HISTOGRAM_BINS, uniform_histogram
+
+    rng = np.random.default_rng(3)
+    # several chunks long, a heavy tail, the extremes themselves included
+    values = rng.standard_t(3, size=(3, 70_001)).astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    got = uniform_histogram(values, low, high)
+    expected, _ = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
+    assert got.sum() == values.size  # nothing dropped, the max in the last bin
+    assert got[0] >= 1 and got[-1] >= 1
+    # only values within float32 rounding of an edge may land one bin over
+    assert np.abs(got - expected).sum() <= 2e-4 * values.size
+    # bin centres are far from every edge: exactly numpy's counts
+    width = (high - low) / HISTOGRAM_BINS
+    centres = (low + width * (np.arange(HISTOGRAM_BINS) + 0.5)).astype(np.float32)
+    picks = np.repeat(centres, rng.integers(0, 4, HISTOGRAM_BINS))
+    expected_centres, _ = np.histogram(picks, bins=HISTOGRAM_BINS, range=(low, high))
+    np.testing.assert_array_equal(uniform_histogram(picks, low, high), expected_centres)
+
+
+def test_histograms_asked_after_a_first_pass_add_only_the_histogram_pass(cnn):
+    """The fallback's entropy trial needs histograms the first quantization did not: the
+    statistics already collected are kept, and the histograms equal a two-pass run's."""
+    from mcomp.compressors.quantize.statistics import collect_statistics
+
+    first = _stats(cnn, histograms=False)
+    before = {name: (s.low, s.high, s.samples, s.elements) for name, s in first.items()}
+    assert all(s.histogram is None for s in first.values())
+    kept: dict = {}
+    both = collect_statistics(
+        cnn["fp32"],
+        {"x": cnn["calibration"]},
+        threads=1,
+        histograms=True,
+        batch_size=16,
+        outputs=kept,
+        output_samples=8,
+        existing=first,
+    )
+    assert kept == {}  # no first pass ran again
+    assert {name: (s.low, s.high, s.samples, s.elements) for name, s in both.items()} == before
+    two_pass = _stats(cnn, histograms=True)
+    assert set(both) == set(two_pass)
+    for name, entry in both.items():
+        np.testing.assert_array_equal(entry.histogram, two_pass[name].histogram)

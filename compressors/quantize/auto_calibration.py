@@ -98,6 +98,7 @@ def quantize_auto(
         )
     chosen = min(errors, key=lambda m: (not np.isfinite(errors[m]), errors[m]))
     result = models[chosen]
+    result.runners_up = {m: model for m, model in models.items() if m != chosen}
     result.calibration = {
         **(result.calibration or {}),
         "method": chosen,

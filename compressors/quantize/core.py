@@ -38,6 +38,7 @@ from mcomp.compressors.quantize.transformer_fusion import (
     fusion_notes,
 )
 from mcomp.errors import StageError
+from mcomp.measure.onnx_macs import sample_shapes
 
 if TYPE_CHECKING:
     import onnx
@@ -89,7 +90,7 @@ def quantize_model(
     prepared = onnx.load(str(prepared_path))
     if unshare_weights(prepared):  # after pre-processing, which may fold tensors together
         onnx.save(prepared, prepared_path)
-    mode, why = resolve_mode(prepared, options.mode, sample_shapes(model))
+    mode, why = resolve_mode(prepared, options.mode, sample_shapes(model.inputs, ctx.datasets))
     requested, options = options, resolve_types(options, prepared)
     if mode == "weight4":
         return _quantize_weight4(model, prepared, options, ctx, folder)
@@ -248,11 +249,5 @@ def _finish(
         folder,
         options,
         details,
-        input_shapes=sample_shapes(model),
+        input_shapes=sample_shapes(model.inputs, ctx.datasets),
     )
-
-
-def sample_shapes(model: ModelState) -> dict[str, list[int]]:
-    """Per-sample input shapes by name: what fixes the graph's symbolic dimensions when
-    MACs are counted."""
-    return {spec.name: list(spec.shape) for spec in model.inputs}

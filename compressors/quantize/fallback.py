@@ -9,9 +9,11 @@ After the first quantization the metric is evaluated. When the drop breaks the b
 search tries, in order and within the trial/time budget:
 
 1. cheap alternatives (`alternatives: true`): per-channel weights (when off), then the
-   calibration methods not yet used (static mode). Entropy calibration clips an outlier
-   activation range that minmax and percentile keep whole: on the test suite's outlier MLP it
-   alone took accuracy from 0.28 back to 1.00 with no node in float;
+   calibration methods not yet used (static mode: minmax, percentile, mse, entropy; a
+   candidate auto calibration made already is scored, not quantized again). Entropy
+   calibration clips an outlier activation range that minmax and percentile keep whole: on
+   the test suite's outlier MLP it alone took accuracy from 0.28 back to 1.00 with no node
+   in float;
 2. leaving nodes in float, most sensitive first. Static mode (float_search.py): every node
    ranked by its local error (`onnxruntime.quantization.qdq_loss_debug`'s measure: its output's
    relative error minus the largest of its inputs'), the top ones again by their error at the
@@ -45,6 +47,7 @@ TOLERANCE = 1e-9  # the same slack as mcomp.report.constraints
 SENSITIVITY_SAMPLES = 64
 TIMING_BATCH = 8  # a detector's 64-image batch alone took gigabytes
 SENSITIVITY_ROWS = 20  # nodes of the ranking the report lists
+ALTERNATIVE_METHODS = ("minmax", "percentile", "mse", "entropy")  # in the order tried
 
 
 @dataclass
@@ -72,7 +75,17 @@ def accuracy_goal(model: ModelState, options: QuantizeOptions, ctx: StageContext
     if options.max_accuracy_drop is None and ctx.accuracy_budget is None:
         return None  # no budget: nothing to evaluate before quantizing
     higher = ctx.metric.higher_is_better
-    input_metric = ctx.evaluate(model)
+    known: list[float] = []
+
+    def original() -> float:
+        # the baseline measured the original model already (on the PP-OCR detector each
+        # evaluation of the eval split costs 6 s)
+        if not known:
+            measured = ctx.original_metric
+            known.append(ctx.evaluate(ctx.original) if measured is None else measured)
+        return known[0]
+
+    input_metric = original() if model is ctx.original else ctx.evaluate(model)
     if options.max_accuracy_drop is not None:
         return Goal(
             input_metric,
@@ -82,7 +95,7 @@ def accuracy_goal(model: ModelState, options: QuantizeOptions, ctx: StageContext
             "quantize.max_accuracy_drop",
         )
     return Goal(
-        ctx.evaluate(ctx.original),
+        original(),
         input_metric,
         ctx.accuracy_budget,
         higher,
@@ -100,6 +113,7 @@ class Trial:
     drop: float | None = None  # a subset trial's drop against the subset's goal
     seconds: float = 0.0
     edited: bool = False  # made by graph surgery on a QDQ stand-in (float_search.py)
+    reused: bool = False  # a model auto calibration had made already (not quantized again)
 
     @property
     def options(self) -> QuantizeOptions:
@@ -284,20 +298,32 @@ def _cheap_alternatives(search: Search, excluded: set[str]) -> Trial:
     if not options.per_channel:
         variants.append(("per_channel", {"per_channel": True}))
     if search.mode == "static":
-        # auto ranked minmax and percentile by output error; the budget is on the metric, so
-        # the method it did not keep is still worth a trial
+        # auto ranked its candidates by output error; the budget is on the metric, so the
+        # methods it did not keep are still worth a trial. mse and entropy share one
+        # histogram pass; on the real models each was the best of the five methods for
+        # some model (benchmarks/real/calibration_methods.py), mean_minmax for none
         chosen = search.trials[0].options.calibration.method
-        for method in ("minmax", "percentile", "entropy"):
+        for method in ALTERNATIVE_METHODS:
             if chosen != method:
                 calibration = options.calibration.model_copy(update={"method": method})
                 variants.append(
                     (f"calibration {method}", {"per_channel": True, "calibration": calibration})
                 )
+    first = search.trials[0]
     for label, update in variants:
-        # a new calibration costs about what the first quantization did
-        if not search.can_try(search.trials[0].seconds):
-            break
-        trial = search.attempt(label, options.model_copy(update=update), excluded)
+        method = update.get("calibration")
+        # auto calibration quantized its other candidates already: only scoring is left
+        ready = first.result.runners_up.get(method.method) if method else None
+        if ready is not None and first.options.per_channel:
+            if not search.can_try():
+                break
+            trial = search.record(label, excluded, ready)
+            trial.reused = True
+        else:
+            # a new calibration costs about what the first quantization did
+            if not search.can_try(first.seconds):
+                break
+            trial = search.attempt(label, options.model_copy(update=update), excluded)
         if search.goal.met(trial.metric):
             return trial
     return search.closest()
@@ -370,6 +396,7 @@ def _trial_rows(search: Search) -> list[dict[str, Any]]:
             "per_channel": t.options.per_channel,
             "calibration": t.options.calibration.method,
             "seconds": round(t.seconds, 2),
+            "reused": t.reused,
         }
         for t in search.trials
     ]
@@ -377,7 +404,11 @@ def _trial_rows(search: Search) -> list[dict[str, Any]]:
 
 def _latency_cost(all_int8, chosen, ctx: StageContext) -> dict[str, float] | None:
     """Median ms of the all-int8 and the chosen model at batch 64, each in its own block."""
-    from mcomp.compressors.quantize.int8_check import time_both
+    from mcomp.compressors.quantize.int8_check import (
+        SPEED_CHECK_RUNS,
+        SPEED_CHECK_WARMUP,
+        time_both,
+    )
     from mcomp.measure.ort_session import batch_feed
 
     split = ctx.datasets.eval or ctx.datasets.first_available()
@@ -385,8 +416,14 @@ def _latency_cost(all_int8, chosen, ctx: StageContext) -> dict[str, float] | Non
     if not all(name in split.inputs for name in names):
         return None
     feed = batch_feed({name: split.inputs[name] for name in names}, TIMING_BATCH)
+    # as many calls as the stage's speed check: a report detail, not the run's timing
     speed = time_both(
-        all_int8.SerializeToString(), chosen.SerializeToString(), feed, threads=ctx.threads
+        all_int8.SerializeToString(),
+        chosen.SerializeToString(),
+        feed,
+        threads=ctx.threads,
+        warmup=SPEED_CHECK_WARMUP,
+        runs=SPEED_CHECK_RUNS,
     )
     return {
         "batch": TIMING_BATCH,

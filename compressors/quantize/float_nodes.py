@@ -57,6 +57,8 @@ def with_nodes_in_float(quantized, fp32, names: set[str]) -> onnx.ModelProto:
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             if dq.input[0] in initializers:  # a quantized weight or bias: the fp32 one
+                if source is not None and index >= len(source.input):
+                    continue  # a bias that bias correction gave a node without one
                 original = source.input[index] if source is not None else None
                 if original in fp32_weights:
                     # the quantizer names the DequantizeLinear output like the fp32 weight
@@ -74,6 +76,9 @@ def with_nodes_in_float(quantized, fp32, names: set[str]) -> onnx.ModelProto:
                 # the float activation before the pair, with its activation put back where
                 # the quantizer folded a Relu/Clip into the range
                 node.input[index] = restore.tensor(q.input[0])
+        if source is not None and len(node.input) > len(source.input):
+            # in float the node is the fp32 one: without the correction of int8 error
+            del node.input[len(source.input) :]
     _remove_unused(graph)
     return model
 

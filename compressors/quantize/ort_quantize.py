@@ -70,6 +70,9 @@ class QuantizedModel:
     calibration: dict[str, Any] | None = None  # static: method, samples, ...
     float_outputs: list[str] | None = None  # graph outputs made float again (static QDQ)
     bias_correction: dict[str, Any] | None = None  # what bias correction changed
+    # `calibration.method: auto`: the candidates it did not keep, by method, so that the
+    # fallback tries one without quantizing it again
+    runners_up: dict[str, QuantizedModel] = field(default_factory=dict, repr=False)
 
 
 def quantize_with_onnxruntime(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcomp.measure.evaluate import evaluate_all
-from mcomp.measure.onnx_macs import count_macs
+from mcomp.measure.onnx_macs import count_macs, sample_shapes
 from mcomp.model.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def measure_model(state: ModelState, ctx: StageContext) -> dict[str, Any]:
     raw = model.SerializeToString()
     params, nonzero = _torch_params(state) if state.kind == ModelKind.TORCH else onnx_params(model)
     metric, fidelity = evaluate_all(state, ctx)
-    macs = count_macs(model, {spec.name: list(spec.shape) for spec in state.inputs})
+    macs = count_macs(model, sample_shapes(state.inputs, ctx.datasets))
     return {
         "params": params,
         "nonzero_params": nonzero,
@@ -76,9 +76,9 @@ def _torch_params(state: ModelState) -> tuple[int, int]:
 
 
 def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
-    """Weights of an ONNX graph: float and int8 initializers and quantized (int32) biases;
-    scales, zero points, shape constants and scalar constants (a clamp bound, an epsilon: torch
-    counts no parameter for them) are not parameters."""
+    """Weights of an ONNX graph: float and int8 initializers (or Constant nodes) and quantized
+    (int32) biases; scales, zero points, shape constants and scalar constants (a clamp bound,
+    an epsilon: torch counts no parameter for them) are not parameters."""
     from onnx import numpy_helper
 
     not_params, dq_inputs, dynamic_scales = set(), set(), set()
@@ -96,15 +96,23 @@ def onnx_params(model: onnx.ModelProto) -> tuple[int, int]:
     for node in model.graph.node:  # dynamic quantization: activation scale x weight scale
         if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
             not_params.update(node.input)
+    # exporters such as paddle2onnx store every weight as a Constant node, not an initializer
+    tensors = [(init.name, init) for init in model.graph.initializer] + [
+        (node.output[0], attribute.t)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attribute in node.attribute
+        if attribute.name == "value"
+    ]
     params = nonzero = 0
-    for init in model.graph.initializer:
-        if init.name in not_params:
+    for name, tensor in tensors:
+        if name in not_params:
             continue
-        array = numpy_helper.to_array(init)
+        array = numpy_helper.to_array(tensor)
         if array.ndim == 0 and array.dtype.kind == "f":
             continue
         is_weight = array.dtype.kind == "f" or array.dtype in (np.int8, np.uint8)
-        if is_weight or (array.dtype == np.int32 and init.name in dq_inputs):
+        if is_weight or (array.dtype == np.int32 and name in dq_inputs):
             params += array.size
             nonzero += int(np.count_nonzero(array))
     return params, nonzero

@@ -86,6 +86,27 @@ def count_macs(
     return count
 
 
+def sample_shapes(inputs, datasets=None) -> dict[str, list[int]]:
+    """Per-sample input shapes by name for counting: the model's input specs, with the
+    dimensions an ONNX file leaves symbolic (-1: a detector's height and width, an audio
+    length) taken from the data the run feeds, where a split holds an array of that name
+    and rank."""
+    arrays = {}
+    if datasets is not None:
+        for split in (datasets.eval, datasets.calibration, datasets.train):
+            if split is not None:
+                arrays = {name: array.shape[1:] for name, array in split.inputs.items()}
+                break
+    shapes = {}
+    for spec in inputs:
+        shape = list(spec.shape)
+        fed = arrays.get(spec.name)
+        if fed is not None and len(fed) == len(shape):
+            shape = [int(f) if s <= 0 else s for s, f in zip(shape, fed, strict=True)]
+        shapes[spec.name] = shape
+    return shapes
+
+
 def _inferred(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> onnx.ModelProto:
     import onnx
 
@@ -100,7 +121,9 @@ def _inferred(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> onn
             if position == 0:
                 dim.dim_value = 1  # the batch axis
             elif sample is not None and len(sample) == len(dims) - 1:
-                dim.dim_value = int(sample[position - 1])
+                size = int(sample[position - 1])
+                if size > 0:  # -1: unknown here too; a -1 fixed in would size every layer wrong
+                    dim.dim_value = size
     # onnxruntime's symbolic shape inference follows shapes through Shape/Slice/Concat/Reshape
     # chains (what exporters emit around recurrent layers) and knows its contrib ops, where
     # ONNX's own inference stops; ONNX's is the fallback.

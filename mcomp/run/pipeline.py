@@ -115,6 +115,7 @@ def _run_stages(state, ctx, stages, loaded: LoadedRecipe, progress: Progress, re
     baseline["seconds"] = round(time.perf_counter() - start, 3)
     progress.finish()
     if main:  # a relative budget (max_relative_drop) is known in metric units from here on
+        ctx.original_metric = baseline["metrics"]["metric"]
         ctx.accuracy_budget = absolute_budget(
             loaded.recipe.constraints, baseline["metrics"]["metric"]
         )
