@@ -131,7 +131,8 @@ def measure_model(model, files: dict, threads: int, samples: int) -> dict:
 def row(model, found: dict) -> str:
     others, compute = found["counts"]
     return (
-        f"| {model.name} | {found['metric']} {found['relation']} {found['goal']:.4f} | {found['plain']:.4f} | "
+        f"| {model.name} | {found['metric']} {found['relation']} {found['goal']:.4f} | "
+        f"{found['plain']:.4f} | "
         f"{found['other_float']:.4f} ({others} nodes) | {found['ceiling']:.4f} "
         f"(+{found['ceiling_nodes']} of {compute}, {found['ceiling_share']:.1%} of MACs) | "
         f"{found['compute_float']:.4f} | {'yes' if found['met'] else 'no'} |"
