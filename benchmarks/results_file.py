@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
+import sys
+import time
 from pathlib import Path
 
 RESULTS_PREAMBLE = """# Benchmark results
@@ -31,3 +34,15 @@ def update_results(path: Path, section: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text("\n".join(lines).rstrip("\n") + "\n")
     os.replace(temporary, path)
+
+
+def provenance(script: str, load_start: tuple[float, ...]) -> list[str]:
+    """The `- Command:` and `- Date:` lines of a section: this process's arguments and
+    the load average when it started (`os.getloadavg()`) and now."""
+    command = shlex.join(["python", script, *sys.argv[1:]])
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [
+        f"- Command: `{command}`",
+        f"- Date: {now}; load average start {' '.join(f'{x:.2f}' for x in load_start)}, "
+        f"end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+    ]

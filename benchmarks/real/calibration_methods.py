@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import fetch  # noqa: E402
 import inputs  # noqa: E402
 import models  # noqa: E402
 import variants  # noqa: E402
-from results_file import update_results  # noqa: E402
+from results_file import provenance, update_results  # noqa: E402
 
 REPO = HERE.parent.parent
 HEADING = "## real models: calibration methods (threads={threads})"
@@ -153,16 +152,11 @@ def main() -> None:
             f"{found['statistics_seconds']:.0f} s)"
         )
         print("\n".join(table[-len(METHODS) :]), flush=True)
-    command = shlex.join(["python", "benchmarks/real/calibration_methods.py", *sys.argv[1:]])
-    load_end = os.getloadavg()
     section = "\n".join(
         [
             HEADING.format(threads=args.threads),
             "",
-            f"- Command: `{command}`",
-            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
-            f"start {' '.join(f'{x:.2f}' for x in load_start)}, "
-            f"end {' '.join(f'{x:.2f}' for x in load_end)}",
+            *provenance("benchmarks/real/calibration_methods.py", load_start),
             "- output error: what `calibration.method: auto` compares (relative L2 error of "
             "all outputs on the first 64 calibration samples); the primary figure and the "
             "others: fidelity to fp32 on the eval split (benchmarks/real/metrics.py). "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import fetch  # noqa: E402
 import inputs  # noqa: E402
 import models  # noqa: E402
 import variants  # noqa: E402
-from results_file import update_results  # noqa: E402
+from results_file import provenance, update_results  # noqa: E402
 
 REPO = HERE.parent.parent
 HEADING = "## real models: what 10 % of MACs in float can reach (threads={threads})"
@@ -153,16 +152,11 @@ def main() -> None:
         print(f"== {model.name}", file=sys.stderr, flush=True)
         table.append(row(model, measure_model(model, files, args.threads, args.samples)))
         print(table[-1], flush=True)
-    command = shlex.join(["python", "benchmarks/real/float_ceiling.py", *sys.argv[1:]])
-    load_end = os.getloadavg()
     section = "\n".join(
         [
             HEADING.format(threads=args.threads),
             "",
-            f"- Command: `{command}`",
-            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
-            f"start {' '.join(f'{x:.2f}' for x in load_start)}, "
-            f"end {' '.join(f'{x:.2f}' for x in load_end)}",
+            *provenance("benchmarks/real/float_ceiling.py", load_start),
             "- The budget variant's goal (`constraints.max_accuracy_drop: "
             f"{variants.BUDGET_DROP}` on the budget metric) and mcomp's int8 model before the "
             "fallback, with nodes put back in float by the fallback's graph edit; every "
