@@ -403,7 +403,8 @@ def _trial_rows(search: Search) -> list[dict[str, Any]]:
 
 
 def _latency_cost(all_int8, chosen, ctx: StageContext) -> dict[str, float] | None:
-    """Median ms of the all-int8 and the chosen model at batch 64, each in its own block."""
+    """Median ms of the all-int8 and the chosen model at `TIMING_BATCH`, each in its own
+    block."""
     from mcomp.compressors.quantize.int8_check import (
         SPEED_CHECK_RUNS,
         SPEED_CHECK_WARMUP,

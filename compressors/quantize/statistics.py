@@ -137,8 +137,8 @@ class TensorStatistics:
         self.tail = both
 
     def add_to_histogram(self, batch: np.ndarray) -> None:
-        if not np.isfinite(self.low) or self.high <= self.low:
-            return
+        if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
+            return  # no bins to make (np.histogram refused an infinite range too)
         counts = uniform_histogram(batch, self.low, self.high)
         self.histogram = counts if self.histogram is None else self.histogram + counts
 
