@@ -75,17 +75,12 @@ def accuracy_goal(model: ModelState, options: QuantizeOptions, ctx: StageContext
     if options.max_accuracy_drop is None and ctx.accuracy_budget is None:
         return None  # no budget: nothing to evaluate before quantizing
     higher = ctx.metric.higher_is_better
-    known: list[float] = []
-
-    def original() -> float:
-        # the baseline measured the original model already (on the PP-OCR detector each
-        # evaluation of the eval split costs 6 s)
-        if not known:
-            measured = ctx.original_metric
-            known.append(ctx.evaluate(ctx.original) if measured is None else measured)
-        return known[0]
-
-    input_metric = original() if model is ctx.original else ctx.evaluate(model)
+    # the baseline measured the original model already (on the PP-OCR detector each
+    # evaluation of the eval split costs 6 s)
+    original = ctx.original_metric
+    if original is None and (model is ctx.original or options.max_accuracy_drop is None):
+        original = ctx.evaluate(ctx.original)
+    input_metric = original if model is ctx.original else ctx.evaluate(model)
     if options.max_accuracy_drop is not None:
         return Goal(
             input_metric,
@@ -95,7 +90,7 @@ def accuracy_goal(model: ModelState, options: QuantizeOptions, ctx: StageContext
             "quantize.max_accuracy_drop",
         )
     return Goal(
-        original(),
+        original,
         input_metric,
         ctx.accuracy_budget,
         higher,
