@@ -66,3 +66,24 @@ class Wrapped(nn.Module):
 def wrapped_mlp() -> nn.Module:
     torch.manual_seed(0)
     return Wrapped(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)))
+
+
+class RecurrentNet(nn.Module):
+    """An 8x8 digit read row by row: Conv1d over the rows, a bidirectional LSTM or GRU, a
+    Linear head on the last step (a CRNN in miniature)."""
+
+    def __init__(self, cell: str = "LSTM", hidden: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, hidden, 3, padding=1)
+        self.rnn = getattr(nn, cell)(hidden, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.relu(self.conv(x.flatten(1, 2).transpose(1, 2)))  # (N, hidden, 8 rows)
+        steps, _ = self.rnn(rows.transpose(1, 2))
+        return self.head(steps[:, -1])
+
+
+def recurrent_net(cell: str = "LSTM") -> nn.Module:
+    torch.manual_seed(0)
+    return RecurrentNet(cell)

@@ -26,6 +26,7 @@ from mcomp.errors import StageError
 from mcomp.model.state import ModelState
 from mcomp.stage import StageContext
 from mcomp.training.distillation import DistillSettings
+from mcomp.training.masks import weight_tensors
 from mcomp.training.options import TrainingOptions
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def prune_magnitude_gradually(
     steps_per_epoch = math.ceil(len(split) / options.batch_size) if split is not None else 1
     total = options.epochs * steps_per_epoch
     interval = max(1, int(total * options.prune_fraction) // options.steps)
-    weights = {f"{name}.weight": module.weight for name, module in targets}
+    weights = dict(tensor for name, module in targets for tensor in weight_tensors(name, module))
     masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
     schedule: list[float] = []
 

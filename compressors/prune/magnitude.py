@@ -5,7 +5,8 @@ Ranks the weights of the targets (all together, or per layer) and zeros the lowe
 place: the module carries real zeros, not weights plus masks (which would make the file
 grow). The rank is |w|, or with `fold_batchnorm` the BN-folded |w * gamma / sqrt(var + eps)|
 of a layer followed by BatchNorm (`batchnorm.py`): raw magnitudes of a BN network are not
-comparable across layers. As `torch.nn.utils.prune`, round(sparsity * n) weights are
+comparable across layers. LSTM/GRU/RNN layers (opt-in through `layer_types`) are ranked on
+each weight matrix's raw |w|. As `torch.nn.utils.prune`, round(sparsity * n) weights are
 zeroed. Returns the masks, for training stages to keep the zeros at zero.
 """
 
@@ -25,7 +26,8 @@ def prune_magnitude(
     per_layer: dict[str, float] | None = None,
     norms: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Zero the lowest-ranked weights of `targets` in place; {"<name>.weight": kept mask}.
+    """Zero the lowest-ranked weights of `targets` in place; {"<name>.weight": kept mask}
+    (a recurrent layer: one mask per weight matrix, "<name>.weight_ih_l0" ...).
 
     `scope: global` ranks all targets' weights together, `layer` each layer alone;
     `per_layer` (name -> sparsity, e.g. from a sensitivity analysis) overrides both.
@@ -33,12 +35,25 @@ def prune_magnitude(
     import torch
 
     from mcomp.compressors.prune.batchnorm import folded_magnitude
+    from mcomp.training.masks import weight_tensors
 
-    scores = [folded_magnitude(module, (norms or {}).get(module)) for _, module in targets]
+    # one entry per weight tensor: a recurrent layer holds several (gates, directions)
+    tensors = [
+        (name, key, weight)
+        for name, module in targets
+        for key, weight in weight_tensors(name, module)
+    ]
+    layers = dict(targets)
+    scores = [
+        folded_magnitude(layers[name], (norms or {}).get(layers[name]))
+        if key == f"{name}.weight"
+        else weight.detach().abs()
+        for name, key, weight in tensors
+    ]
     if per_layer is not None:
         keep = [
             _keep(s, per_layer.get(name, sparsity))
-            for (name, _), s in zip(targets, scores, strict=True)
+            for (name, _, _), s in zip(tensors, scores, strict=True)
         ]
     elif scope == "global":
         flat = _keep(torch.cat([s.flatten() for s in scores]), sparsity)
@@ -48,9 +63,9 @@ def prune_magnitude(
         keep = [_keep(s, sparsity) for s in scores]
     masks = {}
     with torch.no_grad():
-        for (name, module), mask in zip(targets, keep, strict=True):
-            module.weight.mul_(mask.to(module.weight.dtype))
-            masks[f"{name}.weight"] = mask.detach().clone()
+        for (_, key, weight), mask in zip(tensors, keep, strict=True):
+            weight.mul_(mask.to(weight.dtype))
+            masks[key] = mask.detach().clone()
     return masks
 
 

@@ -40,9 +40,13 @@ class PruneOptions(StageOptions):
         description="Glob patterns over module names left alone; a pattern that matches "
         "nothing is a warning.",
     )
-    layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear"]] = Field(
-        default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"],
-        description="Module types that may be pruned.",
+    layer_types: list[Literal["Conv1d", "Conv2d", "Conv3d", "Linear", "LSTM", "GRU", "RNN"]] = (
+        Field(
+            default_factory=lambda: ["Conv1d", "Conv2d", "Conv3d", "Linear"],
+            description="Module types that may be pruned. LSTM, GRU and RNN (magnitude "
+            "pruning only: every input, hidden and projection matrix, not the biases) are "
+            "opt-in: add them to the list.",
+        )
     )
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
         "l1",
@@ -105,6 +109,17 @@ class PruneOptions(StageOptions):
         "`mcomp sensitivity` (relative to the recipe); sensitive "
         "layers get less sparsity for the same overall target.",
     )
+
+    @model_validator(mode="after")
+    def _recurrent_layers_take_magnitude_pruning(self) -> PruneOptions:
+        recurrent = [t for t in self.layer_types if t in ("LSTM", "GRU", "RNN")]
+        if recurrent and self.method != "magnitude":
+            raise ValueError(
+                f"layer_types {', '.join(recurrent)}: only `method: magnitude` prunes recurrent "
+                f"layers (`{self.method}` pruning does not resize them); drop them from "
+                "layer_types, or use method: magnitude"
+            )
+        return self
 
     @model_validator(mode="after")
     def _reconstruct_refits_one_shot_pruning(self) -> PruneOptions:

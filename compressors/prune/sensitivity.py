@@ -63,18 +63,18 @@ def _drop(baseline: float, value: float, ctx) -> float:
 
 def _prune_one(state, layer: str, ratio: float, method: str) -> int:
     """Prune one layer of `state` in place; returns that layer's weight count."""
-    from torch.nn.utils import prune
-
+    from mcomp.compressors.prune.magnitude import prune_magnitude
     from mcomp.model.module_names import strip_wrapper_prefix
+    from mcomp.training.masks import weight_tensors
 
     modules = {strip_wrapper_prefix(n): m for n, m in state.module.named_modules()}
     module = modules[layer]
-    count = module.weight.numel()
+    weights = weight_tensors(layer, module)
+    count = sum(weight.numel() for _, weight in weights)
     if method == "channel":
         _prune_channels_of(state, module, ratio)
-    else:
-        prune.l1_unstructured(module, "weight", amount=ratio)
-        prune.remove(module, "weight")
+        return count
+    prune_magnitude([(layer, module)], sparsity=ratio, scope="layer")
     return count
 
 
