@@ -1,6 +1,6 @@
 """`prune.reconstruct`: after one-shot magnitude pruning, each pruned layer's kept weights (and
 bias) are refitted by least squares to what the dense layer computed on unlabelled inputs;
-the mask does not move."""
+the mask stays the magnitude one, or the refit places the same count of zeros itself."""
 
 from __future__ import annotations
 
@@ -280,3 +280,77 @@ def test_auto_is_off_without_inputs_and_says_why(tmp_path):
     details = result.report["stages"][0]["details"]
     assert details["reconstruct"] == "not applied: the recipe gives no calibration or train inputs"
     assert result.report["stages"][0]["metrics"]["sparsity"] > 0.55
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["exact", "sparsegpt"])
+@pytest.mark.parametrize(
+    "make, shape", [(cnn, (2, 8, 8)), (conv1d_net, (1, 64))], ids=["conv2d", "conv1d"]
+)
+def test_a_mask_chosen_by_the_refit_keeps_the_counts_and_lowers_the_error(
+    make, shape, wide, monkeypatch
+):
+    if wide:
+        monkeypatch.setattr(reconstruct, "EXACT_FLOPS", 0)
+    calibration, held_out = smooth((128, *shape), 0), smooth((64, *shape), 1)
+    nets, facts, masks = {}, {}, {}
+    for choose in (False, True):
+        net = make()
+        original = copy.deepcopy(net)
+        targets = [(n, m) for n, m in net.named_modules() if isinstance(m, LAYERS)]
+        dense = {f"{n}.weight": m.weight.detach().clone() for n, m in targets}
+        masks[choose] = prune_magnitude(targets, sparsity=0.6, scope="global")
+        magnitude = {k: v.clone() for k, v in masks[choose].items()}
+        batches = [(b,) for b in torch.split(calibration, 16)]
+        facts[choose] = reconstruct_pruned(
+            net, targets, masks[choose], dense, batches, choose_mask=choose
+        )
+        nets[choose] = net
+        if not choose:
+            assert all(torch.equal(masks[choose][k], v) for k, v in magnitude.items())
+            continue
+        # the same number of zeros in every layer, placed elsewhere in some
+        for key, kept in masks[choose].items():
+            assert int((~kept).sum()) == int((~magnitude[key]).sum()), key
+        moved = [k for k, v in masks[choose].items() if not torch.equal(v, magnitude[k])]
+        assert moved
+        for key in moved:
+            assert facts[choose]["layers"][key.removesuffix(".weight")]["mask"] == (
+                "chosen by the refit"
+            )
+        assert_mask_held(net, masks[choose])
+    # each layer took the better of the two masks on the samples: never a larger error
+    for name, layer in facts[True]["layers"].items():
+        fixed = facts[False]["layers"][name]["error_reconstructed"]
+        assert layer["error_reconstructed"] <= fixed + 1e-6, name
+    with torch.no_grad():
+        errors = {c: relative_error(nets[c](held_out), original(held_out)) for c in nets}
+    assert errors[True] < 0.8 * errors[False], errors  # on inputs the refit never saw
+
+
+def test_the_chosen_mask_is_the_one_training_keeps(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    write_project(tmp_path)
+    x = smooth((160, 1, 8, 8), 0).numpy()
+    np.savez(tmp_path / "calibration.npz", x=x[:96])
+    np.savez(tmp_path / "eval.npz", x=x[96:])
+    base = RECIPE.format(reconstruct="true").replace(
+        "reconstruct: true}", "reconstruct: true, reconstruct_mask: refit}"
+    )
+    base = base.replace("  eval:", "  train: {path: calibration.npz, labels: null}\n  eval:")
+    zeros, reports = {}, {}
+    for name, extra in (("pruned", ""), ("distilled", "  - distill: {epochs: 2, lr: 0.01}\n")):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(base.replace("  - export: {}\n", extra + "  - export: {}\n"))
+        result, _ = run_recipe(recipe, tmp_path / name)
+        reports[name] = result.report
+        graph = onnx.load(str(tmp_path / name / "model.onnx")).graph
+        arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        zeros[name] = {k: arrays[k] == 0 for k in ("0.weight", "2.weight", "6.weight")}
+    layers = reports["pruned"]["stages"][0]["details"]["reconstruct"]["layers"]
+    assert "chosen by the refit" in {v["mask"] for v in layers.values()}
+    distill = reports["distilled"]["stages"][1]
+    assert distill["details"]["train_loss"][-1] != distill["details"]["train_loss"][0]
+    for key, pattern in zeros["pruned"].items():  # training kept the chosen zeros, no others
+        assert np.array_equal(zeros["distilled"][key], pattern), key

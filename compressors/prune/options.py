@@ -83,6 +83,14 @@ class PruneOptions(StageOptions):
         "`data.train`. auto: on when the recipe gives such inputs and the model has layer "
         "modules (not .pt2/TorchScript); true: required.",
     )
+    reconstruct_mask: Literal["magnitude", "refit"] = Field(
+        "refit",
+        description="magnitude pruning with reconstruct: which weights each refitted layer "
+        "zeroes. refit: the layer's count of zeros (from the magnitude ranking) placed where "
+        "the refit absorbs them best (SparseGPT's mask selection, w²/[H⁻¹]ᵢᵢ² on the real "
+        "inputs), or the magnitude mask where that leaves the smaller error; magnitude: the "
+        "smallest weights, the ranking's own choice.",
+    )
     reconstruct_samples: int = Field(
         128,
         ge=1,

@@ -11,9 +11,20 @@ SparseGPT's update ("SparseGPT: Massive Language Models Can Be Accurately Pruned
 ICML 2023): one factorisation for all rows, each pruned column's error spread over the columns
 after it only — an approximation: on the easyocr recogniser at 50 % the exact refit left a
 KL to the original of 0.040 where SparseGPT's left 0.088 (plain magnitude pruning: 0.195).
-The mask does not change: zeros stay exactly zero, and the masks the stage hands to training
-stages still hold. H is damped by 1 % of its mean diagonal (SparseGPT's default) against
-directions the samples do not cover.
+H is damped by 1 % of its mean diagonal (SparseGPT's default) against directions the samples
+do not cover.
+
+Which weights are zero can be the refit's choice too (`choose_mask`, the stage's default
+`reconstruct_mask: refit`): magnitude ranking decides how many zeros each layer gets, and
+SparseGPT's adaptive mask selection where they go — in each block of 128 columns, the
+entries with the smallest w² / [H⁻¹]ᵢᵢ², the error the update cannot absorb, on the weights
+the earlier blocks' updates left. The exact solver then refits on that mask, and the layer
+keeps whichever of the two masks leaves the smaller output error on the samples (the
+selection is greedy; on a narrow first layer the magnitude mask can win). On the easyocr
+recogniser at 50 % this took the CTC decode agreement with the original from 0.797 to 0.824
+and the KL from 0.044 to 0.036, for 33 s of refit instead of 24. Either way the zeros are
+exactly zero, and the masks the stage hands to training stages are the ones the weights
+have.
 
 Layers are refitted in forward order, each on the inputs it sees in the model pruned and
 refitted so far, so the error earlier layers left is what the later ones correct; each layer
@@ -56,11 +67,15 @@ def reconstruct_pruned(
     dense: dict[str, torch.Tensor],
     batches: list[tuple[torch.Tensor, ...]],
     progress: Progress | None = None,
+    *,
+    choose_mask: bool = False,
 ) -> dict[str, Any]:
     """Refit the kept weights of each pruned target, in place, to its dense output.
 
     `masks` are the kept masks ("<name>.weight" -> bool), `dense` the weights before pruning
-    (same keys), `batches` the model's positional inputs. Returns the report facts: per layer
+    (same keys), `batches` the model's positional inputs. With `choose_mask`, each refitted
+    layer keeps its count of zeros but the refit chooses where they go (`_obs_update`), and
+    its entry of `masks` is replaced by the mask chosen. Returns the report facts: per layer
     the relative output error ||(W - W0) X|| / ||W0 X|| of plain magnitude pruning and after
     the refit, on these samples."""
     import torch
@@ -89,12 +104,13 @@ def reconstruct_pruned(
                 if progress is not None:
                     progress.advance()
                 continue
+            key = f"{name}.weight"
             with torch.no_grad():
-                errors = _refit(layer, dense[f"{name}.weight"], masks[f"{name}.weight"], hessians)
-            if errors is None:
+                fitted = _refit(layer, dense[key], masks[key], hessians, choose_mask)
+            if fitted is None:
                 skipped[name] = "Hessian not positive definite"
             else:
-                layers[name] = errors
+                layers[name], masks[key] = fitted
             if progress is not None:
                 progress.advance()
     finally:
@@ -203,48 +219,83 @@ def _ones(x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.ones(groups, 1, x.shape[-1], dtype=x.dtype, device=x.device)
 
 
-def _refit(layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tensor):
-    """The least-squares refit with a fixed mask, group by group (exact, or SparseGPT's update
-    for wide layers); writes the layer's weight (and bias). Returns the relative output
-    errors (magnitude, refitted) and the solver, or None (layer unchanged) when a Hessian
-    cannot be factorised even with more damping."""
+def _refit(
+    layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tensor, choose_mask: bool
+):
+    """The least-squares refit, group by group (exact, or SparseGPT's update for wide layers);
+    writes the layer's weight (and bias). With `choose_mask` a second refit places each
+    group's zeros by SparseGPT's selection (the same count as `keep` has; the exact solver
+    then refits on that mask), and the layer takes whichever of the two leaves the smaller
+    output error on the samples: the selection is greedy, and on a narrow first layer the
+    magnitude mask can be better. Returns (the relative output errors (magnitude, refitted),
+    the solver, with `choose_mask` the mask taken; the mask), or None (layer unchanged) when
+    a Hessian cannot be factorised even with more damping."""
     import torch
 
     groups = hessians.shape[0]
     rows = dense.shape[0] // groups
-    update, solver = _exact_update, "exact"
-    if dense.shape[0] * float(keep.reshape(keep.shape[0], -1).sum(1).max()) ** 3 > EXACT_FLOPS:
-        update, solver = _obs_update, "sparsegpt"
+    exact = dense.shape[0] * float(keep.reshape(keep.shape[0], -1).sum(1).max()) ** 3 <= EXACT_FLOPS
     flat_dense = dense.reshape(dense.shape[0], -1).double()
     flat_keep = keep.reshape(keep.shape[0], -1)
     bias = layer.bias
-    weights, biases = [], []
-    magnitude_error = refit_error = reference = 0.0
+    columns = flat_dense.shape[1]
+    problems = []  # per group: (w0 with the bias as a last column, its kept mask, H)
     for g in range(groups):
         w0 = flat_dense[g * rows : (g + 1) * rows]
         kept = flat_keep[g * rows : (g + 1) * rows]
         if bias is not None:  # the bias is a last, never pruned column
             w0 = torch.cat([w0, bias.detach()[g * rows : (g + 1) * rows, None].double()], 1)
             kept = torch.cat([kept, torch.ones_like(kept[:, :1])], 1)
-        h = hessians[g]
-        w = update(w0, kept, h.clone())
+        problems.append((w0, kept, hessians[g]))
+    reference = sum(_quadratic(w0, h) for w0, _, h in problems)
+    magnitude_error = sum(_quadratic(w0 * kept - w0, h) for w0, kept, h in problems)
+    fixed = int(bias is not None)
+    fits = {"magnitude": _fit_groups(problems, exact, fixed, choose=False)}
+    if choose_mask:
+        fits["chosen by the refit"] = _fit_groups(problems, exact, fixed, choose=True)
+    fits = {mask: fit for mask, fit in fits.items() if fit is not None}
+    if not fits:
+        return None
+    mask, (fitted, kept, error) = min(fits.items(), key=lambda item: item[1][2])
+    weights = torch.cat([w[:, :columns] for w in fitted])
+    layer.weight.copy_(weights.reshape(layer.weight.shape).to(layer.weight.dtype))
+    if bias is not None:
+        bias.copy_(torch.cat([w[:, -1] for w in fitted]).to(bias.dtype))
+    scale = max(reference, 1e-30)
+    errors = {
+        "error_magnitude": round((magnitude_error / scale) ** 0.5, 6),
+        "error_reconstructed": round((error / scale) ** 0.5, 6),
+        "solver": "exact" if exact else "sparsegpt",
+    }
+    if choose_mask:
+        errors["mask"] = mask
+    return errors, kept.reshape(keep.shape)
+
+
+def _fit_groups(problems: list, exact: bool, fixed: int, *, choose: bool):
+    """Refit every group of `problems` on its mask, or with `choose` on the mask SparseGPT
+    chooses (`fixed`: the never-zeroed last columns, the bias); (the refitted weights per
+    group, the layer's mask without the bias column, the total output error), or None when a
+    factorisation fails."""
+    import torch
+
+    fitted, masks, error = [], [], 0.0
+    for w0, kept, h in problems:
+        if choose:
+            chosen = _obs_update(w0, kept, h.clone(), fixed=fixed)
+            if chosen is None:
+                return None
+            w, kept = chosen
+            if exact:
+                w = _exact_update(w0, kept, h.clone())
+        else:
+            w = (_exact_update if exact else _obs_update)(w0, kept, h.clone())
         if w is None:
             return None
-        reference += _quadratic(w0, h)
-        magnitude_error += _quadratic(w0 * kept - w0, h)
-        refit_error += _quadratic(w - w0, h)
-        weights.append(w[:, : flat_dense.shape[1]])
-        if bias is not None:
-            biases.append(w[:, -1])
-    layer.weight.copy_(torch.cat(weights).reshape(layer.weight.shape).to(layer.weight.dtype))
-    if bias is not None:
-        bias.copy_(torch.cat(biases).to(bias.dtype))
-    scale = max(reference, 1e-30)
-    return {
-        "error_magnitude": round((magnitude_error / scale) ** 0.5, 6),
-        "error_reconstructed": round((refit_error / scale) ** 0.5, 6),
-        "solver": solver,
-    }
+        error += _quadratic(w - w0, h)
+        fitted.append(w)
+        masks.append(kept[:, : kept.shape[1] - fixed])
+    return fitted, torch.cat(masks), error
 
 
 def _quadratic(w: torch.Tensor, h: torch.Tensor) -> float:
@@ -274,9 +325,16 @@ def _exact_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
     return w
 
 
-def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
+def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor, fixed: int | None = None):
     """The refitted rows of `w0` (float64) with the entries outside `kept` zero (SparseGPT's
-    Algorithm 1 with the mask given); None when H stays singular."""
+    Algorithm 1 with the mask given); None when H stays singular.
+
+    With `fixed` (the count of last columns never zeroed: the bias), `kept` gives only how
+    many entries to zero and SparseGPT chooses which: each block of columns zeroes its share
+    of them (the same fraction in every block, the total exactly `kept`'s) where
+    w² / [H⁻¹]ᵢᵢ² — the output error the refit cannot absorb — is smallest at the block's
+    start, after the earlier blocks' updates (Frantar & Alistarh 2023, adaptive mask
+    selection); returns (the weights, the mask chosen)."""
     import torch
 
     w = w0.clone()
@@ -295,11 +353,18 @@ def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
     else:
         return None
     pruned = ~kept
+    if fixed is not None:
+        quota = _block_quota(int(pruned.sum()), w.shape[0], columns - fixed)
+        pruned = torch.zeros_like(kept)
     for start in range(0, columns, BLOCK):
         end = min(start + BLOCK, columns)
         block = w[:, start:end].clone()
         errors = torch.zeros_like(block)
         inner = factor[start:end, start:end]
+        if fixed is not None:
+            pruned[:, start:end] = _least_salient(
+                block, inner, dead[start:end], quota(start, end), columns - fixed - start
+            )
         for i in range(end - start):
             column = block[:, i]
             target = torch.where(pruned[:, start + i], 0.0, column)
@@ -309,7 +374,38 @@ def _obs_update(w0: torch.Tensor, kept: torch.Tensor, h: torch.Tensor):
             errors[:, i] = error
         w[:, start:end] = block
         w[:, end:] -= errors @ factor[start:end, end:]
+    if fixed is not None:
+        return torch.where(pruned, 0.0, w), ~pruned
     return torch.where(kept, w, 0.0)
+
+
+def _block_quota(count: int, rows: int, columns: int):
+    """quota(start, end): how many of `count` zeros the columns [start, end) of `columns`
+    choosable ones take, so that every block has the same fraction and the blocks' quotas sum
+    to `count` exactly (cumulative rounding)."""
+    fraction = count / max(rows * columns, 1)
+
+    def quota(start: int, end: int) -> int:
+        end, start = min(end, columns), min(start, columns)
+        return round(fraction * rows * end) - round(fraction * rows * start)
+
+    return quota
+
+
+def _least_salient(block, inner, dead, count: int, choosable: int):
+    """The `count` entries of `block` whose zeroing costs the least output error, w² /
+    [H⁻¹]ᵢᵢ² with `inner` the block's upper Cholesky factor of H⁻¹ (entries on inputs that are
+    always zero cost nothing); the block's columns past `choosable` (the bias) are never
+    chosen."""
+    import torch
+
+    saliency = block**2 / torch.diag(inner)[None, :] ** 2
+    saliency[:, dead] = 0.0
+    saliency[:, choosable:] = float("inf")
+    chosen = torch.zeros(block.shape, dtype=torch.bool, device=block.device)
+    if count > 0:
+        chosen.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
+    return chosen
 
 
 def reconstruct_channels(

@@ -193,7 +193,10 @@ class PruneStage(Stage):
         from mcomp.compressors.prune.reconstruct import reconstruct_pruned
 
         batches, which = self._refit_batches(model, ctx)
-        facts = reconstruct_pruned(model.module, targets, masks, dense, batches, ctx.progress)
+        choose = self.options.reconstruct_mask == "refit"
+        facts = reconstruct_pruned(
+            model.module, targets, masks, dense, batches, ctx.progress, choose_mask=choose
+        )
         self._refit_notes(ctx, facts, "error_magnitude", which, "the magnitude-pruned weights")
         return {"split": which, **facts}
 
