@@ -354,3 +354,27 @@ def test_the_chosen_mask_is_the_one_training_keeps(tmp_path):
     assert distill["details"]["train_loss"][-1] != distill["details"]["train_loss"][0]
     for key, pattern in zeros["pruned"].items():  # training kept the chosen zeros, no others
         assert np.array_equal(zeros["distilled"][key], pattern), key
+
+
+def test_a_chosen_mask_gets_the_exact_solver_only_within_its_budget(monkeypatch):
+    # a chosen mask may keep more weights in a row than the magnitude mask: the exact
+    # solver's cost (rows x widest kept row ^ 3) is checked again on the mask chosen
+    generator = torch.Generator().manual_seed(5)
+    values = torch.linspace(0.1, 1.0, 48, dtype=torch.float64)
+    w0 = torch.stack([values[torch.randperm(48, generator=generator)] for _ in range(16)])
+    kept = w0 > values[23]  # every row keeps its 24 largest: the magnitude mask's widest row
+    x = smooth((512, 48), 0).double()
+    h = x.T @ x
+    monkeypatch.setattr(reconstruct, "EXACT_FLOPS", 16 * 24**3)
+    fitted, mask, error, solver = reconstruct._fit_groups([(w0, kept, h)], True, 0, choose=False)
+    assert solver == "exact" and torch.equal(mask, kept)
+    fitted, mask, error, solver = reconstruct._fit_groups([(w0, kept, h)], True, 0, choose=True)
+    assert int((~mask).sum()) == int((~kept).sum())  # the same count, placed by saliency
+    widest = int(mask.sum(1).max())
+    assert widest > 24  # the selection is not uniform across rows
+    assert solver == "sparsegpt"  # 16 x widest^3 is over the budget: SparseGPT's own update
+    assert not fitted[0][~mask].any()
+    monkeypatch.setattr(reconstruct, "EXACT_FLOPS", 16 * widest**3)
+    again = reconstruct._fit_groups([(w0, kept, h)], True, 0, choose=True)
+    assert again[3] == "exact" and torch.equal(again[1], mask)
+    assert again[2] <= error + 1e-9  # the exact refit on the same mask is at least as good

@@ -256,7 +256,7 @@ def _refit(
     fits = {mask: fit for mask, fit in fits.items() if fit is not None}
     if not fits:
         return None
-    mask, (fitted, kept, error) = min(fits.items(), key=lambda item: item[1][2])
+    mask, (fitted, kept, error, solver) = min(fits.items(), key=lambda item: item[1][2])
     weights = torch.cat([w[:, :columns] for w in fitted])
     layer.weight.copy_(weights.reshape(layer.weight.shape).to(layer.weight.dtype))
     if bias is not None:
@@ -265,7 +265,7 @@ def _refit(
     errors = {
         "error_magnitude": round((magnitude_error / scale) ** 0.5, 6),
         "error_reconstructed": round((error / scale) ** 0.5, 6),
-        "solver": "exact" if exact else "sparsegpt",
+        "solver": solver,
     }
     if choose_mask:
         errors["mask"] = mask
@@ -275,27 +275,30 @@ def _refit(
 def _fit_groups(problems: list, exact: bool, fixed: int, *, choose: bool):
     """Refit every group of `problems` on its mask, or with `choose` on the mask SparseGPT
     chooses (`fixed`: the never-zeroed last columns, the bias); (the refitted weights per
-    group, the layer's mask without the bias column, the total output error), or None when a
-    factorisation fails."""
+    group, the layer's mask without the bias column, the total output error, the solver), or
+    None when a factorisation fails. A chosen mask may keep more weights in some rows than
+    the magnitude one: the exact refit on it is used only while it stays within
+    EXACT_FLOPS too, else SparseGPT's own update stands."""
     import torch
 
-    fitted, masks, error = [], [], 0.0
-    for w0, kept, h in problems:
-        if choose:
-            chosen = _obs_update(w0, kept, h.clone(), fixed=fixed)
-            if chosen is None:
-                return None
-            w, kept = chosen
-            if exact:
-                w = _exact_update(w0, kept, h.clone())
-        else:
-            w = (_exact_update if exact else _obs_update)(w0, kept, h.clone())
-        if w is None:
+    if choose:
+        chosen = [_obs_update(w0, kept, h.clone(), fixed=fixed) for w0, kept, h in problems]
+        if any(c is None for c in chosen):
             return None
-        error += _quadratic(w - w0, h)
-        fitted.append(w)
-        masks.append(kept[:, : kept.shape[1] - fixed])
-    return fitted, torch.cat(masks), error
+        rows = sum(len(w0) for w0, _, _ in problems)
+        widest = max(float((kept[:, : kept.shape[1] - fixed]).sum(1).max()) for _, kept in chosen)
+        exact = exact and rows * widest**3 <= EXACT_FLOPS
+        fitted = []
+        for (w0, _, h), (w, kept) in zip(problems, chosen, strict=True):
+            fitted.append((_exact_update(w0, kept, h.clone()) if exact else w, kept))
+    else:
+        update = _exact_update if exact else _obs_update
+        fitted = [(update(w0, kept, h.clone()), kept) for w0, kept, h in problems]
+    if any(w is None for w, _ in fitted):
+        return None
+    error = sum(_quadratic(w - w0, h) for (w, _), (w0, _, h) in zip(fitted, problems, strict=True))
+    masks = torch.cat([kept[:, : kept.shape[1] - fixed] for _, kept in fitted])
+    return [w for w, _ in fitted], masks, error, "exact" if exact else "sparsegpt"
 
 
 def _quadratic(w: torch.Tensor, h: torch.Tensor) -> float:
