@@ -1,6 +1,6 @@
 """Magnitude pruning of LSTM/GRU layers (opt-in through `layer_types`): every input and hidden
-matrix of every direction gets its zeros, training keeps them, int8 keeps them, and the
-structured methods refuse recurrent layers at validate time."""
+matrix of every direction gets its zeros, the refit fits them, training keeps them, int8 keeps
+them, and the structured methods refuse recurrent layers at validate time."""
 
 from __future__ import annotations
 
@@ -86,9 +86,12 @@ def test_lstm_pruning_survives_finetune_and_dynamic_int8(tmp_path):
     layers = prune["details"]["layers"]
     for matrix in ("weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"):
         assert layers[f"rnn.{matrix}"] == 0.5
-    # the refit cannot fit a recurrent layer: it says so and refits the others
+    # the refit fits the LSTM's matrices as the Linear maps they are inside each step
     refit = prune["details"]["reconstruct"]
-    assert refit["not_reconstructed"]["rnn"] == "LSTM" and "conv" in refit["layers"]
+    assert "rnn" not in refit["not_reconstructed"] and "conv" in refit["layers"]
+    for matrix in ("weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"):
+        errors = refit["layers"][f"rnn.{matrix}"]
+        assert errors["error_reconstructed"] < errors["error_magnitude"], matrix
     assert finetune["metrics"]["nonzero_params"] == prune["metrics"]["nonzero_params"]
     assert finetune["details"]["train_loss"][-1] < finetune["details"]["train_loss"][0]
     graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
@@ -126,3 +129,64 @@ def test_structured_pruning_refuses_recurrent_layers_at_validate_time(tmp_path, 
     assert result.exit_code == 2, result.output
     assert "layer_types LSTM: only `method: magnitude` prunes recurrent layers" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_the_refit_fits_recurrent_matrices_and_the_output_moves_back(cell):
+    import copy
+
+    sys.path.insert(0, str(TESTS))
+    from prunable_models import RecurrentNet
+
+    from mcomp.compressors.prune.magnitude import prune_magnitude
+    from mcomp.compressors.prune.reconstruct import reconstruct_pruned
+    from mcomp.training.masks import weight_tensors
+    from tests.test_prune_reconstruct import relative_error, smooth
+
+    torch.manual_seed(0)
+    net = RecurrentNet(cell).eval()
+    original, plain = copy.deepcopy(net), copy.deepcopy(net)
+    calibration, held_out = smooth((256, 1, 8, 8), 0), smooth((128, 1, 8, 8), 1)
+    targets = [("conv", net.conv), ("rnn", net.rnn), ("head", net.head)]
+    dense = {k: w.detach().clone() for n, m in targets for k, w in weight_tensors(n, m)}
+    prune_magnitude([(n, getattr(plain, n)) for n, _ in targets], sparsity=0.6, scope="global")
+    masks = prune_magnitude(targets, sparsity=0.6, scope="global")
+    counts = {k: int((~v).sum()) for k, v in masks.items()}
+    batches = [(b,) for b in torch.split(calibration, 32)]
+    facts = reconstruct_pruned(net, targets, masks, dense, batches, choose_mask=True)
+    assert facts["not_reconstructed"] == {}
+    keys = {f"rnn.{k}" for k in recurrent_weights(net)}
+    assert keys <= set(facts["layers"])
+    assert {k: int((~v).sum()) for k, v in masks.items()} == counts  # the same zeros per matrix
+    parameters = dict(net.named_parameters())
+    for key, kept in masks.items():
+        assert not parameters[key][~kept].any(), key
+    with torch.no_grad():
+        before = relative_error(plain(held_out), original(held_out))
+        after = relative_error(net(held_out), original(held_out))
+    assert after < 0.6 * before, (before, after)  # on inputs the refit never saw
+
+
+def test_a_recurrent_layer_with_an_initial_state_is_named_not_refitted():
+    from mcomp.compressors.prune.magnitude import prune_magnitude
+    from mcomp.compressors.prune.reconstruct import reconstruct_pruned
+    from mcomp.training.masks import weight_tensors
+
+    class WithState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.GRU(4, 8, batch_first=True)
+            self.h0 = torch.nn.Parameter(torch.randn(1, 1, 8))
+
+        def forward(self, x):
+            return self.rnn(x, self.h0.expand(1, len(x), 8).contiguous())[0]
+
+    torch.manual_seed(0)
+    net = WithState().eval()
+    targets = [("rnn", net.rnn)]
+    dense = {k: w.detach().clone() for n, m in targets for k, w in weight_tensors(n, m)}
+    masks = prune_magnitude(targets, sparsity=0.5, scope="layer")
+    pruned = {k: w.detach().clone() for k, w in weight_tensors("rnn", net.rnn)}
+    facts = reconstruct_pruned(net, targets, masks, dense, [(torch.randn(16, 6, 4),)])
+    assert facts["not_reconstructed"] == {"rnn": "an initial hidden state is passed in"}
+    assert all(torch.equal(w, pruned[k]) for k, w in weight_tensors("rnn", net.rnn))

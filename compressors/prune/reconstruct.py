@@ -32,8 +32,10 @@ costs one forward pass over the samples (cut short after a layer called once). A
 when it has one, is refitted with it (a constant input row that is never pruned): what the
 pruned weights contributed on average moves into the bias, as bias correction does for int8.
 
-Conv1d and Conv2d (grouped and depthwise ones group by group) with zero padding, and Linear,
-are refitted; other layers keep the plain magnitude result and are named in the details.
+Conv1d and Conv2d (grouped and depthwise ones group by group) with zero padding, Linear, and
+one-layer LSTM/GRU/RNN modules (`_refit_recurrent`: each gate matrix as the Linear map it is
+inside a step) are refitted; other layers keep the plain magnitude result and are named in
+the details.
 """
 
 from __future__ import annotations
@@ -95,6 +97,18 @@ def reconstruct_pruned(
     try:
         for layer in chosen:
             name = names[id(layer)]
+            if isinstance(layer, torch.nn.RNNBase):
+                with torch.no_grad():
+                    fitted = _refit_recurrent(
+                        module, layer, name, batches, calls[layer], dense, masks, choose_mask
+                    )
+                if isinstance(fitted, str):
+                    skipped[name] = fitted
+                else:
+                    layers.update(fitted)
+                if progress is not None:
+                    progress.advance()
+                continue
             hessians, positions = _hessians(module, layer, batches, calls[layer])
             if positions < hessians.shape[-1]:
                 # fewer input vectors than weights per output: the fit would follow the samples
@@ -142,6 +156,12 @@ def _unsupported(layer: torch.nn.Module) -> str:
         if layer.padding_mode != "zeros":
             return f"padding_mode {layer.padding_mode!r}"
         columns = layer.weight[0].numel()
+    elif isinstance(layer, torch.nn.RNNBase):
+        if layer.num_layers != 1:
+            return f"{type(layer).__name__} of {layer.num_layers} layers (one layer is refitted)"
+        if getattr(layer, "proj_size", 0):
+            return f"{type(layer).__name__} with proj_size"
+        columns = max(layer.input_size, layer.hidden_size)
     else:
         return type(layer).__name__
     if columns > MAX_COLUMNS:
@@ -222,6 +242,13 @@ def _ones(x: torch.Tensor, groups: int) -> torch.Tensor:
 def _refit(
     layer, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tensor, choose_mask: bool
 ):
+    """`_refit_tensors` of a Conv/Linear layer's weight and bias."""
+    return _refit_tensors(layer.weight, layer.bias, dense, keep, hessians, choose_mask)
+
+
+def _refit_tensors(
+    weight, bias, dense: torch.Tensor, keep: torch.Tensor, hessians: torch.Tensor, choose_mask
+):
     """The least-squares refit, group by group (exact, or SparseGPT's update for wide layers);
     writes the layer's weight (and bias). With `choose_mask` a second refit places each
     group's zeros by SparseGPT's selection (the same count as `keep` has; the exact solver
@@ -237,7 +264,6 @@ def _refit(
     exact = dense.shape[0] * float(keep.reshape(keep.shape[0], -1).sum(1).max()) ** 3 <= EXACT_FLOPS
     flat_dense = dense.reshape(dense.shape[0], -1).double()
     flat_keep = keep.reshape(keep.shape[0], -1)
-    bias = layer.bias
     columns = flat_dense.shape[1]
     problems = []  # per group: (w0 with the bias as a last column, its kept mask, H)
     for g in range(groups):
@@ -258,7 +284,7 @@ def _refit(
         return None
     mask, (fitted, kept, error, solver) = min(fits.items(), key=lambda item: item[1][2])
     weights = torch.cat([w[:, :columns] for w in fitted])
-    layer.weight.copy_(weights.reshape(layer.weight.shape).to(layer.weight.dtype))
+    weight.copy_(weights.reshape(weight.shape).to(weight.dtype))
     if bias is not None:
         bias.copy_(torch.cat([w[:, -1] for w in fitted]).to(bias.dtype))
     scale = max(reference, 1e-30)
@@ -270,6 +296,92 @@ def _refit(
     if choose_mask:
         errors["mask"] = mask
     return errors, kept.reshape(keep.shape)
+
+
+def _refit_recurrent(module, layer, name, batches, calls, dense, masks, choose_mask):
+    """Refit a one-layer LSTM/GRU/RNN's pruned matrices as the Linear maps they are inside
+    each step: W_ih on the layer's inputs x_t, then (on the hidden states the refitted
+    layer computes) W_hh on h_{t-1} of each direction, each with its bias as the constant
+    column. The gates' nonlinearities follow these products (a GRU's reset gate multiplies
+    W_hn h + b_hn, still one linear map of h), so matching the products of the dense
+    matrices is the layer-wise target, as for a Linear layer; the recurrence makes it an
+    approximation, the hidden states being the pruned model's. Returns {matrix key:
+    errors}, or why the layer was left alone."""
+    import torch
+
+    sequences = []
+    for batch in batches:
+        for inputs in _recurrent_calls(module, layer, batch, calls):
+            if len(inputs) > 1 and inputs[1] is not None:
+                return "an initial hidden state is passed in"
+            if not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 3:
+                return "a packed or unbatched sequence"
+            sequences.append(inputs[0].detach().float())
+    directions = ["", "_reverse"] if layer.bidirectional else [""]
+    results = {}
+
+    def fit(matrix: str, rows: list[torch.Tensor]) -> str | None:
+        key = f"{name}.{matrix}"
+        if key not in masks:
+            return None
+        x = torch.cat(rows)
+        bias = getattr(layer, matrix.replace("weight", "bias")) if layer.bias else None
+        if bias is not None:
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        if len(x) < x.shape[1]:
+            return f"{len(x)} input positions for {x.shape[1]} weights per output"
+        hessian = (x.T.double() @ x.double()).unsqueeze(0)
+        weight = getattr(layer, matrix)
+        fitted = _refit_tensors(weight, bias, dense[key], masks[key], hessian, choose_mask)
+        if fitted is None:
+            return "Hessian not positive definite"
+        results[key], masks[key] = fitted
+        return None
+
+    inputs = [x.reshape(-1, x.shape[-1]) for x in sequences]
+    for suffix in directions:
+        why = fit(f"weight_ih_l0{suffix}", inputs)
+        if why:
+            return why
+    hidden = layer.hidden_size
+    previous = {"": [], "_reverse": []}
+    for x in sequences:
+        out = layer(x)[0]
+        if not layer.batch_first:
+            out = out.transpose(0, 1)  # (batch, time, directions * hidden)
+        zero = torch.zeros_like(out[:, :1, :hidden])
+        forward = out[:, :, :hidden]
+        # h_{t-1} of the forward direction; the reverse one runs from the end: h_{t+1}
+        previous[""].append(torch.cat([zero, forward[:, :-1]], 1).reshape(-1, hidden))
+        if layer.bidirectional:
+            backward = out[:, :, hidden:]
+            previous["_reverse"].append(torch.cat([backward[:, 1:], zero], 1).reshape(-1, hidden))
+    for suffix in directions:
+        why = fit(f"weight_hh_l0{suffix}", previous[suffix])
+        if why:
+            return why
+    return results
+
+
+def _recurrent_calls(module, layer, batch: tuple, count: int) -> list:
+    """All the positional inputs of the layer's `count` calls in one forward pass of
+    `batch`; the pass ends after the last one."""
+    import torch
+
+    seen: list = []
+
+    def collect(_module, inputs, _output) -> None:
+        seen.append(inputs)
+        if len(seen) == count:
+            raise _Collected
+
+    handle = layer.register_forward_hook(collect)
+    try:
+        with torch.no_grad(), contextlib.suppress(_Collected):
+            module(*batch)
+    finally:
+        handle.remove()
+    return seen
 
 
 def _fit_groups(problems: list, exact: bool, fixed: int, *, choose: bool):

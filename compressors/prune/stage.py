@@ -36,7 +36,7 @@ from mcomp.compressors.prune.options import PruneOptions, select_prunable
 from mcomp.errors import StageError
 from mcomp.model.state import ModelKind, ModelState
 from mcomp.stage import Stage, StageContext
-from mcomp.training.masks import RECURRENT_TYPES, mask_sparsity
+from mcomp.training.masks import mask_sparsity, weight_tensors
 
 RATIO_TOLERANCE = 0.05  # achieved vs requested channel ratio, beyond which a warning says so
 STORAGE_ONLY = (
@@ -170,9 +170,13 @@ class PruneStage(Stage):
             norms = self._batchnorms(model, targets) if opts.fold_batchnorm is True else {}
             skip = _why_not_reconstruct(opts, model, ctx)
             # the refit's target is the dense layers' output: keep their weights only for it
-            # (the refit leaves recurrent layers alone: it reports them as skipped)
-            refit = [(n, m) for n, m in targets if type(m).__name__ not in RECURRENT_TYPES]
-            dense = {} if skip else {f"{n}.weight": m.weight.detach().clone() for n, m in refit}
+            dense = {}
+            if skip is None:
+                dense = {
+                    key: weight.detach().clone()
+                    for n, m in targets
+                    for key, weight in weight_tensors(n, m)
+                }
             masks = prune_magnitude(
                 targets, sparsity=opts.sparsity, scope=opts.scope, per_layer=per_layer, norms=norms
             )
