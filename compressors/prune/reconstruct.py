@@ -311,7 +311,7 @@ def _refit_recurrent(module, layer, name, batches, calls, dense, masks, choose_m
 
     sequences = []
     for batch in batches:
-        for inputs in _recurrent_calls(module, layer, batch, calls):
+        for inputs in _call_inputs(module, layer, batch, calls):
             if len(inputs) > 1 and inputs[1] is not None:
                 return "an initial hidden state is passed in"
             if not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 3:
@@ -361,27 +361,6 @@ def _refit_recurrent(module, layer, name, batches, calls, dense, masks, choose_m
         if why:
             return why
     return results
-
-
-def _recurrent_calls(module, layer, batch: tuple, count: int) -> list:
-    """All the positional inputs of the layer's `count` calls in one forward pass of
-    `batch`; the pass ends after the last one."""
-    import torch
-
-    seen: list = []
-
-    def collect(_module, inputs, _output) -> None:
-        seen.append(inputs)
-        if len(seen) == count:
-            raise _Collected
-
-    handle = layer.register_forward_hook(collect)
-    try:
-        with torch.no_grad(), contextlib.suppress(_Collected):
-            module(*batch)
-    finally:
-        handle.remove()
-    return seen
 
 
 def _fit_groups(problems: list, exact: bool, fixed: int, *, choose: bool):
@@ -617,12 +596,18 @@ def _lost_inputs(layer, dense) -> bool:
 def _calls(module, layer, batch: tuple, count: int) -> list:
     """The layer's first input on each of its `count` calls in one forward pass of `batch`;
     the pass ends after the last one."""
+    return [inputs[0].detach().float() for inputs in _call_inputs(module, layer, batch, count)]
+
+
+def _call_inputs(module, layer, batch: tuple, count: int) -> list[tuple]:
+    """All the positional inputs of the layer's `count` calls in one forward pass of
+    `batch`; the pass ends after the last one."""
     import torch
 
     seen: list = []
 
     def collect(_module, inputs, _output) -> None:
-        seen.append(inputs[0].detach().float())
+        seen.append(inputs)
         if len(seen) == count:
             raise _Collected
 
