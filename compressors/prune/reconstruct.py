@@ -102,10 +102,8 @@ def reconstruct_pruned(
                     fitted = _refit_recurrent(
                         module, layer, name, batches, calls[layer], dense, masks, choose_mask
                     )
-                if isinstance(fitted, str):
-                    skipped[name] = fitted
-                else:
-                    layers.update(fitted)
+                layers.update(fitted[0])
+                skipped.update(fitted[1])
                 if progress is not None:
                     progress.advance()
                 continue
@@ -305,44 +303,44 @@ def _refit_recurrent(module, layer, name, batches, calls, dense, masks, choose_m
     column. The gates' nonlinearities follow these products (a GRU's reset gate multiplies
     W_hn h + b_hn, still one linear map of h), so matching the products of the dense
     matrices is the layer-wise target, as for a Linear layer; the recurrence makes it an
-    approximation, the hidden states being the pruned model's. Returns {matrix key:
-    errors}, or why the layer was left alone."""
+    approximation, the hidden states being the pruned model's. Returns ({matrix key:
+    errors}, {layer or matrix key: why it was left alone}): a matrix that cannot be fitted
+    keeps its magnitude result and the others are still fitted."""
     import torch
 
     sequences = []
     for batch in batches:
         for inputs in _call_inputs(module, layer, batch, calls):
             if len(inputs) > 1 and inputs[1] is not None:
-                return "an initial hidden state is passed in"
+                return {}, {name: "an initial hidden state is passed in"}
             if not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 3:
-                return "a packed or unbatched sequence"
+                return {}, {name: "a packed or unbatched sequence"}
             sequences.append(inputs[0].detach().float())
     directions = ["", "_reverse"] if layer.bidirectional else [""]
-    results = {}
+    results, skipped = {}, {}
 
-    def fit(matrix: str, rows: list[torch.Tensor]) -> str | None:
+    def fit(matrix: str, rows: list[torch.Tensor]) -> None:
         key = f"{name}.{matrix}"
         if key not in masks:
-            return None
+            return
         x = torch.cat(rows)
         bias = getattr(layer, matrix.replace("weight", "bias")) if layer.bias else None
         if bias is not None:
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
         if len(x) < x.shape[1]:
-            return f"{len(x)} input positions for {x.shape[1]} weights per output"
+            skipped[key] = f"{len(x)} input positions for {x.shape[1]} weights per output"
+            return
         hessian = (x.T.double() @ x.double()).unsqueeze(0)
         weight = getattr(layer, matrix)
         fitted = _refit_tensors(weight, bias, dense[key], masks[key], hessian, choose_mask)
         if fitted is None:
-            return "Hessian not positive definite"
-        results[key], masks[key] = fitted
-        return None
+            skipped[key] = "Hessian not positive definite"
+        else:
+            results[key], masks[key] = fitted
 
     inputs = [x.reshape(-1, x.shape[-1]) for x in sequences]
     for suffix in directions:
-        why = fit(f"weight_ih_l0{suffix}", inputs)
-        if why:
-            return why
+        fit(f"weight_ih_l0{suffix}", inputs)
     hidden = layer.hidden_size
     previous = {"": [], "_reverse": []}
     for x in sequences:
@@ -357,10 +355,8 @@ def _refit_recurrent(module, layer, name, batches, calls, dense, masks, choose_m
             backward = out[:, :, hidden:]
             previous["_reverse"].append(torch.cat([backward[:, 1:], zero], 1).reshape(-1, hidden))
     for suffix in directions:
-        why = fit(f"weight_hh_l0{suffix}", previous[suffix])
-        if why:
-            return why
-    return results
+        fit(f"weight_hh_l0{suffix}", previous[suffix])
+    return results, skipped
 
 
 def _fit_groups(problems: list, exact: bool, fixed: int, *, choose: bool):
