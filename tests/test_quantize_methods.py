@@ -96,6 +96,10 @@ def test_statistics_summarise_every_activation_in_bounded_batches(cnn):
     assert x.mean_high == pytest.approx(float(per_sample_max.mean()), rel=1e-5)
     np.testing.assert_allclose(x.channel_mean(), cnn["calibration"].mean(axis=(0, 2, 3)), rtol=1e-5)
     assert x.histogram.sum() == cnn["calibration"].size
+    # channel means (bias correction's) are summed for convolution inputs only
+    conv_inputs = {n.input[0] for n in cnn["fp32"].graph.node if n.op_type == "Conv"}
+    summed = {name for name, entry in stats.items() if entry.channel_sum is not None}
+    assert summed == conv_inputs and len(summed) < len(stats)
 
 
 def _entry(values: np.ndarray):
@@ -537,14 +541,17 @@ def test_percentile_ranges_from_tails_match_onnxruntimes_histogram_percentiles()
 def test_kept_tail_is_exactly_the_largest_magnitudes_over_batches(shape):
     """The tail read from the blocks with the largest extremes is the exact top k of |x|:
     with more blocks than k (conv maps), with fewer (two channels), and for 1-D tensors;
-    ties and a batch of large values after small ones included."""
+    ties, a batch of large values after small ones, a clipped batch (thousands of values at
+    its bound, as after ReLU6) and a k larger than a batch included."""
     from mcomp.compressors.quantize.statistics import TensorStatistics
 
     rng = np.random.default_rng(7)
     batches = [rng.laplace(0, 1 + i, shape).round(1).astype(np.float32) for i in range(4)]
     batches.insert(0, np.full(shape, 0.5, np.float32))  # all equal: ties everywhere
+    batches.insert(3, np.clip(rng.laplace(0, 9, shape), -6, 6).astype(np.float32))
+    batches.append(np.clip(rng.laplace(0, 9, shape), 0, 6).astype(np.float32))
     everything = np.abs(np.concatenate([b.ravel() for b in batches]))
-    for k in (3, 40, 300):
+    for k in (3, 40, 300, 3000):
         entry = TensorStatistics()
         entry.tail_size = k
         for batch in batches:

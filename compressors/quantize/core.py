@@ -75,9 +75,10 @@ def quantize_model(
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}
 
-    def lap(phase: str) -> None:  # where the stage's time went, phase by phase
+    # where the stage's time went, phase by phase, to the millisecond (a small model's take a few)
+    def lap(phase: str) -> None:
         now = time.perf_counter()
-        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock[0], 2)
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock[0], 3)
         clock[0] = now
 
     folder = ctx.workdir / "quantize"
@@ -172,7 +173,7 @@ def quantize_model(
     notes += _finish(model, chosen, prepared, ctx, folder, options, details, QUANTIZED_OPS)
     lap("checks")
     # statistics are collected once, by whichever phase first needs them
-    seconds["statistics"] = round(shared.statistics.seconds, 2)
+    seconds["statistics"] = round(shared.statistics.seconds, 3)
     details["seconds"] = seconds
     return QuantizeResult(chosen.model, details, notes)
 

@@ -45,23 +45,41 @@ def op_times(
     The session has mcomp's usual settings (`mcomp.measure.ort_session.session_options`) plus
     profiling; the profile file goes to a temporary folder that is removed. Kernel time only,
     so the sum is a little under the measured latency."""
+    with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
+        session = profiled_session(model_bytes, threads, Path(folder), disabled_optimizers)
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        return kernel_times(session, skip=warmup, runs=runs)
+
+
+def profiled_session(
+    model_bytes: bytes,
+    threads: int,
+    folder: Path,
+    disabled_optimizers: list[str] | None = None,
+):
+    """A session with mcomp's usual settings and onnxruntime's profiler on, writing its
+    profile into `folder`; `kernel_times` reads it once the calls are made."""
     from mcomp.measure.ort_session import create_session, session_options
 
     options = session_options(threads)
     options.enable_profiling = True
-    with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        session = create_session(model_bytes, threads, disabled_optimizers, options=options)
-        for _ in range(warmup + runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    options.profile_file_prefix = str(folder / "profile")
+    return create_session(model_bytes, threads, disabled_optimizers, options=options)
+
+
+def kernel_times(session, *, skip: int, runs: int) -> dict[str, float]:
+    """Kernel milliseconds per run for each op type over the last `runs` calls of a
+    `profiled_session`, the first `skip` calls dropped (warm-up, or calls at another
+    batch); ends its profiling."""
+    events = json.loads(Path(session.end_profiling()).read_text())
     calls: dict[str, list[float]] = {}
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             calls.setdefault(event["args"]["op_name"], []).append(event["dur"] / 1000)
-    # each op's calls come in run order, the same number per run: drop the warm-up runs'
+    # each op's calls come in call order, the same number per call: drop the skipped calls'
     return {
-        op: round(sum(times[len(times) * warmup // (warmup + runs) :]) / runs, 4)
+        op: round(sum(times[len(times) * skip // (skip + runs) :]) / runs, 4)
         for op, times in calls.items()
     }
 
