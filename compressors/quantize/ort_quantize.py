@@ -59,6 +59,9 @@ class PreparedModel:
     path: Path  # onnxruntime's pre-processed fp32 model
     statistics: StatisticsCache  # its activation statistics on the calibration split
     overrides: dict = field(default_factory=dict)  # QAT's learned ranges (tensor overrides)
+    # onnxruntime's last static QDQ output, the ranges it had and its settings: another
+    # calibration method with the same settings rescales it instead (rescale.py)
+    last_static: tuple[str, onnx.ModelProto, dict] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -184,6 +187,24 @@ def _quantize_static(
         "op_types_to_quantize": options.op_types or None,
         "nodes_to_exclude": sorted(excluded) or None,
     }
+    # the same call but for the ranges: the last one's output, rescaled (rescale.py)
+    settings = repr((arguments, {k: v for k, v in extra.items() if k != "TensorQuantOverrides"}))
+    if options.format == "qdq" and prepared.last_static and prepared.last_static[0] == settings:
+        from mcomp.compressors.quantize.rescale import rescale
+
+        rescaled = rescale(
+            prepared.last_static[1],
+            prepared.last_static[2],
+            overrides,
+            fp32,
+            activation_type=arguments["activation_type"].tensor_type,
+            symmetric=options.symmetric_activations,
+            weight_symmetric=options.symmetric_weights,
+            reduce_range=arguments["reduce_range"],
+        )
+        if rescaled is not None:
+            onnx.save(rescaled, str(target))
+            return {"method": calib.method, **facts, "rescaled": True}
     # every activation has its range already: onnxruntime's own calibration pass is skipped
     # where it takes them as its calibration cache, else it runs on one batch only
     cache = ranges_cache(ranges, target.with_suffix(".ranges.json"))
@@ -213,6 +234,8 @@ def _quantize_static(
     finally:
         target.with_suffix(".ranges.json").unlink(missing_ok=True)
     ctx.progress.finish()
+    if options.format == "qdq" and done:  # ranges of ours throughout: rescalable
+        prepared.last_static = (settings, onnx.load(str(target)), overrides)
     return {"method": calib.method, **facts}
 
 

@@ -1,0 +1,161 @@
+"""Rescaling a quantized model to another method's ranges (compressors/quantize/rescale.py)
+gives exactly the file onnxruntime makes from those ranges.
+
+A tiny real CNN with the ops whose activations share or fold quantization parameters
+(ReLU, MaxPool, Concat, Add, a depthwise conv, Gemm with a bias and `beta`), and a dead
+output channel (weights near 1e-30, a small bias), for which onnxruntime enlarges the
+weight's scale so that the int32 bias does not clip, by how much depending on the input
+scale. Each quantization is onnxruntime's `quantize_static` with every activation's range
+as a tensor override, as the quantize stage calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+SETTINGS = {"per_channel": True, "reduce_range": False}
+
+
+def _build():
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.branch = nn.Conv2d(8, 8, 1)
+            self.mix = nn.Conv2d(16, 8, 1)
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            x = nn.functional.max_pool2d(x, 2)
+            y = torch.relu(self.depthwise(x))
+            z = torch.cat([y, self.branch(x)], dim=1)
+            z = torch.relu(self.mix(z)) + x
+            return self.head(z.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # a dead channel, as pruned or collapsed pretrained ones are
+        net.mix.weight[3] = 1e-30
+        net.mix.bias[3] = 1e-3
+    return net
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    from mcomp.compressors.quantize.ranges import activation_ranges
+    from mcomp.compressors.quantize.statistics import collect_statistics
+    from mcomp.model.convert import torch_to_onnx
+    from mcomp.model.state import ModelState
+    from mcomp.recipe.schema import InputSpec
+
+    folder = tmp_path_factory.mktemp("rescale")
+    state = ModelState.from_torch(_build(), [InputSpec(name="x", shape=[3, 16, 16])])
+    fp32 = torch_to_onnx(state)
+    path = folder / "fp32.onnx"
+    onnx.save(fp32, path)
+    x = np.random.default_rng(0).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32)
+    stats = collect_statistics(fp32, {"x": x}, threads=1, histograms=False, batch_size=16)
+    return {
+        "folder": folder,
+        "path": path,
+        "fp32": fp32,
+        "x": x,
+        "ranges": activation_ranges(stats, "minmax"),
+    }
+
+
+def _quantize(cnn, ranges, name: str) -> onnx.ModelProto:
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": cnn["x"][:1]}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    target = cnn["folder"] / name
+    with contextlib.redirect_stdout(io.StringIO()):
+        q.quantize_static(
+            str(cnn["path"]), str(target), Reader(), quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            extra_options={"TensorQuantOverrides": ranges, "ActivationSymmetric": False,
+                           "WeightSymmetric": True},
+            **SETTINGS,
+        )  # fmt: skip
+    return onnx.load(str(target))
+
+
+def _scaled(ranges, factor: float, only=None):
+    return {
+        name: [{key: np.float32(value * (factor if only is None or name in only else 1.0))
+                for key, value in entry[0].items()}]
+        for name, entry in ranges.items()
+    }  # fmt: skip
+
+
+def _rescale(cnn, base, base_ranges, ranges):
+    from mcomp.compressors.quantize.rescale import rescale
+
+    return rescale(
+        base, base_ranges, ranges, cnn["fp32"], activation_type=TensorProto.UINT8,
+        symmetric=False, weight_symmetric=True, reduce_range=SETTINGS["reduce_range"],
+    )  # fmt: skip
+
+
+def _mix_input(model) -> str:
+    return next(n.input[0] for n in model.graph.node if n.op_type == "Conv" and "mix" in n.input[1])
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.7])
+def test_rescaled_model_is_the_file_onnxruntime_makes_from_the_new_ranges(cnn, factor):
+    base = _quantize(cnn, cnn["ranges"], "base.onnx")
+    other = _scaled(cnn["ranges"], factor)
+    expected = _quantize(cnn, other, f"other{factor}.onnx")
+    got = _rescale(cnn, base, cnn["ranges"], other)
+    assert got is not None
+    assert got.SerializeToString() == expected.SerializeToString()
+    # and the ranges did change the file: scales and int32 biases differ from the base's
+    assert got.SerializeToString() != base.SerializeToString()
+
+
+def test_the_dead_channels_weight_scale_is_enlarged_as_onnxruntime_does(cnn):
+    """A smaller range at the dead channel's conv input makes onnxruntime enlarge that
+    channel's weight scale further (and quantize its weights again); rescaling does too."""
+    from onnx import numpy_helper
+
+    base = _quantize(cnn, cnn["ranges"], "base.onnx")
+    tensor = _mix_input(cnn["fp32"])
+    other = _scaled(cnn["ranges"], 0.01, only={tensor})
+    expected = _quantize(cnn, other, "dead.onnx")
+    weights = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
+    adjusted = {i.name: numpy_helper.to_array(i) for i in expected.graph.initializer}
+    scale = next(
+        name for name in weights if name.startswith("mix") and name.endswith("weight_scale")
+    )
+    assert adjusted[scale][3] > weights[scale][3]  # the case this test is about happened
+    got = _rescale(cnn, base, cnn["ranges"], other)
+    assert got is not None and got.SerializeToString() == expected.SerializeToString()
+
+
+def test_anything_it_cannot_reproduce_is_left_to_onnxruntime(cnn):
+    base = _quantize(cnn, cnn["ranges"], "base.onnx")
+    # ranges for other tensors than the base's
+    fewer = dict(list(cnn["ranges"].items())[1:])
+    assert _rescale(cnn, base, cnn["ranges"], fewer) is None
+    # overrides beyond rmin/rmax (a fixed scale)
+    fixed = {**cnn["ranges"], "x": [{"scale": np.float32(0.1), "zero_point": np.uint8(0)}]}
+    assert _rescale(cnn, base, cnn["ranges"], fixed) is None
+    # a base that does not come from the ranges it is said to come from
+    assert _rescale(cnn, base, _scaled(cnn["ranges"], 2.0), cnn["ranges"]) is None
