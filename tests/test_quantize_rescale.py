@@ -48,6 +48,8 @@ def _build():
     with torch.no_grad():  # a dead channel, as pruned or collapsed pretrained ones are
         net.mix.weight[3] = 1e-30
         net.mix.bias[3] = 1e-3
+        net.branch.weight[5] = 1e-30  # reads the MaxPool's output
+        net.branch.bias[5] = 1e-3
     return net
 
 
@@ -114,8 +116,8 @@ def _rescale(cnn, base, base_ranges, ranges):
     )  # fmt: skip
 
 
-def _mix_input(model) -> str:
-    return next(n.input[0] for n in model.graph.node if n.op_type == "Conv" and "mix" in n.input[1])
+def _conv_input(model, layer: str) -> str:
+    return next(n.input[0] for n in model.graph.node if n.op_type == "Conv" and layer in n.input[1])
 
 
 @pytest.mark.parametrize("factor", [0.5, 1.7])
@@ -130,21 +132,40 @@ def test_rescaled_model_is_the_file_onnxruntime_makes_from_the_new_ranges(cnn, f
     assert got.SerializeToString() != base.SerializeToString()
 
 
-def test_the_dead_channels_weight_scale_is_enlarged_as_onnxruntime_does(cnn):
-    """A smaller range at the dead channel's conv input makes onnxruntime enlarge that
-    channel's weight scale further (and quantize its weights again); rescaling does too."""
+@pytest.mark.parametrize("layer, channel", [("mix", 3), ("branch", 5)])
+def test_a_dead_channels_weight_scale_is_enlarged_as_onnxruntime_does(cnn, layer, channel):
+    """A smaller range at a dead channel's conv input makes onnxruntime enlarge that
+    channel's weight scale further (and quantize its weights again); rescaling does too.
+    After the MaxPool (`branch`), onnxruntime decides that from the MaxPool output's own
+    range, while the Q/DQ pair the conv reads, and so its bias scale, are the MaxPool
+    input's."""
     from onnx import numpy_helper
 
     base = _quantize(cnn, cnn["ranges"], "base.onnx")
-    tensor = _mix_input(cnn["fp32"])
+    tensor = _conv_input(cnn["fp32"], layer)
     other = _scaled(cnn["ranges"], 0.01, only={tensor})
-    expected = _quantize(cnn, other, "dead.onnx")
+    expected = _quantize(cnn, other, f"dead-{layer}.onnx")
     weights = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
     adjusted = {i.name: numpy_helper.to_array(i) for i in expected.graph.initializer}
-    scale = next(
-        name for name in weights if name.startswith("mix") and name.endswith("weight_scale")
-    )
-    assert adjusted[scale][3] > weights[scale][3]  # the case this test is about happened
+    scale = next(name for name in weights if layer in name and name.endswith("weight_scale"))
+    assert adjusted[scale][channel] > weights[scale][channel]  # the case this test is about
+    got = _rescale(cnn, base, cnn["ranges"], other)
+    assert got is not None and got.SerializeToString() == expected.SerializeToString()
+
+
+def test_a_bias_that_clips_in_onnxruntime_clips_the_same(cnn):
+    """The MaxPool's input range shrunk, its output's own range not: onnxruntime keeps the
+    dead channel's weight scale (decided from the output's own scale) but quantizes the
+    bias with the shared, smaller input scale, and the int32 bias clips."""
+    from onnx import numpy_helper
+
+    base = _quantize(cnn, cnn["ranges"], "base.onnx")
+    pool = next(n for n in cnn["fp32"].graph.node if n.op_type == "MaxPool")
+    other = _scaled(cnn["ranges"], 0.01, only={pool.input[0]})
+    expected = _quantize(cnn, other, "clipped.onnx")
+    biases = {i.name: numpy_helper.to_array(i) for i in expected.graph.initializer}
+    bias = next(name for name in biases if "branch" in name and name.endswith("bias_quantized"))
+    assert abs(int(biases[bias][5])) == 2**31 - 1  # the case this test is about
     got = _rescale(cnn, base, cnn["ranges"], other)
     assert got is not None and got.SerializeToString() == expected.SerializeToString()
 

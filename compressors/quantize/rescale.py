@@ -15,9 +15,10 @@ loops over every node for every tensor, where this takes a few milliseconds per 
 It recomputes with onnxruntime's own `compute_scale_zp` and bias formula and first checks
 them against the model it starts from: every scale, zero point and bias recomputed from
 that model's own ranges must equal what onnxruntime wrote, bit for bit. Anything it does not
-recognise — an activation Q/DQ whose parameters it cannot map to a range, a bias near the
-int32 limit (where onnxruntime enlarges the weight's scale instead), a float16 bias, range
-overrides with more than `rmin`/`rmax` — returns None, and the caller runs onnxruntime.
+recognise — an activation Q/DQ whose parameters it cannot map to a range, a float16 bias
+or weight, range overrides with more than `rmin`/`rmax`, a weight scale that onnxruntime
+enlarged for its int32 bias (dead channels) which it cannot reproduce — returns None, and
+the caller runs onnxruntime.
 tests/test_quantize_rescale.py checks the result against onnxruntime's own quantization.
 """
 
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     import onnx
 
 # beyond this |bias| / bias scale, onnxruntime may enlarge the weight's scale so that the
-# int32 bias does not clip (`_adjust_weight_scale_for_int32_bias`); those are left to it
+# int32 bias does not clip (`_adjust_weight_scale_for_int32_bias`): that weight's scale is
+# then derived from its fp32 values, as onnxruntime does, and checked against the base
 INT32_MARGIN = 2.0**30
 BIAS_SUFFIX = "_quantized"  # onnxruntime's TENSOR_NAME_QUANT_SUFFIX
 
@@ -81,9 +83,11 @@ def rescale(
             return None
     updates = {}
     for bias in biases:
-        if bias.owner not in old:
+        if bias.owner not in old or bias.tensor not in ranges:
             return None
-        found = _rescaled_bias(bias, initializers, old[bias.owner][1], new[bias.owner][1], weights)
+        own = compute(base_ranges[bias.tensor][0])[1], compute(ranges[bias.tensor][0])[1]
+        pair = old[bias.owner][1], new[bias.owner][1]
+        found = _rescaled_bias(bias, initializers, pair, own, weights)
         if found is None:
             return None
         updates.update(found)
@@ -151,6 +155,10 @@ class _Bias:
         self.weight_values, self.weight_scale = weight_dq.input[0], weight_dq.input[1]
         self.weight_zero = weight_dq.input[2] if len(weight_dq.input) > 2 else ""
         self.weight_fp32: np.ndarray | None = None
+        # the fp32 tensor the node reads: onnxruntime decides whether to enlarge the weight's
+        # scale from that tensor's own parameters, while the bias scale takes those of the
+        # Q/DQ pair it reads, which after a MaxPool are its input's (CRAFT's VGG convs)
+        self.tensor = ""
         self.axis = 1
         self.beta = 1.0
 
@@ -162,6 +170,7 @@ def _biases(base, initializers, fp32) -> list[_Bias] | None:
     from onnx import TensorProto, helper, numpy_helper
 
     fp32_initializers = {init.name: init for init in fp32.graph.initializer}
+    fp32_nodes = {node.name: node for node in fp32.graph.node if node.name}
     producers = {out: node for node in base.graph.node for out in node.output}
     consumers: dict[str, list] = {}
     for node in base.graph.node:
@@ -211,6 +220,9 @@ def _biases(base, initializers, fp32) -> list[_Bias] | None:
             weight,
         )
         bias.weight_fp32 = numpy_helper.to_array(weight_source)
+        if user.name not in fp32_nodes:
+            return None
+        bias.tensor = fp32_nodes[user.name].input[0]
         attributes = {a.name: helper.get_attribute_value(a) for a in weight.attribute}
         bias.axis = attributes.get("axis", 1)
         if user.op_type == "Gemm":
@@ -221,24 +233,27 @@ def _biases(base, initializers, fp32) -> list[_Bias] | None:
     return biases
 
 
-def _rescaled_bias(bias: _Bias, initializers, old_input, new_input, weights) -> dict | None:
+def _rescaled_bias(bias: _Bias, initializers, pair, own, weights) -> dict | None:
     """The initializers of `bias` (and of its weight, where onnxruntime would enlarge the
-    weight's scale differently) for the input scale `new_input` instead of `old_input`;
-    None where `base` is not reproduced from `old_input`."""
+    weight's scale differently) for the new input scales instead of the old ones: `pair`,
+    (old, new) of the Q/DQ pair the node reads; `own`, those of its input tensor's own
+    range. None where `base` is not reproduced from the old ones."""
     from onnx import numpy_helper
+
+    old_input, new_input = pair
 
     base_scale = numpy_helper.to_array(initializers[bias.weight_scale])
     base_values = numpy_helper.to_array(initializers[bias.weight_values])
     zero = numpy_helper.to_array(initializers[bias.weight_zero]) if bias.weight_zero else None
     updates = {}
     new_scale = base_scale
-    if _near_limit(bias, old_input, base_scale) or _near_limit(bias, new_input, base_scale):
+    if any(_near_limit(bias, scale, base_scale) for scale in (*pair, *own)):
         # a channel whose scale onnxruntime enlarges for either input scale: from the
         # weights alone, then enlarged as onnxruntime does, checked against `base`
         initial = _initial_weight_scale(bias, base_values, zero, weights)
-        if initial is None or not _same(_weight_scale(bias, old_input, initial), base_scale):
+        if initial is None or not _same(_weight_scale(bias, own[0], initial), base_scale):
             return None
-        new_scale = _weight_scale(bias, new_input, initial)
+        new_scale = _weight_scale(bias, own[1], initial)
         if not _same(new_scale, base_scale):
             values = _requantize(bias, base_values, zero, base_scale, new_scale)
             if values is None:
@@ -324,13 +339,16 @@ def _onnx_type(values: np.ndarray) -> int | None:
 
 
 def _quantize_bias(bias: _Bias, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray] | None:
-    """(int32 values, scale) as onnxruntime's `quantize_bias_static_impl` makes them; None
-    where they would clip (onnxruntime enlarges the weight's scale first: `_weight_scale`)."""
+    """(int32 values, scale) as onnxruntime's `quantize_bias_static_impl` makes them, clipped
+    to int32 as it clips them (after a MaxPool the weight's scale is enlarged for the
+    MaxPool output's own scale, the bias quantized with its input's: it can still clip);
+    None for a zero scale."""
     scale = input_scale * weight_scale * bias.beta
     ratio = np.asarray(bias.fp32, np.float64) / np.asarray(scale, np.float64)
-    if not np.all(np.isfinite(ratio)) or np.abs(ratio).max(initial=0.0) >= 2.0**31 - 1:
+    if not np.all(np.isfinite(ratio)):
         return None
-    values = ratio.round().astype(np.int32).reshape(bias.fp32.shape)
+    limits = np.float64(np.iinfo(np.int32).min), np.float64(np.iinfo(np.int32).max)
+    values = np.clip(ratio.round(), *limits).astype(np.int32).reshape(bias.fp32.shape)
     return values, np.asarray(scale, dtype=bias.fp32.dtype).reshape(-1)
 
 
