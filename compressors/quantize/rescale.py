@@ -331,11 +331,12 @@ def _requantize(bias: _Bias, values, zero, base_scale, new_scale) -> np.ndarray 
 
 
 def _onnx_type(values: np.ndarray) -> int | None:
-    from onnx import TensorProto
+    """The ONNX element type of int8/int16 weights (the types whose scale onnxruntime
+    enlarges for a bias), else None."""
+    from onnx import TensorProto, helper
 
-    return {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.int16): TensorProto.INT16}.get(
-        values.dtype
-    )
+    qtype = helper.np_dtype_to_tensor_dtype(values.dtype)
+    return qtype if qtype in (TensorProto.INT8, TensorProto.INT16) else None
 
 
 def _quantize_bias(bias: _Bias, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray] | None:
