@@ -113,11 +113,11 @@ def float_outputs(
     model_bytes: bytes, feed: dict[str, np.ndarray], threads: int
 ) -> list[np.ndarray | None]:
     """The model's outputs on `feed` as float64, None for non-float outputs (ids, masks)."""
-    from mcomp.measure.ort_session import create_session
+    from mcomp.measure.ort_session import create_session, run_in_calls
 
     return [
         np.asarray(out, np.float64) if np.asarray(out).dtype.kind == "f" else None
-        for out in create_session(model_bytes, threads).run(None, feed)
+        for out in run_in_calls(create_session(model_bytes, threads), feed)
     ]
 
 
@@ -211,7 +211,7 @@ def parity_and_speed(
     from pathlib import Path
 
     from mcomp.measure.ort_profile import kernel_times, profiled_session
-    from mcomp.measure.ort_session import batch_feed, run_timings
+    from mcomp.measure.ort_session import batch_feed, call_rows, run_in_calls, run_timings
 
     parity_feed = {name: value[:PARITY_SAMPLES] for name, value in inputs.items()}
     samples = len(next(iter(parity_feed.values())))
@@ -220,10 +220,12 @@ def parity_and_speed(
         with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
             session = profiled_session(model_bytes, threads, Path(folder))
             started = time.perf_counter()
-            outputs[label] = [np.asarray(out) for out in session.run(None, parity_feed)]
+            outputs[label] = [np.asarray(out) for out in run_in_calls(session, parity_feed)]
             if feed is None:  # the first call, so not a latency: it only sizes the batch
                 per_sample = (time.perf_counter() - started) / max(samples, 1)
-                speed["batch"] = speed_check_batch(batch_size, per_sample)
+                # timed in calls as mcomp makes them (run_in_calls): a few large samples
+                batch = speed_check_batch(batch_size, per_sample)
+                speed["batch"] = min(batch, call_rows(batch_feed(inputs, batch)))
                 feed = batch_feed(inputs, speed["batch"])
             timings = run_timings(session, feed, warmup=SPEED_CHECK_WARMUP, runs=SPEED_CHECK_RUNS)
             speed[f"{label}_ms"] = round(float(np.median(timings)), 4)

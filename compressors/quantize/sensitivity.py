@@ -187,7 +187,7 @@ def rank_by_output(
 
     from mcomp.compressors.quantize.float_nodes import quantized_nodes, with_nodes_in_float
     from mcomp.compressors.quantize.int8_check import float_outputs
-    from mcomp.measure.ort_session import create_session
+    from mcomp.measure.ort_session import create_session, run_in_calls
 
     reference = float_outputs(fp32.SerializeToString(), feed, threads)
     everything = set(quantized_nodes(quantized))
@@ -199,7 +199,7 @@ def rank_by_output(
             break
         alone = with_nodes_in_float(quantized, fp32, everything - {name})
         session = create_session(alone.SerializeToString(), threads)
-        outputs = [np.asarray(o, np.float64) for o in session.run(None, feed)]
+        outputs = [np.asarray(o, np.float64) for o in run_in_calls(session, feed)]
         scores.append((name, round(output_error(reference, outputs, classification), 8)))
         if progress is not None:
             progress.advance()

@@ -14,7 +14,10 @@ def predict_batch(
 ) -> list[np.ndarray]:
     """All outputs of one forward pass, as numpy arrays."""
     if state.kind == ModelKind.ONNX:
-        return onnx_session(state, threads).run(None, _onnx_feed(state, inputs))
+        from mcomp.measure.ort_session import run_in_calls
+
+        # large samples (images) go in calls of a few: their activations stay in cache
+        return run_in_calls(onnx_session(state, threads), _onnx_feed(state, inputs))
     import torch
 
     device = next(state.module.parameters(), torch.zeros(0)).device
