@@ -74,3 +74,24 @@ def test_outputs_that_do_not_follow_the_samples_make_it_one_call():
         parts = run_in_calls(session, feed)
         assert parts[1].shape == whole[1].shape == shape, kind
         np.testing.assert_allclose(parts[1], whole[1], rtol=1e-5, atol=1e-3)
+
+
+def test_inputs_that_do_not_share_a_sample_axis_go_in_one_call():
+    """A broadcast input (one row for every sample) cannot be split with the others."""
+    shape = ["n", 3, "h", "w"]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3, "h", "w"]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = create_session(model.SerializeToString(), threads=1)
+    feed = {"a": _images(4, 600), "b": _images(1, 600)}
+    assert call_rows(feed) == 1
+    (joined,) = run_in_calls(session, feed)
+    assert joined.shape == (4, 3, 600, 600)
+    np.testing.assert_array_equal(joined, session.run(None, feed)[0])

@@ -119,7 +119,10 @@ def run_in_calls(
     """`session.run(names, feed)` in calls of `call_rows(feed)` samples, each output joined
     along axis 0. An output that does not follow the calls' sample counts (a scalar, a
     time-major sequence) makes it one call of the whole feed instead."""
-    rows, total = call_rows(feed), len(next(iter(feed.values())))
+    lengths = {len(value) if np.ndim(value) else None for value in feed.values()}
+    if len(lengths) != 1 or None in lengths:  # not one sample axis to split along
+        return session.run(names, feed)
+    rows, total = call_rows(feed), lengths.pop()
     if rows >= total:
         return session.run(names, feed)
     parts, starts = [], range(0, total, rows)
