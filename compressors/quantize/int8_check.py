@@ -223,10 +223,10 @@ def parity_and_speed(
             outputs[label] = [np.asarray(out) for out in run_in_calls(session, parity_feed)]
             if feed is None:  # the first call, so not a latency: it only sizes the batch
                 per_sample = (time.perf_counter() - started) / max(samples, 1)
+                feed = batch_feed(inputs, speed_check_batch(batch_size, per_sample))
                 # timed in calls as mcomp makes them (run_in_calls): a few large samples
-                batch = speed_check_batch(batch_size, per_sample)
-                speed["batch"] = min(batch, call_rows(batch_feed(inputs, batch)))
-                feed = batch_feed(inputs, speed["batch"])
+                speed["batch"] = call_rows(feed)
+                feed = {name: value[: speed["batch"]] for name, value in feed.items()}
             timings = run_timings(session, feed, warmup=SPEED_CHECK_WARMUP, runs=SPEED_CHECK_RUNS)
             speed[f"{label}_ms"] = round(float(np.median(timings)), 4)
             # the parity call and the warm-up are not counted in the kernel times

@@ -125,8 +125,8 @@ def run_in_calls(
     rows, total = call_rows(feed), lengths.pop()
     if rows >= total:
         return session.run(names, feed)
-    parts, starts = [], range(0, total, rows)
-    for start in starts:
+    parts = []
+    for start in range(0, total, rows):
         chunk = {name: value[start : start + rows] for name, value in feed.items()}
         outputs = [np.asarray(out) for out in session.run(names, chunk)]
         count = min(rows, total - start)
